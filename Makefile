@@ -1,0 +1,33 @@
+# The two commands of the README. Both create or refresh the virtual environment first.
+#   make demo   the main job: set up a local instance from nothing and show it working
+#   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test venv lint clean
+
+venv: $(STAMP)
+
+# Reinstall whenever pyproject.toml changes (new or re-pinned dependency).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet --prefer-binary -e '.[dev,postgres]'
+	@touch $(STAMP)
+
+demo: venv
+	$(BIN)/secure-maas demo
+
+lint: venv
+	$(BIN)/ruff check secure_maas migrations tests bench
+	$(BIN)/ruff format --check secure_maas migrations tests bench
+	$(BIN)/mypy secure_maas
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
