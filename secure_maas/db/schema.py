@@ -1,0 +1,10 @@
+"""Every table of secure-maas, gathered for Alembic.
+
+Importing this module imports each package's models so that `Base.metadata` is complete; it
+must stay free of TensorFlow and Flask imports.
+"""
+
+from secure_maas.db import state  # noqa: F401  (registers its tables)
+from secure_maas.db.base import Base
+
+metadata = Base.metadata

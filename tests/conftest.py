@@ -1,0 +1,122 @@
+"""Fixtures shared by every test: a private settings object per test, on each database backend.
+
+Every test that takes `database_url` runs twice: on a fresh SQLite file and on a fresh
+PostgreSQL schema (in database `test` at 127.0.0.1:5432, `SMAAS_TEST_PG_URL` to change it).
+Schemas are named after this run and dropped afterwards, so runs never collide. When
+PostgreSQL does not answer, those runs are skipped with the reason, unless
+`SMAAS_TEST_REQUIRE_POSTGRES=1` (set by `.ci/run`), which turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from secure_maas.config import Settings
+from secure_maas.db import create_engine, migrate
+
+PG_URL = os.environ.get("SMAAS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("SMAAS_TEST_REQUIRE_POSTGRES") == "1"
+RUN_ID = secrets.token_hex(4)
+_schema_numbers = itertools.count()
+
+
+def _pg_answers() -> bool:
+    url = make_url(PG_URL)
+    try:
+        with socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+PG_AVAILABLE = _pg_answers()
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Engine]:
+    if not PG_AVAILABLE:
+        message = f"PostgreSQL not reachable at {make_url(PG_URL).host}:{make_url(PG_URL).port}"
+        if REQUIRE_PG:
+            pytest.fail(message + " (SMAAS_TEST_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    yield engine
+    with engine.connect() as connection:
+        leftovers = connection.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :pattern"),
+            {"pattern": f"smaas_{RUN_ID}_%"},
+        ).scalars()
+        for schema in list(leftovers):
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def _pg_schema_url(admin: Engine) -> tuple[str, str]:
+    schema = f"smaas_{RUN_ID}_{next(_schema_numbers)}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    return url.render_as_string(hide_password=False), schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database, on SQLite and then on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'var' / 'secure_maas.db'}"
+        return
+    admin: Engine = request.getfixturevalue("pg_admin")
+    url, schema = _pg_schema_url(admin)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings whose every writable path lies under this test's tmp_path."""
+    return Settings(
+        database_url=database_url,
+        keys_dir=tmp_path / "keys",
+        store_dir=tmp_path / "var" / "store",
+    )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on an empty database (no schema)."""
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def migrated_engine(engine: Engine) -> Engine:
+    """An engine on a database built the only supported way: `alembic upgrade head`."""
+    migrate.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for running the CLI against this test's settings (in or out of process)."""
+    for name in list(os.environ):
+        if name.startswith("SECURE_MAAS_"):
+            monkeypatch.delenv(name)
+    env = {
+        "SECURE_MAAS_DATABASE_URL": settings.database_url,
+        "SECURE_MAAS_KEYS_DIR": str(settings.keys_dir),
+        "SECURE_MAAS_STORE_DIR": str(settings.store_dir),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return {**os.environ, **env}

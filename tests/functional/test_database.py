@@ -1,0 +1,97 @@
+"""Engine settings, change counters and failure modes on both databases."""
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from secure_maas.db import DatabaseUnavailable, connect_check, create_engine, session_scope
+from secure_maas.db.session import session_factory
+from secure_maas.db.state import StateVersion, bump, current
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'nested' / 'db.sqlite'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    assert (tmp_path / "nested").stat().st_mode & 0o777 == 0o700
+    engine.dispose()
+
+
+def test_change_counters_count(migrated_engine: Engine) -> None:
+    factory = session_factory(migrated_engine)
+    with session_scope(factory) as session:
+        assert current(session, "rules") == 0
+        assert bump(session, "rules") == 1
+        assert bump(session, "rules") == 2
+        assert bump(session, "models") == 1
+    with session_scope(factory) as session:
+        assert current(session, "rules") == 2
+        row = session.get(StateVersion, "rules")
+        assert row is not None
+        assert row.updated_at.tzinfo is not None
+        assert abs((datetime.now(UTC) - row.updated_at).total_seconds()) < 60
+
+
+def test_rolled_back_bump_leaves_no_trace(migrated_engine: Engine) -> None:
+    factory = session_factory(migrated_engine)
+    with pytest.raises(RuntimeError), session_scope(factory) as session:
+        bump(session, "rules")
+        raise RuntimeError("change failed after the bump")
+    with session_scope(factory) as session:
+        assert current(session, "rules") == 0
+
+
+def test_concurrent_bumps_get_distinct_numbers(migrated_engine: Engine) -> None:
+    factory = session_factory(migrated_engine)
+    seen: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(15):
+                with session_scope(factory) as session:
+                    value = bump(session, "rules")
+                with lock:
+                    seen.append(value)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(seen) == list(range(1, 91))
+
+
+def test_naive_datetimes_are_refused(migrated_engine: Engine) -> None:
+    factory = session_factory(migrated_engine)
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), session_scope(factory) as s:
+        s.add(StateVersion(scope="x", version=1, updated_at=datetime(2026, 1, 1)))
+        s.flush()
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    engine = create_engine("postgresql+psycopg://maas:secret@127.0.0.1:1/maas")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        connect_check(engine)
+    message = str(caught.value)
+    assert message.startswith("cannot reach database postgresql+psycopg://maas:***@127.0.0.1:1/")
+    assert "secret" not in message
+    assert "\n" not in message
+
+
+def test_unopenable_sqlite_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    engine = create_engine(f"sqlite:///{tmp_path / 'file'}/db.sqlite")
+    with pytest.raises(DatabaseUnavailable, match="unable to open database file"):
+        connect_check(engine)
