@@ -1,0 +1,145 @@
+"""`secure-maas keys`: the keyring (service, publisher, JWT and audit keys)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from secure_maas.cli.context import AppContext
+from secure_maas.cli.output import emit, format_option
+from secure_maas.keys import InitReport, KeyKind, KeyRecord, Keyring
+from secure_maas.timeutil import isoformat
+
+COLUMNS = ["id", "kind", "algorithm", "status", "created_at", "fingerprint"]
+
+
+def key_row(record: KeyRecord) -> dict[str, object]:
+    return record.to_json()
+
+
+def echo_init_report(report: InitReport) -> None:
+    if report.tightened:
+        click.echo(f"tightened {report.folder} to mode 0700")
+    for record in report.created:
+        click.echo(f"created {record.kind} key {record.id} ({record.fingerprint})")
+    if not report.changed:
+        click.echo(f"keyring in {report.folder} already initialised; nothing changed")
+
+
+@click.group()
+def keys() -> None:
+    """Manage the keyring in the keys folder (SECURE_MAAS_KEYS_DIR)."""
+
+
+@keys.command("init")
+@click.pass_obj
+def init(app: AppContext) -> None:
+    """Create the keys folder and any missing key; never replaces an existing key.
+
+    \b
+    Example:
+        secure-maas keys init
+    """
+    _keyring, report = Keyring.init(app.settings.keys_dir)
+    echo_init_report(report)
+
+
+@keys.command("list")
+@format_option
+@click.option("--kind", type=click.Choice([k.value for k in KeyKind]), help="Only this kind.")
+@click.pass_obj
+def list_keys(app: AppContext, fmt: str, kind: str | None) -> None:
+    """List keys with id, kind, status, creation time and fingerprint (never key material).
+
+    \b
+    Example:
+        secure-maas keys list --format json
+    """
+    records = [r for r in app.keyring().records if kind is None or r.kind == kind]
+    emit([key_row(r) for r in records], COLUMNS, fmt)
+
+
+@keys.command("check")
+@click.pass_obj
+def check(app: AppContext) -> None:
+    """Load every usable key: permissions, formats and fingerprints.
+
+    \b
+    Example:
+        secure-maas keys check
+    """
+    keyring = app.keyring()
+    keyring.check()
+    missing = [
+        k for k in KeyKind if not any(r.kind is k and r.status == "active" for r in keyring.records)
+    ]
+    if missing:
+        raise click.ClickException(f"no active key of kind: {', '.join(missing)}")
+    click.echo(f"{len(keyring.records)} keys in {keyring.folder}: all readable and intact")
+
+
+@keys.command("rotate")
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice([k.value for k in KeyKind]),
+    help="Which kind of key to rotate.",
+)
+@click.pass_obj
+def rotate(app: AppContext, kind: str) -> None:
+    """Make a new active key of KIND; the old one is kept to decrypt and verify.
+
+    \b
+    Example:
+        secure-maas keys rotate --kind jwt
+    """
+    keyring = app.keyring()
+    previous = keyring.active(KeyKind(kind))
+    record = keyring.rotate(KeyKind(kind))
+    click.echo(
+        f"new active {kind} key {record.id} ({record.fingerprint}); {previous.id} kept as previous"
+    )
+
+
+@keys.command("retire")
+@click.argument("key_id")
+@click.pass_obj
+def retire(app: AppContext, key_id: str) -> None:
+    """Stop trusting KEY_ID for anything (rotate the active key away first).
+
+    \b
+    Example:
+        secure-maas keys retire jwt-3f9a1c0b2d4e
+    """
+    record = app.keyring().retire(key_id)
+    when = isoformat(record.retired_at) if record.retired_at else "now"
+    click.echo(f"retired {record.kind} key {record.id} at {when}")
+
+
+@keys.command("trust")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label", help="Who this publisher is, e.g. the team that trains.")
+@click.pass_obj
+def trust(app: AppContext, public_key: Path, label: str | None) -> None:
+    """Trust artifacts signed by another publisher's PUBLIC_KEY (a PEM file).
+
+    \b
+    Example:
+        secure-maas keys trust radiology-publisher.pub --label radiology
+    """
+    record = app.keyring().trust_publisher(public_key.read_bytes(), label=label)
+    click.echo(f"trusting publisher key {record.id} ({record.fingerprint})")
+
+
+@keys.command("jwks")
+@click.pass_obj
+def jwks(app: AppContext) -> None:
+    """Print the JSON Web Key Set that verifies tokens this service issues.
+
+    \b
+    Example:
+        secure-maas keys jwks > jwks.json
+    """
+    click.echo(json.dumps(app.keyring().jwks(), indent=2, sort_keys=True))

@@ -1,0 +1,56 @@
+"""Docs kept true by tests: every command has help with an example, every setting is documented."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from secure_maas.cli import cli
+from secure_maas.config import Settings, env_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in sorted(group.commands.items()):
+        path = (*prefix, name)
+        found.append(path)
+        if isinstance(command, click.Group):
+            found.extend(all_commands(command, path))
+    return found
+
+
+COMMANDS = all_commands(cli)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    if not isinstance(command, click.Group):
+        assert "Example" in result.output, f"`secure-maas {' '.join(path)} --help` has no example"
+
+
+@pytest.mark.parametrize("path", [p for p in COMMANDS if len(p) == 1], ids=" ".join)
+def test_every_command_group_is_in_the_readme(path: tuple[str, ...]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"secure-maas {path[0]}" in readme
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(Settings)])
+def test_every_setting_is_in_the_readme_configuration_table(name: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"| `{env_name(name)}` |" in readme
+
+
+def test_keys_folder_tracks_only_its_readme_and_gitignore() -> None:
+    assert (ROOT / "keys" / "README.md").is_file()
+    ignore = (ROOT / "keys" / ".gitignore").read_text().split()
+    assert ignore[-3:] == ["*", "!.gitignore", "!README.md"] or {"*", "!README.md"} <= set(ignore)
