@@ -6,6 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+CODE   := secure_maas migrations tests $(wildcard bench)
 
 .PHONY: demo test venv lint clean
 
@@ -22,8 +23,8 @@ demo: venv
 	$(BIN)/secure-maas demo
 
 lint: venv
-	$(BIN)/ruff check secure_maas migrations tests bench
-	$(BIN)/ruff format --check secure_maas migrations tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy secure_maas
 
 test: lint
