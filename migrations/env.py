@@ -8,11 +8,14 @@ later migrations can alter tables, and types are compared so `alembic check` see
 from __future__ import annotations
 
 import logging.config
+from typing import Any
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
 from secure_maas.config import load_settings
+from secure_maas.db.base import UTCDateTime
 from secure_maas.db.engine import create_engine
 from secure_maas.db.schema import metadata
 
@@ -21,10 +24,18 @@ if config.config_file_name is not None and not config.attributes.get("skip_loggi
     logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
+def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+    """Write our column types as plain SQLAlchemy ones, so migrations never import app code."""
+    if kind == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        render_item=render_item,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         compare_server_default=True,

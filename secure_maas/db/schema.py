@@ -6,5 +6,6 @@ must stay free of TensorFlow and Flask imports.
 
 from secure_maas.db import state  # noqa: F401  (registers its tables)
 from secure_maas.db.base import Base
+from secure_maas.registry import models  # noqa: F401
 
 metadata = Base.metadata

@@ -1,0 +1,121 @@
+"""The sealed artifact store: one file per model version under the store path.
+
+Layout: `STORE/<model name>/<version>.sealed`. Names are validated before they become paths
+(no separators, no dot-files, bounded length), so a model name can never escape the store.
+Files are only ever created with `atomic_write` and never rewritten in place; `rewrap` writes a
+complete new file and renames it over the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from secure_maas.atomic import fsync_dir
+from secure_maas.errors import SecureMaasError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SUFFIX = ".sealed"
+
+
+class InvalidName(SecureMaasError):
+    """A model name or version that cannot be used (it could escape the store or is malformed)."""
+
+
+class StoreError(SecureMaasError):
+    """The store folder cannot be written (full, read-only, missing)."""
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid model name, else raise `InvalidName`."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise InvalidName(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: int) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
+        raise InvalidName(f"invalid model version {version!r}: a positive integer")
+    return version
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    root: Path
+
+    def relative_path(self, name: str, version: int) -> str:
+        return f"{check_name(name)}/{check_version(version)}{SUFFIX}"
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / self.relative_path(name, version)
+
+    def write(self, name: str, version: int, produce: Callable[[BinaryIO], None]) -> Path:
+        """Create the artifact file by streaming `produce(file)` into a temp file, then publish.
+
+        The temp file lives in the model's folder (same filesystem), is fsynced, then linked to
+        its final name, which must not exist yet; on any error nothing is left behind.
+        """
+        final = self.path(name, version)
+        return self._publish(final, produce, replace=False)
+
+    def replace(self, relative: str, produce: Callable[[BinaryIO], None]) -> Path:
+        """Atomically replace an existing artifact (used by rewrap) with a complete new file."""
+        final = self.root / relative
+        return self._publish(final, produce, replace=True)
+
+    def _publish(self, final: Path, produce: Callable[[BinaryIO], None], *, replace: bool) -> Path:
+        folder = final.parent
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store folder {folder}: {exc.strerror}") from exc
+        tmp = folder / f".{final.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            with open(tmp, "xb") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                produce(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if replace:
+                os.replace(tmp, final)
+            else:
+                os.link(tmp, final)
+                os.unlink(tmp)
+            fsync_dir(folder)
+        except FileExistsError as exc:
+            raise StoreError(f"artifact {final} already exists") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot write artifact {final}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return final
+
+    def open(self, relative: str) -> BinaryIO:
+        """Open an artifact for reading by its path relative to the store root."""
+        path = self.root / relative
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidName(f"artifact path {relative!r} escapes the store")
+        return open(path, "rb")
+
+    def remove(self, relative: str) -> None:
+        path = self.root / relative
+        path.unlink(missing_ok=True)
+        if path.parent.exists():
+            fsync_dir(path.parent)
+
+    def files(self) -> Iterator[str]:
+        """Every artifact file in the store, as paths relative to the root."""
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob(f"*/*{SUFFIX}")):
+            yield path.relative_to(self.root).as_posix()
