@@ -3,6 +3,19 @@
 Callers get opaque key handles and one exception per failed check; algorithms are fixed here.
 """
 
+from secure_maas.crypto.envelope import (
+    Header,
+    Inspection,
+    InvalidArtifact,
+    Opened,
+    SealInfo,
+    Verified,
+    inspect_artifact,
+    open_artifact,
+    rewrap,
+    seal,
+    verify_artifact,
+)
 from secure_maas.crypto.keys import (
     Algorithm,
     GeneratedKey,
@@ -15,16 +28,31 @@ from secure_maas.crypto.keys import (
     load_public,
     load_secret,
 )
+from secure_maas.crypto.signing import BadSignature, sign, verify
 
 __all__ = [
     "Algorithm",
+    "BadSignature",
     "GeneratedKey",
+    "Header",
+    "Inspection",
+    "InvalidArtifact",
     "InvalidKey",
+    "Opened",
     "PrivateKey",
     "PublicKey",
+    "SealInfo",
     "SecretKey",
+    "Verified",
     "generate",
+    "inspect_artifact",
     "load_private",
     "load_public",
     "load_secret",
+    "open_artifact",
+    "rewrap",
+    "seal",
+    "sign",
+    "verify",
+    "verify_artifact",
 ]

@@ -5,6 +5,13 @@ as with ssh host keys), public keys as SubjectPublicKeyInfo PEM, the symmetric a
 line of base64. A fingerprint is `SHA256:` plus the unpadded base64 of SHA-256 over the raw
 public key (ssh's form); for the symmetric key it is over an HMAC of a fixed label, so it
 identifies the key without revealing anything about it.
+
+The post-quantum service key (ML-KEM-768 + X25519, the hybrid KEM of HPKE) has no single
+standard file form, and cryptography's hybrid key object cannot be serialised at all. It is kept
+as its two halves, each in its standard encoding: the private file is the ML-KEM-768 PKCS#8 PEM
+block (the 64-byte seed form) followed by the X25519 PKCS#8 PEM block, the public file the two
+SubjectPublicKeyInfo blocks in the same order, and its raw public key (the fingerprint input) is
+the ML-KEM-768 public key followed by the X25519 one, 1184 + 32 bytes.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
 from secure_maas.errors import SecureMaasError
 
@@ -36,13 +45,81 @@ class Algorithm(StrEnum):
     X25519 = "x25519"  # service encryption key (HPKE recipient)
     ED25519 = "ed25519"  # publisher and JWT signing keys
     HMAC_SHA256 = "hmac-sha256"  # audit MAC key (symmetric)
+    MLKEM768_X25519 = "mlkem768-x25519"  # post-quantum hybrid service key (HPKE recipient)
 
 
-_PrivateObject = x25519.X25519PrivateKey | ed25519.Ed25519PrivateKey
-_PublicObject = x25519.X25519PublicKey | ed25519.Ed25519PublicKey
-_PRIVATE_TYPES: dict[Algorithm, type[x25519.X25519PrivateKey] | type[ed25519.Ed25519PrivateKey]] = {
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n[A-Za-z0-9+/=\r\n]*?-----END \1-----")
+
+
+def _pem_halves(data: bytes) -> tuple[bytes, bytes] | None:
+    """The two PEM blocks of a hybrid key file, or None when the file is not exactly two."""
+    blocks = [match.group(0) for match in _PEM_BLOCK.finditer(data)]
+    if len(blocks) != 2 or _PEM_BLOCK.sub(b"", data).strip():
+        return None
+    return blocks[0] + b"\n", blocks[1] + b"\n"
+
+
+@dataclass(frozen=True, repr=False)
+class MlKemX25519Public:
+    """The public half of a hybrid service key, kept as its two standard halves."""
+
+    mlkem: mlkem.MLKEM768PublicKey
+    x25519: x25519.X25519PublicKey
+
+    def public_bytes_raw(self) -> bytes:
+        return self.mlkem.public_bytes_raw() + self.x25519.public_bytes_raw()
+
+    def public_bytes(
+        self, encoding: serialization.Encoding, format: serialization.PublicFormat
+    ) -> bytes:
+        return self.mlkem.public_bytes(encoding, format) + self.x25519.public_bytes(
+            encoding, format
+        )
+
+    def hpke_key(self) -> hpke.MLKEM768X25519PublicKey:
+        return hpke.MLKEM768X25519PublicKey(self.mlkem, self.x25519)
+
+
+@dataclass(frozen=True, repr=False)
+class MlKemX25519Private:
+    """The private half of a hybrid service key (see the module docstring for its encoding)."""
+
+    mlkem: mlkem.MLKEM768PrivateKey
+    x25519: x25519.X25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> MlKemX25519Private:
+        try:
+            return cls(mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate())
+        except UnsupportedAlgorithm as exc:
+            raise InvalidKey("this build of cryptography has no ML-KEM-768") from exc
+
+    def public_key(self) -> MlKemX25519Public:
+        return MlKemX25519Public(self.mlkem.public_key(), self.x25519.public_key())
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return self.mlkem.private_bytes(
+            encoding, format, encryption_algorithm
+        ) + self.x25519.private_bytes(encoding, format, encryption_algorithm)
+
+    def hpke_key(self) -> hpke.MLKEM768X25519PrivateKey:
+        return hpke.MLKEM768X25519PrivateKey(self.mlkem, self.x25519)
+
+
+_PrivateObject = x25519.X25519PrivateKey | ed25519.Ed25519PrivateKey | MlKemX25519Private
+_PublicObject = x25519.X25519PublicKey | ed25519.Ed25519PublicKey | MlKemX25519Public
+_PRIVATE_TYPES: dict[
+    Algorithm,
+    type[x25519.X25519PrivateKey] | type[ed25519.Ed25519PrivateKey] | type[MlKemX25519Private],
+] = {
     Algorithm.X25519: x25519.X25519PrivateKey,
     Algorithm.ED25519: ed25519.Ed25519PrivateKey,
+    Algorithm.MLKEM768_X25519: MlKemX25519Private,
 }
 _PUBLIC_TYPES: dict[Algorithm, type[x25519.X25519PublicKey] | type[ed25519.Ed25519PublicKey]] = {
     Algorithm.X25519: x25519.X25519PublicKey,
@@ -137,8 +214,43 @@ def generate(algorithm: Algorithm) -> GeneratedKey:
     return GeneratedKey(algorithm, private.pem(), public.pem(), public.fingerprint)
 
 
+def _load_halves(
+    data: bytes, *, name: str, kind: str, load: Callable[[bytes], object]
+) -> tuple[object, object]:
+    halves = _pem_halves(data)
+    if halves is None:
+        raise InvalidKey(f"{name} is not a readable {Algorithm.MLKEM768_X25519} {kind} key")
+    try:
+        return load(halves[0]), load(halves[1])
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise InvalidKey(f"{name} holds an unreadable {kind} key (corrupted?)") from exc
+
+
+def _load_hybrid_private(data: bytes, *, name: str) -> PrivateKey:
+    pq, classic = _load_halves(
+        data,
+        name=name,
+        kind="private",
+        load=lambda pem: serialization.load_pem_private_key(pem, None),
+    )
+    if isinstance(pq, mlkem.MLKEM768PrivateKey) and isinstance(classic, x25519.X25519PrivateKey):
+        return PrivateKey(Algorithm.MLKEM768_X25519, MlKemX25519Private(pq, classic))
+    raise InvalidKey(f"{name} does not hold ML-KEM-768 then X25519 private keys")
+
+
+def _load_hybrid_public(data: bytes, *, name: str) -> PublicKey:
+    pq, classic = _load_halves(
+        data, name=name, kind="public", load=serialization.load_pem_public_key
+    )
+    if isinstance(pq, mlkem.MLKEM768PublicKey) and isinstance(classic, x25519.X25519PublicKey):
+        return PublicKey(Algorithm.MLKEM768_X25519, MlKemX25519Public(pq, classic))
+    raise InvalidKey(f"{name} does not hold ML-KEM-768 then X25519 public keys")
+
+
 def load_private(algorithm: Algorithm, data: bytes, *, name: str) -> PrivateKey:
     """Parse a PEM private key of `algorithm`; `name` (a path) goes into the error message."""
+    if algorithm is Algorithm.MLKEM768_X25519:
+        return _load_hybrid_private(data, name=name)
     expected = _PRIVATE_TYPES.get(algorithm)
     if expected is None:
         raise InvalidKey(f"{name}: {algorithm} is not an asymmetric algorithm")
@@ -153,6 +265,8 @@ def load_private(algorithm: Algorithm, data: bytes, *, name: str) -> PrivateKey:
 
 def load_public(algorithm: Algorithm, data: bytes, *, name: str) -> PublicKey:
     """Parse a PEM public key of `algorithm`; `name` goes into the error message."""
+    if algorithm is Algorithm.MLKEM768_X25519:
+        return _load_hybrid_public(data, name=name)
     expected = _PUBLIC_TYPES.get(algorithm)
     if expected is None:
         raise InvalidKey(f"{name}: {algorithm} is not an asymmetric algorithm")

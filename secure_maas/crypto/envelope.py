@@ -1,0 +1,488 @@
+"""Sealed model artifacts: encrypted to the service, signed by a publisher, bound to their name.
+
+An artifact is one file, read and written in a single streaming pass:
+
+    offset  size        field
+    0       8           MAGIC  b"SMAAS\\x00v1"
+    8       4           u32 BE  len(HEADER)
+    12      len         HEADER    canonical JSON (below); HEADER_DIGEST = SHA-256(HEADER bytes)
+    ..      4           u32 BE  len(KEYBLOCK)
+    ..      len         KEYBLOCK  canonical JSON {"kem_suite", "key_id", "wrapped"}
+    ..      n*16 + L    CHUNKS    n = max(1, ceil(L / chunk_size)) AES-256-GCM ciphertexts,
+                                  each chunk's ciphertext followed by its 16-byte tag
+    ..      4           u32 BE  len(TRAILER)
+    ..      len         TRAILER   canonical JSON {"publisher_key_id", "signature"}; end of file
+
+Canonical JSON is `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)` in
+UTF-8, and a block in any other encoding is refused, so one artifact has exactly one byte form.
+Binary values are standard padded base64. HEADER holds `format` (1), `body_suite`
+("AES-256-GCM-STREAM"), `chunk_size`, `plaintext_length` (L), `plaintext_sha256` (hex),
+`nonce_prefix` (7 random bytes), `model`, `version` and the caller's `metadata` object.
+
+Body: a fresh random 32-byte data key per artifact; chunk i is sealed with AES-256-GCM under
+nonce = nonce_prefix(7) || i (u32 BE) || last (1 byte: 1 on the final chunk, else 0) and
+AAD = HEADER_DIGEST: the STREAM construction, so chunks cannot be reordered, dropped, moved to
+another artifact or cut short, and the header cannot change under them.
+
+KEYBLOCK: the data key, wrapped by HPKE (RFC 9180, base mode, single shot) to the service key
+`key_id` with info = b"secure-maas/v1/key" || HEADER_DIGEST; `kem_suite` names the suite,
+"HPKE(DHKEM-X25519,HKDF-SHA256,AES-256-GCM)", or "HPKE(MLKEM768-X25519,HKDF-SHA256,AES-256-GCM)"
+for a post-quantum service key. TRAILER: an Ed25519 signature by `publisher_key_id` over
+b"secure-maas/v1/signature" || HEADER_DIGEST || CIPHERTEXT_DIGEST || publisher_key_id (UTF-8),
+where CIPHERTEXT_DIGEST is SHA-256 over all chunk bytes in order.
+
+The keyblock is deliberately outside the signature: `rewrap` replaces it after a service key
+rotation without the publisher's key and without touching the body. A foreign keyblock gains an
+attacker nothing: HPKE's info binds it to this header, and a different data key fails every chunk.
+
+Every failure raises `InvalidArtifact`, whose message is fixed; the reason is on `exc.reason`
+and `exc.code`, for the log and the audit trail only. The frame itself (lengths, canonical
+blocks, size checks) lives in `framing`; this module holds the cryptography and the recipes.
+The known-answer vectors in tests/unit/vectors pin every byte of this layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from secure_maas.crypto.framing import (
+    COPY_BYTES,
+    KEM_MLKEM768_X25519,
+    KEM_X25519,
+    MAGIC,
+    MAX_BLOCK,
+    MAX_CHUNK_SIZE,
+    NONCE_PREFIX_BYTES,
+    TAG_BYTES,
+    U32,
+    Header,
+    InvalidArtifact,
+    Prelude,
+    Sink,
+    Source,
+    b64,
+    canonical,
+    chunk_size_ok,
+    encode_block,
+    name_ok,
+    read_exact,
+    read_prelude,
+    version_ok,
+    wipe,
+    write_all,
+)
+from secure_maas.crypto.keys import (
+    Algorithm,
+    InvalidKey,
+    MlKemX25519Private,
+    MlKemX25519Public,
+    PrivateKey,
+    PublicKey,
+)
+from secure_maas.crypto.signing import BadSignature, sign, verify
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+DATA_KEY_BYTES = 32
+KEY_INFO_LABEL = b"secure-maas/v1/key"
+SIGNATURE_LABEL = b"secure-maas/v1/signature"
+_KEMS = {
+    Algorithm.X25519: (KEM_X25519, hpke.KEM.X25519),
+    Algorithm.MLKEM768_X25519: (KEM_MLKEM768_X25519, hpke.KEM.MLKEM768_X25519),
+}
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Header",
+    "Inspection",
+    "InvalidArtifact",
+    "Opened",
+    "SealInfo",
+    "Sink",
+    "Source",
+    "Verified",
+    "inspect_artifact",
+    "open_artifact",
+    "rewrap",
+    "seal",
+    "verify_artifact",
+]
+
+
+@dataclass(frozen=True)
+class SealInfo:
+    """What `seal` wrote; the digests are what a registry row records."""
+
+    header: Header
+    plaintext_sha256: str
+    ciphertext_sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What an artifact says about itself, read without keys and therefore not yet trusted."""
+
+    header: Header
+    kem_suite: str
+    service_key_id: str
+    publisher_key_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An artifact whose framing, key, every chunk and the signature checked out."""
+
+    header: Header
+    ciphertext_sha256: str
+    service_key_id: str
+    publisher_key_id: str
+
+
+@dataclass(frozen=True)
+class Opened(Verified):
+    """A verified artifact and its plaintext; `wipe()` it once the model is loaded."""
+
+    plaintext: bytearray = field(repr=False)
+
+    def wipe(self) -> None:
+        wipe(self.plaintext)
+
+
+def seal(
+    plaintext: bytes | bytearray | memoryview,
+    out: Sink,
+    *,
+    model: str,
+    version: int,
+    metadata: Mapping[str, Any],
+    recipient: PublicKey,
+    recipient_key_id: str,
+    signer: PrivateKey,
+    signer_key_id: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> SealInfo:
+    """Encrypt `plaintext` to the service key `recipient`, sign it, and stream it into `out`.
+
+    Memory stays at the caller's plaintext plus one chunk. Bad arguments (metadata that is not
+    a JSON object, a name out of range) raise ValueError; keys of the wrong kind, InvalidKey.
+    """
+    return _seal(
+        plaintext, out, model=model, version=version, metadata=metadata,
+        recipient=recipient, recipient_key_id=recipient_key_id, signer=signer,
+        signer_key_id=signer_key_id, chunk_size=chunk_size,
+        data_key=secrets.token_bytes(DATA_KEY_BYTES),
+        nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
+    )  # fmt: skip
+
+
+def open_artifact(
+    src: Source,
+    *,
+    private_keys: Mapping[str, PrivateKey],
+    trusted_publishers: Mapping[str, PublicKey],
+    expect_model: str | None,
+    expect_version: int | None,
+    max_plaintext: int | None = None,
+) -> Opened:
+    """Check and decrypt an artifact in one pass into one buffer of exactly its plaintext size.
+
+    Before anything is allocated the claimed size is checked against the file (and against
+    `max_plaintext`, the caller's memory budget), the name and version against what the caller
+    asked for, and the publisher against the trusted set. The signature is checked last, over
+    the ciphertext digest computed on the way; on any failure the buffer is zeroed before the
+    exception leaves, because AES-GCM writes a chunk's plaintext before it knows the tag is bad.
+    """
+    prelude = read_prelude(src, max_plaintext)
+    publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
+    aead = AESGCM(_unwrap(prelude, private_keys))
+    plaintext = bytearray(prelude.header.plaintext_length)
+    done = False
+    try:
+        with memoryview(plaintext) as out:
+            digest = _decrypt_body(src, prelude, aead, out, reuse_out=False, observe=None)
+        _check_signature(prelude, publisher, digest)
+        done = True
+    finally:
+        if not done:
+            wipe(plaintext)
+    return Opened(prelude.header, digest.hex(), prelude.key_id, prelude.publisher_id, plaintext)
+
+
+def verify_artifact(
+    src: Source,
+    *,
+    private_keys: Mapping[str, PrivateKey],
+    trusted_publishers: Mapping[str, PublicKey],
+    expect_model: str | None,
+    expect_version: int | None,
+) -> Verified:
+    """Every check of `open_artifact` plus the header's plaintext digest, in one chunk of memory.
+
+    For publish-time checks, `models verify` and audits: it decrypts into a scratch chunk that
+    is wiped afterwards. (`open_artifact` skips the plaintext digest: the signature already
+    binds the header to the ciphertext, and a second hash would halve its throughput.)
+    """
+    prelude = read_prelude(src, None)
+    publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
+    aead = AESGCM(_unwrap(prelude, private_keys))
+    plaintext_hash = hashlib.sha256()
+    scratch = bytearray(min(prelude.header.chunk_size, prelude.header.plaintext_length))
+    try:
+        with memoryview(scratch) as out:
+            digest = _decrypt_body(
+                src, prelude, aead, out, reuse_out=True, observe=plaintext_hash.update
+            )
+    finally:
+        wipe(scratch)
+    _check_signature(prelude, publisher, digest)
+    if plaintext_hash.hexdigest() != prelude.header.plaintext_sha256:
+        raise InvalidArtifact("plaintext_digest", "plaintext digest differs from the header's")
+    return Verified(prelude.header, digest.hex(), prelude.key_id, prelude.publisher_id)
+
+
+def inspect_artifact(src: Source) -> Inspection:
+    """What an artifact claims (header, service key, publisher) for listings, without keys.
+
+    Only the framing is checked (lengths against the file size, canonical blocks); nothing in
+    the answer is authenticated until `verify_artifact` or `open_artifact` has run.
+    """
+    prelude = read_prelude(src, None)
+    return Inspection(
+        prelude.header, prelude.kem_suite, prelude.key_id, prelude.publisher_id, prelude.size
+    )
+
+
+def rewrap(
+    src: Source,
+    out: Sink,
+    *,
+    old_private_keys: Mapping[str, PrivateKey],
+    new_recipient: PublicKey,
+    new_key_id: str,
+) -> Inspection:
+    """Seal an artifact's data key to a new service key, copying all else byte for byte.
+
+    This is a service key rotation: it needs neither the publisher's key nor a re-encryption,
+    and the signature stays valid because the keyblock is outside it. The body is not vouched
+    for here (run `verify_artifact` for that): a tampered artifact stays tampered.
+    """
+    prelude = read_prelude(src, None)
+    keyblock = _keyblock(
+        _unwrap(prelude, old_private_keys), prelude.header_digest, new_recipient, new_key_id
+    )
+    write_all(out, MAGIC + U32.pack(len(prelude.header_bytes)) + prelude.header_bytes)
+    write_all(out, keyblock)
+    buffer = bytearray(COPY_BYTES)
+    with memoryview(buffer) as view:
+        left = prelude.header.body_length + 4 + prelude.trailer_length
+        while left:
+            piece = view[: min(left, COPY_BYTES)]
+            read_exact(src, piece, "body")
+            write_all(out, piece)
+            left -= len(piece)
+    size = prelude.size - len(prelude.keyblock_bytes) - 4 + len(keyblock)
+    kem_suite = _KEMS[new_recipient.algorithm][0]
+    return Inspection(prelude.header, kem_suite, new_key_id, prelude.publisher_id, size)
+
+
+def _seal(
+    plaintext: bytes | bytearray | memoryview,
+    out: Sink,
+    *,
+    model: str,
+    version: int,
+    metadata: Mapping[str, Any],
+    recipient: PublicKey,
+    recipient_key_id: str,
+    signer: PrivateKey,
+    signer_key_id: str,
+    chunk_size: int,
+    data_key: bytes,
+    nonce_prefix: bytes,
+) -> SealInfo:
+    """`seal` with its randomness passed in; only known-answer tests call it directly."""
+    if not (name_ok(model) and version_ok(version) and chunk_size_ok(chunk_size)):
+        raise ValueError(
+            f"need a model name of 1-256 chars, a version >= 0, a chunk size 1..{MAX_CHUNK_SIZE}"
+        )
+    if not (name_ok(recipient_key_id) and name_ok(signer_key_id)):
+        raise ValueError("key ids must be strings of 1-256 characters")
+    if signer.algorithm is not Algorithm.ED25519:
+        raise InvalidKey(f"artifacts are signed with ed25519 keys, not {signer.algorithm}")
+    try:
+        plain_metadata = json.loads(canonical(dict(metadata)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError("metadata must be a JSON object (str keys, finite numbers)") from exc
+    with memoryview(plaintext) as raw, raw.cast("B") as flat:
+        digest = hashlib.sha256(flat).hexdigest()
+        header = Header(model, version, plain_metadata, len(flat), digest, chunk_size, nonce_prefix)
+        header_block = encode_block(header.as_dict())
+        if len(header_block) - 4 > MAX_BLOCK["header"]:
+            raise ValueError("metadata too large for an artifact header")
+        header_digest = hashlib.sha256(header_block[4:]).digest()
+        keyblock = _keyblock(data_key, header_digest, recipient, recipient_key_id)
+        write_all(out, MAGIC + header_block)
+        write_all(out, keyblock)
+        ciphertext_digest = _encrypt_body(flat, out, header, AESGCM(data_key), header_digest)
+    message = _signed_message(header_digest, ciphertext_digest, signer_key_id)
+    trailer = encode_block(
+        {"publisher_key_id": signer_key_id, "signature": b64(sign(signer, message))}
+    )
+    write_all(out, trailer)
+    size = len(MAGIC) + len(header_block) + len(keyblock) + header.body_length + len(trailer)
+    return SealInfo(header, digest, ciphertext_digest.hex(), size)
+
+
+def _chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    """nonce_prefix(7) || index (u32 BE) || last-chunk flag (1 byte): the STREAM nonce."""
+    return prefix + struct.pack(">IB", index, last)
+
+
+def _signed_message(header_digest: bytes, ciphertext_digest: bytes, publisher_id: str) -> bytes:
+    return SIGNATURE_LABEL + header_digest + ciphertext_digest + publisher_id.encode("utf-8")
+
+
+def _encrypt_body(
+    flat: memoryview, out: Sink, header: Header, aead: AESGCM, header_digest: bytes
+) -> bytes:
+    digest = hashlib.sha256()
+    size, count = header.chunk_size, header.chunk_count
+    buffer = bytearray(min(size, header.plaintext_length) + TAG_BYTES)
+    with memoryview(buffer) as view:
+        for index in range(count):
+            chunk = flat[index * size : (index + 1) * size]
+            sealed = view[: len(chunk) + TAG_BYTES]
+            nonce = _chunk_nonce(header.nonce_prefix, index, index == count - 1)
+            aead.encrypt_into(nonce, chunk, header_digest, sealed)
+            digest.update(sealed)
+            write_all(out, sealed)
+    return digest.digest()
+
+
+def _decrypt_body(
+    src: Source,
+    prelude: Prelude,
+    aead: AESGCM,
+    out: memoryview,
+    *,
+    reuse_out: bool,
+    observe: Callable[[memoryview], None] | None,
+) -> bytes:
+    """Decrypt every chunk into its place in `out` (or, with `reuse_out`, into its start each
+    time) and return CIPHERTEXT_DIGEST. The hot loop of `open_artifact`: one reused read
+    buffer, the ciphertext hashed while it is still in cache, no per-chunk allocation but the
+    12-byte nonce."""
+    header, header_digest = prelude.header, prelude.header_digest
+    digest = hashlib.sha256()
+    size, count, total = header.chunk_size, header.chunk_count, header.plaintext_length
+    buffer = bytearray(min(size, total) + TAG_BYTES)
+    with memoryview(buffer) as view:
+        for index in range(count):
+            start = index * size
+            length = min(size, total - start)
+            sealed = view[: length + TAG_BYTES]
+            read_exact(src, sealed, "body")
+            digest.update(sealed)
+            target = out[:length] if reuse_out else out[start : start + length]
+            nonce = _chunk_nonce(header.nonce_prefix, index, index == count - 1)
+            try:
+                aead.decrypt_into(nonce, sealed, header_digest, target)
+            except InvalidTag as exc:
+                reason = f"chunk {index} of {count} failed authentication"
+                raise InvalidArtifact("chunk_auth", reason) from exc
+            if observe is not None:
+                observe(target)
+    return digest.digest()
+
+
+def _keyblock(data_key: bytes, header_digest: bytes, recipient: PublicKey, key_id: str) -> bytes:
+    """The length-prefixed keyblock: `data_key` wrapped by HPKE to `recipient`."""
+    if not name_ok(key_id):
+        raise ValueError("key ids must be strings of 1-256 characters")
+    raw = recipient._key
+    target: x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
+    if recipient.algorithm is Algorithm.X25519 and isinstance(raw, x25519.X25519PublicKey):
+        target = raw
+    elif isinstance(raw, MlKemX25519Public):
+        target = raw.hpke_key()
+    else:
+        raise InvalidKey(
+            f"artifacts are sealed to x25519 or mlkem768-x25519, not {recipient.algorithm}"
+        )
+    name, suite = _suite(recipient.algorithm)
+    wrapped = suite.encrypt(data_key, target, info=KEY_INFO_LABEL + header_digest)
+    return encode_block({"kem_suite": name, "key_id": key_id, "wrapped": b64(wrapped)})
+
+
+def _unwrap(prelude: Prelude, private_keys: Mapping[str, PrivateKey]) -> bytes:
+    key = private_keys.get(prelude.key_id)
+    if key is None:
+        reason = f"sealed to unknown service key {prelude.key_id!r}"
+        raise InvalidArtifact("unknown_service_key", reason)
+    raw = key._key
+    source: x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey | None = None
+    if key.algorithm is Algorithm.X25519 and isinstance(raw, x25519.X25519PrivateKey):
+        source = raw
+    elif isinstance(raw, MlKemX25519Private):
+        source = raw.hpke_key()
+    if source is None or _KEMS[key.algorithm][0] != prelude.kem_suite:
+        reason = f"keyblock suite {prelude.kem_suite} does not fit {key.algorithm} key"
+        reason += f" {prelude.key_id!r}"
+        raise InvalidArtifact("wrong_key_algorithm", reason)
+    _, suite = _suite(key.algorithm)
+    try:
+        data_key = suite.decrypt(
+            prelude.wrapped, source, info=KEY_INFO_LABEL + prelude.header_digest
+        )
+    except (InvalidTag, ValueError) as exc:
+        reason = f"data key did not unwrap with {prelude.key_id!r} (header or keyblock altered)"
+        raise InvalidArtifact("key_unwrap", reason) from exc
+    if len(data_key) != DATA_KEY_BYTES:
+        raise InvalidArtifact("key_unwrap", f"unwrapped data key has {len(data_key)} bytes")
+    return data_key
+
+
+def _suite(algorithm: Algorithm) -> tuple[str, hpke.Suite]:
+    name, kem = _KEMS[algorithm]
+    return name, hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def _check_identity(
+    prelude: Prelude,
+    trusted_publishers: Mapping[str, PublicKey],
+    expect_model: str | None,
+    expect_version: int | None,
+) -> PublicKey:
+    header = prelude.header
+    if expect_model is not None and header.model != expect_model:
+        reason = f"model name mismatch: header says {header.model!r}, expected {expect_model!r}"
+        raise InvalidArtifact("model_mismatch", reason)
+    if expect_version is not None and header.version != expect_version:
+        reason = f"version mismatch: header says {header.version}, expected {expect_version}"
+        raise InvalidArtifact("version_mismatch", reason)
+    publisher = trusted_publishers.get(prelude.publisher_id)
+    if publisher is None:
+        reason = f"signed by untrusted publisher {prelude.publisher_id!r}"
+        raise InvalidArtifact("untrusted_publisher", reason)
+    return publisher
+
+
+def _check_signature(prelude: Prelude, publisher: PublicKey, ciphertext_digest: bytes) -> None:
+    message = _signed_message(prelude.header_digest, ciphertext_digest, prelude.publisher_id)
+    try:
+        verify(publisher, prelude.signature, message)
+    except BadSignature as exc:
+        reason = f"signature by {prelude.publisher_id!r} does not verify"
+        raise InvalidArtifact("bad_signature", reason) from exc
