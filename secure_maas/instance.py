@@ -24,13 +24,13 @@ class InitResult:
         return self.keys.changed or self.revision_before != self.revision_after
 
 
-def initialise(settings: Settings) -> InitResult:
+def initialise(settings: Settings, *, pq: bool = False) -> InitResult:
     """Create missing keys and migrate the database; check the database first so a bad URL
     fails before anything is written."""
     engine = create_engine(settings.database_url)
     try:
         connect_check(engine)
-        _keyring, report = Keyring.init(settings.keys_dir)
+        _keyring, report = Keyring.init(settings.keys_dir, pq=pq)
         before = migrate.current(engine)
         migrate.upgrade(engine)
         after = migrate.current(engine)

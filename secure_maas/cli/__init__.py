@@ -63,11 +63,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from secure_maas.cli import config_cmd, db_cmd, demo_cmd, init_cmd, keys_cmd
+    from secure_maas.cli import config_cmd, db_cmd, demo_cmd, init_cmd, keys_cmd, models_cmd
 
     cli.add_command(config_cmd.config)
     cli.add_command(db_cmd.db)
     cli.add_command(keys_cmd.keys)
+    cli.add_command(models_cmd.models)
     cli.add_command(init_cmd.init)
     cli.add_command(demo_cmd.demo)
 

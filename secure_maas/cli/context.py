@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from secure_maas.config import Settings, load_settings
 from secure_maas.db import connect_check, create_engine
 from secure_maas.keys import Keyring
+from secure_maas.registry.store import ArtifactStore
 
 
 @dataclass
@@ -37,3 +38,6 @@ class AppContext:
 
     def keyring(self) -> Keyring:
         return Keyring.open(self.settings.keys_dir)
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.store_dir)

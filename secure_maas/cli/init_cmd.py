@@ -22,8 +22,9 @@ def echo_init_result(result: InitResult, database_url: str) -> None:
 
 
 @click.command()
+@click.option("--pq", is_flag=True, help="Create a post-quantum (ML-KEM-768 + X25519) service key.")
 @click.pass_obj
-def init(app: AppContext) -> None:
+def init(app: AppContext, pq: bool) -> None:
     """Create missing keys and migrate the database (safe to run again).
 
     \b
@@ -31,4 +32,4 @@ def init(app: AppContext) -> None:
         SECURE_MAAS_DATABASE_URL=sqlite:///var/secure_maas.db secure-maas init
     """
     settings = app.settings
-    echo_init_result(initialise(settings), settings.database_url)
+    echo_init_result(initialise(settings, pq=pq), settings.database_url)

@@ -33,16 +33,24 @@ def keys() -> None:
     """Manage the keyring in the keys folder (SECURE_MAAS_KEYS_DIR)."""
 
 
+PQ_OPTION = click.option(
+    "--pq",
+    is_flag=True,
+    help="Make the service key post-quantum: ML-KEM-768 + X25519 hybrid HPKE.",
+)
+
+
 @keys.command("init")
+@PQ_OPTION
 @click.pass_obj
-def init(app: AppContext) -> None:
+def init(app: AppContext, pq: bool) -> None:
     """Create the keys folder and any missing key; never replaces an existing key.
 
     \b
     Example:
-        secure-maas keys init
+        secure-maas keys init --pq
     """
-    _keyring, report = Keyring.init(app.settings.keys_dir)
+    _keyring, report = Keyring.init(app.settings.keys_dir, pq=pq)
     echo_init_report(report)
 
 
@@ -87,17 +95,20 @@ def check(app: AppContext) -> None:
     type=click.Choice([k.value for k in KeyKind]),
     help="Which kind of key to rotate.",
 )
+@PQ_OPTION
 @click.pass_obj
-def rotate(app: AppContext, kind: str) -> None:
+def rotate(app: AppContext, kind: str, pq: bool) -> None:
     """Make a new active key of KIND; the old one is kept to decrypt and verify.
+
+    After rotating the service key, run `secure-maas models rewrap`.
 
     \b
     Example:
-        secure-maas keys rotate --kind jwt
+        secure-maas keys rotate --kind service --pq && secure-maas models rewrap
     """
     keyring = app.keyring()
     previous = keyring.active(KeyKind(kind))
-    record = keyring.rotate(KeyKind(kind))
+    record = keyring.rotate(KeyKind(kind), pq=pq)
     click.echo(
         f"new active {kind} key {record.id} ({record.fingerprint}); {previous.id} kept as previous"
     )

@@ -1,4 +1,4 @@
-"""Sessions: one factory per engine, and a scope that commits or rolls back as a unit."""
+"""Sessions: one factory per engine, and scopes that commit or roll back as a unit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from secure_maas.db.engine import begin_immediate
 
 SessionFactory = sessionmaker[Session]
 
@@ -21,3 +23,18 @@ def session_scope(factory: SessionFactory) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any exception."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def write_scope(engine: Engine) -> Iterator[Session]:
+    """Like `session_scope`, but holding SQLite's write lock from the first statement.
+
+    For check-then-write sequences (next version number, budget left, quota): on SQLite the
+    transaction starts with BEGIN IMMEDIATE so two writers cannot both read the old state; on
+    PostgreSQL the caller locks the rows it reads with `SELECT ... FOR UPDATE`.
+    """
+    with engine.connect() as connection:
+        begin_immediate(connection)
+        with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
+            yield session
+            session.flush()

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from secure_maas.db.base import Base, UTCDateTime
+from secure_maas.db.dialect import insert
 from secure_maas.timeutil import utcnow
 
 
@@ -32,11 +32,9 @@ def bump(session: Session, scope: str) -> int:
     One `INSERT ... ON CONFLICT DO UPDATE` statement, so concurrent writers on either backend
     each get a distinct number and a missing row is created without a race.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     now = utcnow()
     upsert = (
-        insert(StateVersion)
+        insert(session, StateVersion)
         .values(scope=scope, version=1, updated_at=now)
         .on_conflict_do_update(
             index_elements=[StateVersion.scope],

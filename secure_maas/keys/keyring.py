@@ -28,6 +28,7 @@ from typing import Any
 
 from secure_maas.atomic import atomic_write
 from secure_maas.crypto import (
+    Algorithm,
     GeneratedKey,
     InvalidKey,
     PrivateKey,
@@ -83,6 +84,14 @@ def _require_folder(folder: Path) -> None:
     check_folder(folder)
 
 
+def _algorithm(kind: KeyKind, *, pq: bool) -> Algorithm:
+    if not pq:
+        return kind.algorithm
+    if kind is not KeyKind.SERVICE:
+        raise KeyringError(f"--pq applies to service keys only, not {kind} keys")
+    return Algorithm.MLKEM768_X25519
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
@@ -112,8 +121,14 @@ class Keyring:
         return cls(folder, records)
 
     @classmethod
-    def init(cls, folder: Path, *, now: datetime | None = None) -> tuple[Keyring, InitReport]:
-        """Create whatever the keyring lacks; existing keys are checked and never replaced."""
+    def init(
+        cls, folder: Path, *, pq: bool = False, now: datetime | None = None
+    ) -> tuple[Keyring, InitReport]:
+        """Create whatever the keyring lacks; existing keys are checked and never replaced.
+
+        `pq` makes a missing service key the post-quantum hybrid (ML-KEM-768 + X25519), for
+        models stored for years; it does not touch a service key that already exists.
+        """
         if folder.exists() and not folder.is_dir():
             raise KeyringError(f"keys folder {folder} is a file, not a folder")
         tightened = False
@@ -129,7 +144,8 @@ class Keyring:
             keyring.check()
             for kind in KeyKind:
                 if keyring._active_or_none(kind) is None:
-                    created.append(keyring._add(kind, KeyStatus.ACTIVE, now or utcnow()))
+                    algorithm = _algorithm(kind, pq=pq and kind is KeyKind.SERVICE)
+                    created.append(keyring._add(kind, KeyStatus.ACTIVE, now or utcnow(), algorithm))
             if created:
                 keyring._save()
             elif not (folder / JWKS_NAME).exists():
@@ -214,6 +230,14 @@ class Keyring:
             raise self._mismatch(path)
         return key
 
+    def service_private_keys(self) -> dict[str, PrivateKey]:
+        """Every service key that may still decrypt, by id (for opening sealed artifacts)."""
+        return {r.id: self.private_key(r.id) for r in self.usable(KeyKind.SERVICE)}
+
+    def trusted_publishers(self) -> dict[str, PublicKey]:
+        """Every publisher key whose signature the service accepts, by id."""
+        return {r.id: self.public_key(r.id) for r in self.usable(KeyKind.PUBLISHER)}
+
     def check(self) -> None:
         """Load every key that is still usable, so a corrupted or exposed file is found now."""
         for record in self._records:
@@ -238,12 +262,16 @@ class Keyring:
 
     # -- changing -------------------------------------------------------------------------
 
-    def rotate(self, kind: KeyKind, *, now: datetime | None = None) -> KeyRecord:
-        """Make a new active key of `kind`; the old one stays for decryption/verification."""
+    def rotate(self, kind: KeyKind, *, pq: bool = False, now: datetime | None = None) -> KeyRecord:
+        """Make a new active key of `kind`; the old one stays for decryption/verification.
+
+        `pq` (service keys only) makes the new key the post-quantum hybrid.
+        """
+        algorithm = _algorithm(kind, pq=pq)
         with _locked(self.folder):
             self._records = read_manifest(self.folder)
             previous = self.active(kind)
-            created = self._add(kind, KeyStatus.ACTIVE, now or utcnow())
+            created = self._add(kind, KeyStatus.ACTIVE, now or utcnow(), algorithm)
             self._replace(previous.with_status(KeyStatus.PREVIOUS))
             self._save()
         return created
@@ -297,8 +325,10 @@ class Keyring:
             self._save()
         return record
 
-    def _add(self, kind: KeyKind, status: KeyStatus, now: datetime) -> KeyRecord:
-        generated: GeneratedKey = generate(kind.algorithm)
+    def _add(
+        self, kind: KeyKind, status: KeyStatus, now: datetime, algorithm: Algorithm
+    ) -> KeyRecord:
+        generated: GeneratedKey = generate(algorithm)
         key_id = _key_id(kind, generated.fingerprint)
         private_file = f"{key_id}.key"
         atomic_write(self.folder / private_file, generated.private, mode=0o600, overwrite=False)

@@ -8,6 +8,7 @@ complete new file and renames it over the old one.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -66,12 +67,28 @@ class ArtifactStore:
         final = self.path(name, version)
         return self._publish(final, produce, replace=False)
 
-    def replace(self, relative: str, produce: Callable[[BinaryIO], None]) -> Path:
-        """Atomically replace an existing artifact (used by rewrap) with a complete new file."""
-        final = self.root / relative
-        return self._publish(final, produce, replace=True)
+    def replace(
+        self,
+        relative: str,
+        produce: Callable[[BinaryIO], None],
+        check: Callable[[Path], None],
+    ) -> Path:
+        """Atomically replace an existing artifact (used by rewrap) with a complete new file.
 
-    def _publish(self, final: Path, produce: Callable[[BinaryIO], None], *, replace: bool) -> Path:
+        `check(temp_path)` runs on the finished temp file before it replaces the old one, so a
+        file that does not verify is never installed.
+        """
+        final = self.root / relative
+        return self._publish(final, produce, replace=True, check=check)
+
+    def _publish(
+        self,
+        final: Path,
+        produce: Callable[[BinaryIO], None],
+        *,
+        replace: bool,
+        check: Callable[[Path], None] | None = None,
+    ) -> Path:
         folder = final.parent
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -85,6 +102,8 @@ class ArtifactStore:
                 produce(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
+            if check is not None:
+                check(tmp)
             if replace:
                 os.replace(tmp, final)
             else:
@@ -100,7 +119,7 @@ class ArtifactStore:
                 tmp.unlink()
         return final
 
-    def open(self, relative: str) -> BinaryIO:
+    def open(self, relative: str) -> io.BufferedReader:
         """Open an artifact for reading by its path relative to the store root."""
         path = self.root / relative
         if not path.resolve().is_relative_to(self.root.resolve()):

@@ -205,3 +205,17 @@ def test_concurrent_rotations_leave_one_active_key(keyring: Keyring) -> None:
     service = [r for r in records if r.kind is KeyKind.SERVICE]
     assert len(service) == 7
     assert [r.status for r in service].count(KeyStatus.ACTIVE) == 1
+
+
+def test_post_quantum_service_key(folder: Path) -> None:
+    keyring, _ = Keyring.init(folder, pq=True)
+    service = keyring.active(KeyKind.SERVICE)
+    assert service.algorithm == "mlkem768-x25519"
+    assert keyring.active(KeyKind.JWT).algorithm == "ed25519"  # --pq touches the service key only
+    keyring.check()
+    assert keyring.private_key(service.id).public_key().fingerprint == service.fingerprint
+    with pytest.raises(KeyringError, match="service keys only"):
+        keyring.rotate(KeyKind.JWT, pq=True)
+    classic = keyring.rotate(KeyKind.SERVICE)
+    assert classic.algorithm == "x25519"
+    assert keyring.rotate(KeyKind.SERVICE, pq=True).algorithm == "mlkem768-x25519"

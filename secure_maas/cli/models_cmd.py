@@ -1,0 +1,243 @@
+"""`secure-maas models`: the sealed model registry."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from secure_maas.cli.context import AppContext
+from secure_maas.cli.output import emit, format_option
+from secure_maas.db.session import session_factory, session_scope
+from secure_maas.registry import artifacts, catalog
+from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
+from secure_maas.timeutil import isoformat
+
+
+def version_row(model: Model, row: ModelVersion, labels: list[str]) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "version": row.version,
+        "status": row.status,
+        "labels": ",".join(labels) or None,
+        "privacy": row.privacy,
+        "epsilon": row.dp_epsilon,
+        "delta": row.dp_delta,
+        "size_bytes": row.size_bytes,
+        "plaintext_sha256": row.plaintext_sha256,
+        "ciphertext_sha256": row.ciphertext_sha256,
+        "service_key_id": row.service_key_id,
+        "publisher_key_id": row.publisher_key_id,
+        "dataset": row.dataset_name,
+        "created_at": isoformat(row.created_at),
+        "created_by": row.created_by,
+    }
+
+
+@click.group()
+def models() -> None:
+    """Publish, inspect and verify sealed models."""
+
+
+@models.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name (letters, digits, '.', '_', '-').")
+@click.pass_obj
+def import_model(app: AppContext, file: Path, name: str) -> None:
+    """Seal an existing Keras model (.keras or .h5) as the next version of NAME.
+
+    The model is recorded as having no DP guarantee (it was trained elsewhere).
+
+    \b
+    Example:
+        secure-maas models import churn.keras --name churn
+    """
+    from secure_maas.registry.keras_import import load_keras_file
+
+    payload, signature = load_keras_file(file)
+    from secure_maas.registry.publish import Provenance, publish
+
+    row = publish(
+        app.engine(),
+        app.store(),
+        app.keyring(),
+        name=name,
+        payload=payload,
+        signature=signature,
+        provenance=Provenance(Privacy.IMPORTED),
+        created_by=getpass.getuser(),
+    )
+    click.echo(
+        f"published {name}:{row.version} ({row.size_bytes} bytes sealed, "
+        f"service key {row.service_key_id}, publisher {row.publisher_key_id})"
+    )
+
+
+@models.command("list")
+@format_option
+@click.pass_obj
+def list_models(app: AppContext, fmt: str) -> None:
+    """List every model version with its labels, status and privacy guarantee.
+
+    \b
+    Example:
+        secure-maas models list --format json
+    """
+    with session_scope(session_factory(app.engine())) as session:
+        rows = []
+        for model in catalog.list_models(session):
+            labels = catalog.labels_of(model)
+            rows += [version_row(model, v, labels.get(v.version, [])) for v in model.versions]
+    emit(
+        rows,
+        ["name", "version", "status", "labels", "privacy", "epsilon", "size_bytes", "created_at"],
+        fmt,
+    )
+
+
+@models.command("show")
+@click.argument("ref")
+@format_option
+@click.pass_obj
+def show(app: AppContext, ref: str, fmt: str) -> None:
+    """Show NAME (every version), NAME:VERSION or NAME@LABEL in detail.
+
+    \b
+    Example:
+        secure-maas models show digits:2
+    """
+    parsed = catalog.ModelRef.parse(ref)
+    with session_scope(session_factory(app.engine())) as session:
+        model = catalog.get_model(session, parsed.name)
+        labels = catalog.labels_of(model)
+        if parsed.version is None and parsed.label is None:
+            versions = list(model.versions)
+        else:
+            versions = [catalog.resolve(session, parsed, include_disabled=True)]
+        rows = []
+        for row in versions:
+            data = version_row(model, row, labels.get(row.version, []))
+            data["signature"] = row.signature
+            data["dp"] = {
+                key: getattr(row, f"dp_{key}")
+                for key in (
+                    "epsilon",
+                    "delta",
+                    "noise_multiplier",
+                    "clip_norm",
+                    "batch_size",
+                    "sampling_rate",
+                    "epochs",
+                    "steps",
+                    "accountant",
+                    "statement",
+                )
+            }
+            rows.append(data)
+    if fmt == "json":
+        emit(rows, [], fmt)
+        return
+    for data in rows:
+        click.echo(f"{data['name']}:{data['version']}")
+        for key, value in data.items():
+            if key not in ("name", "version"):
+                click.echo(f"  {key:18} {value if value is not None else '-'}")
+
+
+@models.command("verify")
+@click.argument("name", required=False)
+@format_option
+@click.pass_obj
+def verify(app: AppContext, name: str | None, fmt: str) -> None:
+    """Check every artifact (or NAME's): signature, digests, decryptability; no TensorFlow.
+
+    Also reports files in the store that no version references. Exits 1 if anything failed.
+
+    \b
+    Example:
+        secure-maas models verify && echo all artifacts intact
+    """
+    keyring = app.keyring()
+    with session_scope(session_factory(app.engine())) as session:
+        if name is not None:
+            catalog.get_model(session, name)
+        findings = list(artifacts.verify_all(session, app.store(), keyring, name))
+    rows = [f.__dict__ for f in findings]
+    emit(rows, ["model", "version", "ok", "code", "reason"], fmt)
+    bad = [f for f in findings if not f.ok]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(findings)} artifacts failed verification")
+
+
+@models.command("label")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.argument("label")
+@click.pass_obj
+def label(app: AppContext, name: str, version: int, label: str) -> None:
+    """Point LABEL (e.g. stable, canary) at VERSION of NAME.
+
+    \b
+    Example:
+        secure-maas models label digits 3 stable
+    """
+    with session_scope(session_factory(app.engine())) as session:
+        catalog.set_label(session, name, version, label, actor=getpass.getuser())
+    click.echo(f"{name}@{label} -> {version}")
+
+
+def _set_status(app: AppContext, name: str, version: int, status: VersionStatus) -> None:
+    with session_scope(session_factory(app.engine())) as session:
+        catalog.set_status(session, name, version, status)
+    click.echo(f"{name}:{version} {status.value}")
+
+
+@models.command("disable")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_obj
+def disable(app: AppContext, name: str, version: int) -> None:
+    """Stop serving VERSION of NAME (it stays listed and verifiable).
+
+    \b
+    Example:
+        secure-maas models disable digits 2
+    """
+    _set_status(app, name, version, VersionStatus.DISABLED)
+
+
+@models.command("enable")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_obj
+def enable(app: AppContext, name: str, version: int) -> None:
+    """Serve VERSION of NAME again.
+
+    \b
+    Example:
+        secure-maas models enable digits 2
+    """
+    _set_status(app, name, version, VersionStatus.ACTIVE)
+
+
+@models.command("rewrap")
+@click.pass_obj
+def rewrap(app: AppContext) -> None:
+    """Re-wrap every artifact's data key to the active service key (after a rotation).
+
+    The bodies are not re-encrypted; each new file is verified before it replaces the old
+    one. Safe to interrupt and run again.
+
+    \b
+    Example:
+        secure-maas keys rotate --kind service && secure-maas models rewrap
+    """
+    report = artifacts.rewrap_all(app.engine(), app.store(), app.keyring())
+    for relative in report.rewrapped:
+        click.echo(f"rewrapped {relative}")
+    click.echo(
+        f"{len(report.rewrapped)} rewrapped, {len(report.already)} already on the "
+        "active service key"
+    )
