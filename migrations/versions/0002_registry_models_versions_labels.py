@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("artifact_path", sa.String(length=255), nullable=False),
         sa.Column("plaintext_sha256", sa.String(length=64), nullable=False),
-        sa.Column("ciphertext_sha256", sa.String(length=64), nullable=False),
+        sa.Column("ciphertext_digest", sa.String(length=64), nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("plaintext_bytes", sa.BigInteger(), nullable=False),
         sa.Column("publisher_key_id", sa.String(length=64), nullable=False),

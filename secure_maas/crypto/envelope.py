@@ -29,7 +29,9 @@ KEYBLOCK: the data key, wrapped by HPKE (RFC 9180, base mode, single shot) to th
 "HPKE(DHKEM-X25519,HKDF-SHA256,AES-256-GCM)", or "HPKE(MLKEM768-X25519,HKDF-SHA256,AES-256-GCM)"
 for a post-quantum service key. TRAILER: an Ed25519 signature by `publisher_key_id` over
 b"secure-maas/v1/signature" || HEADER_DIGEST || CIPHERTEXT_DIGEST || publisher_key_id (UTF-8),
-where CIPHERTEXT_DIGEST is SHA-256 over all chunk bytes in order.
+where CIPHERTEXT_DIGEST is BLAKE3-256 over all chunk bytes in order. BLAKE3 rather than
+SHA-256 because this hash is on the hot path of every model load: at 5-6 GB/s on one core it
+costs a fraction of the decryption, where SHA-256 (about 1.7 GB/s here) halved the throughput.
 
 The keyblock is deliberately outside the signature: `rewrap` replaces it after a service key
 rotation without the publisher's key and without touching the body. A foreign keyblock gains an
@@ -51,6 +53,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from blake3 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -125,7 +128,7 @@ class SealInfo:
 
     header: Header
     plaintext_sha256: str
-    ciphertext_sha256: str
+    ciphertext_digest: str
     size: int
 
 
@@ -145,7 +148,7 @@ class Verified:
     """An artifact whose framing, key, every chunk and the signature checked out."""
 
     header: Header
-    ciphertext_sha256: str
+    ciphertext_digest: str
     service_key_id: str
     publisher_key_id: str
 
@@ -357,7 +360,7 @@ def _signed_message(header_digest: bytes, ciphertext_digest: bytes, publisher_id
 def _encrypt_body(
     flat: memoryview, out: Sink, header: Header, aead: AESGCM, header_digest: bytes
 ) -> bytes:
-    digest = hashlib.sha256()
+    digest = blake3(max_threads=1)
     size, count = header.chunk_size, header.chunk_count
     buffer = bytearray(min(size, header.plaintext_length) + TAG_BYTES)
     with memoryview(buffer) as view:
@@ -385,7 +388,7 @@ def _decrypt_body(
     buffer, the ciphertext hashed while it is still in cache, no per-chunk allocation but the
     12-byte nonce."""
     header, header_digest = prelude.header, prelude.header_digest
-    digest = hashlib.sha256()
+    digest = blake3(max_threads=1)
     size, count, total = header.chunk_size, header.chunk_count, header.plaintext_length
     buffer = bytearray(min(size, total) + TAG_BYTES)
     with memoryview(buffer) as view:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _check_row(row: ModelVersion, checked: Verified) -> None:
-    if checked.ciphertext_sha256 != row.ciphertext_sha256:
+    if checked.ciphertext_digest != row.ciphertext_digest:
         raise InvalidArtifact("digest_mismatch", "ciphertext digest differs from the registry's")
     if checked.header.plaintext_sha256 != row.plaintext_sha256:
         raise InvalidArtifact("digest_mismatch", "plaintext digest differs from the registry's")

@@ -60,7 +60,7 @@ class ModelVersion(Base):
     )
     artifact_path: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     plaintext_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
-    ciphertext_sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    ciphertext_digest: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     plaintext_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     publisher_key_id: Mapped[str] = mapped_column(sa.String(64), nullable=False)

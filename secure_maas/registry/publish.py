@@ -182,7 +182,7 @@ def publish(
                 version=version,
                 artifact_path=relative,
                 plaintext_sha256=info.plaintext_sha256,
-                ciphertext_sha256=info.ciphertext_sha256,
+                ciphertext_digest=info.ciphertext_digest,
                 size_bytes=info.size,
                 plaintext_bytes=len(payload),
                 publisher_key_id=publisher.id,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,13 +166,13 @@ def test_round_trip(keys: dict[str, PrivateKey], length: int, service: str) -> N
     chunks = layout(artifact)["chunks"]
     assert len(chunks) == max(1, -(-length // 64))
     body = b"".join(artifact[start:end] for start, end in chunks)
-    assert opened.ciphertext_sha256 == hashlib.sha256(body).hexdigest()
+    assert opened.ciphertext_digest == blake3(body).hexdigest()
     verified = verify_artifact(
         io.BytesIO(artifact), private_keys={service: keys[service]},
         trusted_publishers={"pub-a": keys["pub-a"].public_key()},
         expect_model="digits", expect_version=1,
     )  # fmt: skip
-    assert verified.ciphertext_sha256 == opened.ciphertext_sha256
+    assert verified.ciphertext_digest == opened.ciphertext_digest
     opened.wipe()
     assert opened.plaintext == bytes(length)
 
@@ -600,7 +601,7 @@ def test_vector_opens_to_the_known_plaintext(case: dict[str, Any]) -> None:
         expect_model=case["model"], expect_version=case["version"],
     )  # fmt: skip
     assert opened.plaintext.hex() == case["plaintext_hex"]
-    assert opened.ciphertext_sha256 == case["ciphertext_sha256"]
+    assert opened.ciphertext_digest == case["ciphertext_digest"]
     assert opened.header.metadata == case["metadata"]
     start, end = layout(data)["header"]
     assert data[start:end].hex() == case["header_hex"]

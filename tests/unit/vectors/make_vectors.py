@@ -105,7 +105,7 @@ def main() -> None:
                 "header_hex": header_bytes.hex(),
                 "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
                 "plaintext_sha256": info.plaintext_sha256,
-                "ciphertext_sha256": info.ciphertext_sha256,
+                "ciphertext_digest": info.ciphertext_digest,
             }
         )
     vectors = {
