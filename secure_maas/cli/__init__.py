@@ -63,8 +63,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from secure_maas.cli import config_cmd, db_cmd, demo_cmd, init_cmd, keys_cmd, models_cmd
+    from secure_maas.cli import (
+        audit_cmd,
+        config_cmd,
+        db_cmd,
+        demo_cmd,
+        init_cmd,
+        keys_cmd,
+        models_cmd,
+    )
 
+    cli.add_command(audit_cmd.audit)
     cli.add_command(config_cmd.config)
     cli.add_command(db_cmd.db)
     cli.add_command(keys_cmd.keys)

@@ -4,6 +4,7 @@ Importing this module imports each package's models so that `Base.metadata` is c
 must stay free of TensorFlow and Flask imports.
 """
 
+from secure_maas.audit import models as audit_models  # noqa: F401
 from secure_maas.db import state  # noqa: F401  (registers its tables)
 from secure_maas.db.base import Base
 from secure_maas.registry import models  # noqa: F401

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from secure_maas.config import Settings
+from secure_maas.db import migrate
 from secure_maas.keys import KeyKind
 from tests.functional.cli import run_cli
 
@@ -26,7 +27,8 @@ def test_init_then_keys_list_shows_four_kinds(cli_env: dict[str, str], settings:
     first = run_cli("init", env=cli_env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("created ") == 4
-    assert "-> 0001" in first.stdout
+    head = migrate.head()
+    assert f"-> {head}" in first.stdout
 
     listed = run_cli("keys", "list", "--format", "json", env=cli_env)
     assert listed.returncode == 0, listed.stderr
@@ -43,14 +45,14 @@ def test_init_then_keys_list_shows_four_kinds(cli_env: dict[str, str], settings:
     second = run_cli("init", env=cli_env)
     assert second.returncode == 0, second.stderr
     assert "already initialised; nothing changed" in second.stdout
-    assert "already at 0001" in second.stdout
+    assert f"already at {head}" in second.stdout
     assert {p.name: p.read_bytes() for p in settings.keys_dir.iterdir()} == before
 
     check = run_cli("db", "check", env=cli_env)
     assert check.returncode == 0, check.stderr
     assert "schema ok" in check.stdout
     current = run_cli("db", "current", env=cli_env)
-    assert "current: 0001  head: 0001  (up to date)" in current.stdout
+    assert f"current: {head}  head: {head}  (up to date)" in current.stdout
 
 
 def test_private_key_with_mode_644_is_refused_with_the_fix(
@@ -66,7 +68,7 @@ def test_private_key_with_mode_644_is_refused_with_the_fix(
 
 def test_db_upgrade_and_rotation_through_the_cli(cli_env: dict[str, str]) -> None:
     upgraded = run_cli("db", "upgrade", env=cli_env)
-    assert upgraded.returncode == 0 and "upgraded empty -> 0001" in upgraded.stdout
+    assert upgraded.returncode == 0 and f"upgraded empty -> {migrate.head()}" in upgraded.stdout
     again = run_cli("db", "upgrade", env=cli_env)
     assert "nothing to do" in again.stdout
     assert run_cli("keys", "init", env=cli_env).returncode == 0

@@ -1,0 +1,53 @@
+"""The audit log: complete, tamper-evident, fail-closed, reviewable (invariant 8).
+
+- `events`: `AuditEvent` (what callers record) and `AuditRecord` (what is stored).
+- `encoding`: the canonical, versioned bytes each MAC covers; never changes once shipped.
+- `chain`: one global HMAC-SHA256 chain serialised by the database; `append_now`.
+- `writer`: `AuditWriter`, group commit for request threads.
+- `verify`, `query`, `stats`, `export`, `prune`: what auditors run.
+
+Nothing here knows of Flask or imports `cryptography`; keys come through `AuditKeys`.
+"""
+
+from secure_maas.audit.chain import (
+    AuditUnavailable,
+    Head,
+    append_checkpoint,
+    append_now,
+)
+from secure_maas.audit.events import (
+    ActorKind,
+    AuditEvent,
+    AuditRecord,
+    Decision,
+    InvalidAuditEvent,
+    body_digest,
+)
+from secure_maas.audit.keys import AuditKeys, KeyringAuditKeys, MissingAuditKey, StaticAuditKeys
+from secure_maas.audit.query import AuditFilter, parse_time
+from secure_maas.audit.verify import VerifyReport, parse_head, verify, verify_database
+from secure_maas.audit.writer import AuditWriter
+
+__all__ = [
+    "ActorKind",
+    "AuditEvent",
+    "AuditFilter",
+    "AuditKeys",
+    "AuditRecord",
+    "AuditUnavailable",
+    "AuditWriter",
+    "Decision",
+    "Head",
+    "InvalidAuditEvent",
+    "KeyringAuditKeys",
+    "MissingAuditKey",
+    "StaticAuditKeys",
+    "VerifyReport",
+    "append_checkpoint",
+    "append_now",
+    "body_digest",
+    "parse_head",
+    "parse_time",
+    "verify",
+    "verify_database",
+]

@@ -1,0 +1,82 @@
+"""Audit tables: the append-only event log and the one-row head of its chain.
+
+`audit_events.seq` is assigned by the writer, not the database: it is contiguous (1, 2, 3, ...)
+and part of each event's MAC, so a gap is a deleted event. `audit_head` holds the newest event's
+sequence number and MAC; every append locks that row, which serialises all writers of all
+processes and instances into one chain, and lets `verify` notice a truncated tail.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from secure_maas.audit.events import LIMITS
+from secure_maas.db.base import Base, IdType, UTCDateTime
+
+HEAD_ID = 1
+MAC_BYTES = 32
+
+
+class AuditEventRow(Base):
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
+    encoding: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(LIMITS["request_id"]))
+    actor: Mapped[str] = mapped_column(sa.String(LIMITS["actor"]), nullable=False, index=True)
+    actor_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    action: Mapped[str] = mapped_column(sa.String(LIMITS["action"]), nullable=False, index=True)
+    model: Mapped[str | None] = mapped_column(sa.String(LIMITS["model"]), index=True)
+    model_version: Mapped[int | None] = mapped_column(sa.BigInteger)
+    decision: Mapped[str] = mapped_column(sa.String(8), nullable=False)
+    reason_code: Mapped[str | None] = mapped_column(sa.String(LIMITS["reason_code"]))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    http_status: Mapped[int | None] = mapped_column(sa.BigInteger)
+    client: Mapped[str | None] = mapped_column(sa.String(LIMITS["client"]))
+    latency_us: Mapped[int | None] = mapped_column(sa.BigInteger)
+    rows: Mapped[int | None] = mapped_column(sa.BigInteger)
+    body_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    key_id: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    mac: Mapped[bytes] = mapped_column(sa.LargeBinary(MAC_BYTES), nullable=False)
+
+
+class AuditHead(Base):
+    __tablename__ = "audit_head"
+    __table_args__ = (sa.CheckConstraint(f"id = {HEAD_ID}", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    mac: Mapped[bytes] = mapped_column(sa.LargeBinary(MAC_BYTES), nullable=False)
+    key_id: Mapped[str | None] = mapped_column(sa.String(64))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+events_table: sa.Table = AuditEventRow.__table__  # type: ignore[assignment]
+head_table: sa.Table = AuditHead.__table__  # type: ignore[assignment]
+
+#: Columns in the order of the canonical encoding (see encoding.py), `key_id` last.
+CANONICAL_COLUMNS = (
+    "seq",
+    "at",
+    "request_id",
+    "actor",
+    "actor_kind",
+    "action",
+    "model",
+    "model_version",
+    "decision",
+    "reason_code",
+    "reason",
+    "http_status",
+    "client",
+    "latency_us",
+    "rows",
+    "body_sha256",
+    "detail",
+    "key_id",
+)

@@ -1,0 +1,173 @@
+"""Reading the log for review: filters, keyset paging, single events, and streaming.
+
+Everything here only SELECTs, so an auditor's read-only database user can run it. Paging is by
+sequence number (`after`), which stays correct while writers append, unlike offsets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import ColumnElement
+
+from secure_maas.audit.events import AuditRecord
+from secure_maas.audit.models import events_table
+from secure_maas.timeutil import parse_duration
+
+STREAM_ROWS = 1_000
+_RELATIVE = re.compile(r"^\d+\s*[smhdw]$")
+
+#: Every column of an event, in `AuditRecord` field order.
+RECORD_COLUMNS = (
+    "seq",
+    "at",
+    "request_id",
+    "actor",
+    "actor_kind",
+    "action",
+    "model",
+    "model_version",
+    "decision",
+    "reason_code",
+    "reason",
+    "http_status",
+    "client",
+    "latency_us",
+    "rows",
+    "body_sha256",
+    "detail",
+    "key_id",
+    "mac",
+    "encoding",
+)
+
+
+def parse_time(text: str, *, now: datetime) -> datetime:
+    """A point in time from `1h`, `30m`, `7d` (that long before `now`) or an ISO 8601 date or
+    time; a time without an offset is taken as UTC, a bare date as its midnight UTC."""
+    text = text.strip()
+    if _RELATIVE.match(text):
+        return now - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (1h, 30m, 7d) nor an ISO date "
+            "(2026-11-28, 2026-11-28T10:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees one consistent snapshot of the database.
+
+    PostgreSQL: REPEATABLE READ, READ ONLY. SQLite: a deferred transaction, whose first read
+    fixes the snapshot (WAL mode). Needs SELECT rights only.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        with connection.begin():
+            yield connection
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which events to show: every given condition must hold (None means any)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    actor: str | None = None
+    model: str | None = None
+    action: str | None = None
+    decision: str | None = None
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        c = events_table.c
+        clauses: list[ColumnElement[bool]] = []
+        if self.since is not None:
+            clauses.append(c.at >= self.since)
+        if self.until is not None:
+            clauses.append(c.at < self.until)
+        for name in ("actor", "model", "action", "decision"):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(c[name] == value)
+        return clauses
+
+
+def to_record(row: Sequence[Any]) -> AuditRecord:
+    """An `AuditRecord` from a row selected with `RECORD_COLUMNS`."""
+    values = list(row)
+    values[18] = bytes(values[18])
+    return AuditRecord(*values)
+
+
+def _select(audit_filter: AuditFilter) -> sa.Select[Any]:
+    columns = [events_table.c[name] for name in RECORD_COLUMNS]
+    return sa.select(*columns).where(*audit_filter.clauses())
+
+
+def list_events(
+    connection: Connection,
+    audit_filter: AuditFilter,
+    *,
+    after: int | None = None,
+    limit: int = 50,
+) -> list[AuditRecord]:
+    """Up to `limit` matching events with seq above `after`, oldest first (one page)."""
+    query = _select(audit_filter)
+    if after is not None:
+        query = query.where(events_table.c.seq > after)
+    query = query.order_by(events_table.c.seq).limit(limit)
+    return [to_record(row) for row in connection.execute(query)]
+
+
+def latest_events(
+    connection: Connection, audit_filter: AuditFilter, *, count: int
+) -> list[AuditRecord]:
+    """The newest `count` matching events, oldest first (`audit tail`)."""
+    query = _select(audit_filter).order_by(events_table.c.seq.desc()).limit(count)
+    return [to_record(row) for row in connection.execute(query)][::-1]
+
+
+def get_event(connection: Connection, seq: int) -> AuditRecord | None:
+    row = connection.execute(_select(AuditFilter()).where(events_table.c.seq == seq)).first()
+    return None if row is None else to_record(row)
+
+
+def iter_events(
+    connection: Connection, audit_filter: AuditFilter, *, after: int | None = None
+) -> Iterator[AuditRecord]:
+    """Every matching event, oldest first, fetched in chunks (memory stays flat at any size)."""
+    query = _select(audit_filter)
+    if after is not None:
+        query = query.where(events_table.c.seq > after)
+    result = connection.execute(
+        query.order_by(events_table.c.seq).execution_options(yield_per=STREAM_ROWS)
+    )
+    try:
+        for row in result:
+            yield to_record(row)
+    finally:
+        result.close()
+
+
+def bounds(connection: Connection) -> tuple[int | None, int | None, int]:
+    """The lowest and highest seq present and the number of events."""
+    c = events_table.c
+    row = connection.execute(sa.select(sa.func.min(c.seq), sa.func.max(c.seq), sa.func.count()))
+    low, high, count = row.one()
+    return low, high, int(count)
