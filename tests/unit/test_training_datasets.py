@@ -1,0 +1,280 @@
+"""Dataset loading, fingerprints, splits, views and preprocessing (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_maas.errors import SecureMaasError
+from secure_maas.training import datasets
+from secure_maas.training.datasets import DatasetError, DatasetNotFound, load_dataset
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+CSV = "a,b,label\n1,2.5,x\n3,4,y\n5,6,x\n"
+
+
+# --------------------------------------------------------------------------- bundled
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"),
+    [("digits", (1797, 8, 8), 10), ("breast_cancer", (569, 30), 2), ("wine", (178, 13), 3)],
+)
+def test_bundled_datasets_load_without_network(name, shape, classes) -> None:
+    ds = load_dataset(f"sklearn:{name}")
+    assert ds.x.shape == shape and ds.x.dtype == np.float32
+    assert ds.y.dtype == np.int64 and set(np.unique(ds.y)) == set(range(classes))
+    assert ds.num_classes == classes and ds.n == shape[0]
+    assert ds.feature_shape == shape[1:]
+    assert len(ds.fingerprint) == 64
+    assert load_dataset(f"sklearn:{name}").fingerprint == ds.fingerprint
+    assert ds.summary()["n"] == shape[0]
+
+
+def test_digits_have_a_public_value_range_and_tabular_data_does_not() -> None:
+    digits = load_dataset("sklearn:digits")
+    assert digits.value_range == (0.0, 16.0)
+    assert digits.x.min() >= 0 and digits.x.max() <= 16
+    assert load_dataset("sklearn:wine").value_range is None
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_is_the_documented_canonical_encoding() -> None:
+    x = np.array([[1.0, 2.5], [3.0, 4.0]])
+    y = np.array([0, 1])
+    header = json.dumps(
+        {
+            "classes": ["x", "y"],
+            "format": "secure-maas/dataset-fingerprint/v1",
+            "x": {"dtype": "<f8", "shape": [2, 2]},
+            "y": {"dtype": "<i8", "shape": [2]},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    expected = hashlib.sha256(
+        header.encode() + b"\n" + x.astype("<f8").tobytes() + y.astype("<i8").tobytes()
+    ).hexdigest()
+    assert datasets.fingerprint(x, y, ["x", "y"]) == expected
+
+
+def test_fingerprint_ignores_csv_formatting(tmp_path) -> None:
+    plain = load_dataset(f"csv:{write(tmp_path / 'a.csv', CSV)}", label_column="label")
+    messy = write(
+        tmp_path / "b.csv",
+        '\ufeff a , "b" , label \r\n"1.0", 2.50 ,"x"\r\n 3e0,"4", y \r\n\r\n5,6.000,x\r\n',
+    )
+    moved = write(tmp_path / "c.csv", "label,a,b\nx,1,2.5\ny,3,4\nx,5,6\n")
+    assert load_dataset(f"csv:{messy}", label_column="label").fingerprint == plain.fingerprint
+    assert load_dataset(f"csv:{moved}", label_column="label").fingerprint == plain.fingerprint
+
+
+def test_fingerprint_changes_with_the_data(tmp_path) -> None:
+    base = load_dataset(f"csv:{write(tmp_path / 'a.csv', CSV)}", label_column="label").fingerprint
+    variants = {
+        "value": "a,b,label\n1,2.5,x\n3,4.000001,y\n5,6,x\n",
+        "label": "a,b,label\n1,2.5,x\n3,4,x\n5,6,y\n",
+        "order": "a,b,label\n3,4,y\n1,2.5,x\n5,6,x\n",
+        "row": "a,b,label\n1,2.5,x\n3,4,y\n",
+        "columns": "a,b,label\n2.5,1,x\n3,4,y\n5,6,x\n",
+    }
+    prints = {base}
+    for name, text in variants.items():
+        path = write(tmp_path / f"{name}.csv", text)
+        prints.add(load_dataset(f"csv:{path}", label_column="label").fingerprint)
+    assert len(prints) == len(variants) + 1
+
+
+def test_the_same_data_as_csv_and_npz_has_one_fingerprint(tmp_path) -> None:
+    csv_path = write(tmp_path / "d.csv", "f0,f1,y\n1,2,0\n3,4,1\n5,6.5,1\n")
+    npz_path = tmp_path / "d.npz"
+    np.savez(npz_path, x=np.array([[1, 2], [3, 4], [5, 6.5]], np.float32), y=np.array([0, 1, 1]))
+    from_csv = load_dataset(f"csv:{csv_path}", label_column="y")
+    from_npz = load_dataset(f"npz:{npz_path}")
+    assert from_csv.fingerprint == from_npz.fingerprint
+    assert from_csv.classes == from_npz.classes == ("0", "1")
+
+
+# --------------------------------------------------------------------------- csv and npz
+
+
+def test_csv_labels_and_names(tmp_path) -> None:
+    ds = load_dataset(f"csv:{write(tmp_path / 'a.csv', CSV)}", label_column="label")
+    assert ds.classes == ("x", "y")
+    assert ds.y.tolist() == [0, 1, 0]
+    assert ds.feature_names == ("a", "b")
+    assert ds.x.tolist() == [[1.0, 2.5], [3.0, 4.0], [5.0, 6.0]]
+
+
+def test_numeric_labels_sort_numerically_and_print_canonically(tmp_path) -> None:
+    path = write(tmp_path / "n.csv", "a,label\n1,10\n2,9.0\n3,2\n")
+    ds = load_dataset(f"csv:{path}", label_column="label")
+    assert ds.classes == ("2", "9", "10")
+    assert ds.y.tolist() == [2, 1, 0]
+
+
+def test_npz_with_image_features_and_string_labels(tmp_path) -> None:
+    path = tmp_path / "img.npz"
+    np.savez(path, x=np.zeros((4, 3, 3), np.uint8), y=np.array(["cat", "dog", "cat", "dog"]))
+    ds = load_dataset(f"npz:{path}")
+    assert ds.feature_shape == (3, 3) and ds.classes == ("cat", "dog")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("a,label\n", "no data rows"),
+        ("a,b\n1,2\n", "no column 'label'"),
+        ("label\nx\n", "at least one feature"),
+        ("a,label\n1,x\nfoo,y\n", "'foo' is not a number"),
+        ("a,label\n1,x\nnan,y\n", "NaN"),
+        ("a,label\n1,x\ninf,y\n", "NaN or infinite"),
+        ("a,label\n1,x\n,y\n", "missing value"),
+        ("a,label\n1,x\n2,\n", "missing label"),
+        ("a,label\n1,x\n2\n", "row 3 has 1 cells"),
+        ("a,label\n1,x\n2,x\n", "at least two classes"),
+        ("a,label,label\n1,x,y\n", "more than once"),
+    ],
+)
+def test_bad_csv_gets_a_clear_error(tmp_path, text, message) -> None:
+    path = write(tmp_path / "bad.csv", text)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"csv:{path}", label_column="label")
+
+
+def test_missing_files_are_reported(tmp_path) -> None:
+    with pytest.raises(DatasetNotFound, match="no such file"):
+        load_dataset(f"csv:{tmp_path / 'nope.csv'}", label_column="label")
+    with pytest.raises(DatasetNotFound, match="no such file"):
+        load_dataset(f"npz:{tmp_path / 'nope.npz'}")
+    with pytest.raises(DatasetNotFound, match="directory"):
+        load_dataset(f"csv:{tmp_path}", label_column="label")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"features": np.zeros((3, 2)), "y": np.zeros(3)}, "arrays named 'x' and 'y'"),
+        ({"x": np.zeros(3), "y": np.zeros(3)}, "shape \\(examples, features"),
+        ({"x": np.zeros((3, 2)), "y": np.zeros(4)}, "one label per example"),
+        ({"x": np.array([[1.0, np.nan], [0, 0]]), "y": np.array([0, 1])}, "NaN"),
+        ({"x": np.zeros((0, 2)), "y": np.zeros(0)}, "no examples"),
+        ({"x": np.array([["a"], ["b"]]), "y": np.array([0, 1])}, "must hold numbers"),
+        ({"x": np.zeros((2, 1)), "y": np.array([0.0, np.nan])}, "NaN or infinite labels"),
+    ],
+)
+def test_bad_npz_gets_a_clear_error(tmp_path, arrays, message) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path) -> None:
+    path = tmp_path / "pickled.npz"
+    np.savez(path, x=np.array([[1], [2]], dtype=object), y=np.array([0, 1]))
+    with pytest.raises(DatasetError, match="without pickled objects"):
+        load_dataset(f"npz:{path}")
+    garbage = write(tmp_path / "garbage.npz", "not a zip file")
+    with pytest.raises(DatasetError, match="not a readable npz"):
+        load_dataset(f"npz:{garbage}")
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "message"),
+    [
+        ("digits", {}, "must look like"),
+        ("s3:bucket/x", {}, "unknown dataset source kind"),
+        ("sklearn:iris", {}, "unknown bundled dataset"),
+        ("csv:x.csv", {}, "label column"),
+        ("sklearn:digits", {"label_column": "y"}, "csv: sources only"),
+    ],
+)
+def test_bad_sources_get_a_clear_error(source, kwargs, message) -> None:
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(source, **kwargs)
+
+
+def test_dataset_errors_are_domain_errors() -> None:
+    assert issubclass(DatasetNotFound, DatasetError)
+    assert issubclass(DatasetError, SecureMaasError)
+
+
+# --------------------------------------------------------------------------- split, views, prep
+
+
+def test_split_is_deterministic_stratified_and_disjoint() -> None:
+    ds = load_dataset("sklearn:wine")
+    train, test = datasets.split(ds, test_fraction=0.25, seed=3)
+    again = datasets.split(ds, test_fraction=0.25, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not set(train) & set(test) and len(train) + len(test) == ds.n
+    assert len(test) == 45
+    for c in range(ds.num_classes):
+        share = np.mean(ds.y == c)
+        assert abs(np.mean(ds.y[test] == c) - share) < 0.05
+    other, _ = datasets.split(ds, test_fraction=0.25, seed=4)
+    assert not np.array_equal(train, other)
+
+
+def test_split_refuses_impossible_fractions() -> None:
+    ds = load_dataset("sklearn:wine")
+    with pytest.raises(DatasetError, match="test fraction"):
+        datasets.split(ds, test_fraction=1.0)
+
+
+def test_views() -> None:
+    assert datasets.image_shape((8, 8)) == (8, 8, 1)
+    assert datasets.image_shape((4, 5, 3)) == (4, 5, 3)
+    assert datasets.image_shape((30,)) is None
+    assert datasets.sequence_shape((8, 8)) == (8, 8)
+    assert datasets.sequence_shape((30,)) == (30, 1)
+    assert datasets.sequence_shape((4, 5, 3)) == (4, 15)
+
+
+def test_public_range_preprocessing_is_covered_by_dp() -> None:
+    ds = load_dataset("sklearn:digits")
+    train, _ = datasets.split(ds)
+    prep = datasets.preprocessing_for(ds, train)
+    assert prep.kind == "public-range" and prep.covered_by_dp
+    scaled = (ds.x - prep.mean) / np.sqrt(prep.variance)
+    assert scaled.min() >= 0.0 and scaled.max() <= 1.0
+
+
+def test_standardisation_uses_the_training_split_only_and_says_it_is_not_private() -> None:
+    ds = load_dataset("sklearn:breast_cancer")
+    train, test = datasets.split(ds)
+    prep = datasets.preprocessing_for(ds, train)
+    assert prep.kind == "standardize" and not prep.covered_by_dp
+    assert "NOT covered by the DP guarantee" in prep.description
+    np.testing.assert_allclose(prep.mean, ds.x[train].mean(axis=0), rtol=1e-4)
+    assert not np.allclose(prep.mean, ds.x[test].mean(axis=0), rtol=1e-3)
+    with pytest.raises(DatasetError, match="no public value range"):
+        datasets.preprocessing_for(ds, train, kind="public-range")
+
+
+def test_dataset_accounting_and_attack_modules_do_not_import_tensorflow() -> None:
+    code = (
+        "import sys; import secure_maas.training, secure_maas.training.datasets, "
+        "secure_maas.training.accounting, secure_maas.training.attack, "
+        "secure_maas.training.auto; "
+        "print(','.join(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -1,0 +1,236 @@
+"""DP-SGD training: it learns, it reports its privacy and its path, and each step is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from secure_maas.registry.signature import ServingSignature  # noqa: E402
+from secure_maas.training import architectures, clipping, train  # noqa: E402
+from secure_maas.training.architectures import ArchitectureError  # noqa: E402
+from secure_maas.training.datasets import Dataset, load_dataset  # noqa: E402
+from secure_maas.training.train import TrainingError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset("sklearn:digits")
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits) -> Dataset:
+    return subset(digits, 300)
+
+
+def subset(ds: Dataset, n: int) -> Dataset:
+    return Dataset(
+        source=ds.source,
+        x=ds.x[:n],
+        y=ds.y[:n],
+        classes=ds.classes,
+        fingerprint="subset",
+        value_range=ds.value_range,
+    )
+
+
+def test_dp_training_on_digits_learns_and_reports_its_privacy(digits) -> None:
+    seen = []
+    result = train.train(
+        digits,
+        "mlp",
+        target_epsilon=3.0,
+        batch_size=256,
+        epochs=12,
+        learning_rate=0.15,
+        noise_seed=1,
+        progress=seen.append,
+    )
+    assert result.dp and result.path_used == clipping.FAST
+    assert result.test_accuracy > 0.8  # chance is 0.1
+    privacy = result.privacy
+    assert privacy is not None
+    assert 2.97 <= privacy.epsilon <= 3.0 and privacy.delta == 1e-5
+    assert privacy.steps == result.config.steps == 6 * 12
+    assert privacy.sampling_rate == 256 / len(result.train_indices)
+    assert privacy.l2_norm_clip == 1.0 and privacy.batch_size == 256
+    assert privacy.noise_multiplier == result.config.noise_multiplier
+    assert [p.epoch for p in seen] == list(range(1, 13))
+    assert seen[-1].eta_s == 0.0 and seen[0].eta_s > 0 and seen[-1].elapsed_s > 0
+    assert len(result.history) == 12 and {"loss", "accuracy"} <= set(result.history[0])
+    assert len(result.train_indices) + len(result.test_indices) == digits.n
+
+
+def test_the_result_is_a_plain_servable_model(small_digits) -> None:
+    result = train.train(
+        small_digits, "mlp", noise_multiplier=1.0, batch_size=64, epochs=1, noise_seed=2
+    )
+    model = result.model
+    assert type(model).__name__ == "Functional"  # not TF Privacy's DPModel
+    signature = ServingSignature.from_model(model)
+    assert signature.input_names == ["features"] and signature.output_names == ["probabilities"]
+    probs = model.predict(small_digits.x[:5], verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    rebuilt = tf.keras.Model.from_config(model.get_config())
+    assert rebuilt.count_params() == model.count_params()
+
+
+def test_no_dp_is_marked_as_such(small_digits) -> None:
+    result = train.train(small_digits, "mlp", dp=False, batch_size=32, epochs=3, noise_seed=3)
+    assert not result.dp and result.privacy is None
+    assert result.path_used == train.NON_PRIVATE
+    assert result.config.noise_multiplier is None and result.config.delta is None
+    assert result.test_accuracy > 0.5
+
+
+@pytest.mark.parametrize("arch", ["cnn", "lstm", "gru", "transformer"])
+def test_every_architecture_trains_and_reports_its_path(small_digits, arch) -> None:
+    result = train.train(
+        small_digits, arch, noise_multiplier=1.0, batch_size=60, epochs=1, noise_seed=4
+    )
+    # Every trainable layer of every architecture has a registry function: the fast path.
+    assert result.path_used == clipping.FAST
+    for kind in {"cnn": "Conv2D", "lstm": "LSTM", "gru": "GRU", "transformer": "MultiHead"}[
+        arch
+    ].split():
+        assert kind in result.path_reason
+    assert result.privacy is not None and result.privacy.steps == 4
+
+
+def test_the_per_example_path_can_be_forced_and_is_reported(small_digits) -> None:
+    result = train.train(
+        small_digits,
+        "mlp",
+        noise_multiplier=1.0,
+        batch_size=60,
+        epochs=1,
+        noise_seed=5,
+        clipping_path="per-example",
+    )
+    assert result.path_used == clipping.PER_EXAMPLE
+    assert "requested" in result.path_reason
+
+
+def one_step_update(model, path, x, y, *, batch_size, clip, sigma, noise_seed):
+    """Weights change after one DP step with plain SGD at learning rate 1."""
+    tf.random.set_seed(noise_seed)
+    trainer, plan = train.make_dp_trainer(
+        model,
+        l2_norm_clip=clip,
+        noise_multiplier=sigma,
+        batch_size=batch_size,
+        optimizer="sgd",
+        learning_rate=1.0,
+        path=path,
+    )
+    assert plan.path == (clipping.FAST if path == "fast" else clipping.PER_EXAMPLE)
+    before = [w.numpy().copy() for w in trainer.trainable_weights]
+    weights = np.full(len(y), 1.0 / batch_size, np.float32)
+    trainer.train_on_batch(x, y, sample_weight=weights)
+    after = [w.numpy() for w in trainer.trainable_weights]
+    for var, value in zip(trainer.trainable_weights, before, strict=True):
+        var.assign(value)
+    return [b - a for b, a in zip(before, after, strict=True)]
+
+
+@pytest.fixture
+def tiny_model():
+    tf.keras.utils.set_random_seed(7)
+    return architectures.build_model("mlp", (6,), 3, units=(20,))
+
+
+def tiny_batch(rows=5):
+    rng = np.random.default_rng(8)
+    x = (3 * rng.normal(size=(rows, 6))).astype(np.float32)
+    return x, rng.integers(0, 3, size=rows)
+
+
+@pytest.mark.parametrize("path", ["fast", "per-example"])
+def test_a_noiseless_step_is_the_clipped_sum_over_the_expected_batch(tiny_model, path) -> None:
+    """(1/b) * sum_i clip_C(grad_i), b the EXPECTED batch size, not the rows in this batch."""
+    x, y = tiny_batch()
+    clip, batch_size = 0.5, 8
+    got = one_step_update(
+        tiny_model, path, x, y, batch_size=batch_size, clip=clip, sigma=0.0, noise_seed=0
+    )
+    logits = architectures.logits_model(tiny_model)
+    expected = [np.zeros(v.shape, np.float64) for v in logits.trainable_weights]
+    clipped_some = False
+    for i in range(len(y)):
+        with tf.GradientTape() as tape:
+            loss = tf.keras.losses.sparse_categorical_crossentropy(
+                y[i : i + 1], logits(x[i : i + 1]), from_logits=True
+            )
+        grads = [g.numpy() for g in tape.gradient(loss, logits.trainable_weights)]
+        norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+        clipped_some |= norm > clip
+        for acc, g in zip(expected, grads, strict=True):
+            acc += g * min(1.0, clip / norm) / batch_size
+    assert clipped_some
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", ["fast", "per-example"])
+def test_noise_has_the_accounted_scale(tiny_model, path) -> None:
+    """Two steps from the same weights differ only by noise: std sqrt(2) * sigma * C / b."""
+    x, y = tiny_batch()
+    clip, sigma, batch_size = 0.5, 3.0, 8
+    first = one_step_update(
+        tiny_model, path, x, y, batch_size=batch_size, clip=clip, sigma=sigma, noise_seed=1
+    )
+    second = one_step_update(
+        tiny_model, path, x, y, batch_size=batch_size, clip=clip, sigma=sigma, noise_seed=2
+    )
+    diff = np.concatenate([(a - b).ravel() for a, b in zip(first, second, strict=True)])
+    assert diff.size > 150
+    expected = np.sqrt(2) * sigma * clip / batch_size
+    # The sample standard deviation of ~200 normals is within 15% with overwhelming probability.
+    assert abs(diff.std() / expected - 1) < 0.15
+    assert abs(diff.mean()) < 4 * expected / np.sqrt(diff.size)
+
+
+def test_poisson_batches_follow_the_sampling_rate() -> None:
+    x = np.arange(1000, dtype=np.float32).reshape(500, 2)
+    y = np.zeros(500, np.int64)
+    data = train._poisson_batches(x, y, 0.1, 50, 200, np.random.default_rng(0))
+    sizes, weights = [], set()
+    for xb, _, wb in data.as_numpy_iterator():
+        sizes.append(len(xb))
+        weights.update(wb.tolist())
+    assert len(sizes) == 200
+    assert abs(np.mean(sizes) - 50) < 2 and np.std(sizes) > 3  # Binomial(500, 0.1)
+    assert weights == {np.float32(1 / 50)}
+    empty = list(train._poisson_batches(x, y, 1e-9, 50, 2, np.random.default_rng(0)))
+    assert [float(w.numpy().sum()) for _, _, w in empty] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise_multiplier": 1.0, "target_epsilon": 3.0}, "exactly one"),
+        ({}, "exactly one"),
+        ({"noise_multiplier": 1.0, "delta": 0.01}, "δ must be in"),
+        ({"noise_multiplier": 1.0, "batch_size": 10_000}, "batch size"),
+        ({"noise_multiplier": 1.0, "epochs": 0}, "epochs"),
+        ({"noise_multiplier": 1.0, "optimizer": "rmsprop"}, "optimizer"),
+        ({"noise_multiplier": 1.0, "learning_rate": 0.0}, "learning rate"),
+        ({"noise_multiplier": 1.0, "l2_norm_clip": 0.0}, "clip norm"),
+        ({"noise_multiplier": 0.0}, "noise multiplier must be positive"),
+        ({"noise_multiplier": 1.0, "clipping_path": "magic"}, "clipping path"),
+    ],
+)
+def test_bad_parameters_are_refused_before_training(small_digits, kwargs, message) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train.train(small_digits, "mlp", **{"batch_size": 32, "epochs": 1, **kwargs})
+
+
+def test_unknown_architectures_and_options_are_refused(small_digits) -> None:
+    with pytest.raises(TrainingError, match="unknown architecture"):
+        train.train(small_digits, "resnet", noise_multiplier=1.0)
+    with pytest.raises(ArchitectureError, match="unknown option"):
+        architectures.build_model("mlp", (4,), 2, filters=3)
+    cancer = load_dataset("sklearn:breast_cancer")
+    with pytest.raises(ArchitectureError, match="image-shaped"):
+        train.train(cancer, "cnn", noise_multiplier=1.0, batch_size=32, epochs=1)
