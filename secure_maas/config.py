@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -28,6 +29,9 @@ ENV_PREFIX = "SECURE_MAAS_"
 CONFIG_FILE_VAR = "SECURE_MAAS_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_TOKEN_TTL_CEILING = timedelta(days=30)
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+_SIZE = re.compile(r"^(\d+)\s*(|k|kib|m|mib|g|gib)$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KIB, "kib": KIB, "m": MIB, "mib": MIB, "g": GIB, "gib": GIB}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,13 @@ class Settings:
     audience: str = "secure-maas"
     max_token_ttl: timedelta = timedelta(hours=24)
     log_level: str = "INFO"
+    external_issuer: str | None = None
+    external_jwks: Path | None = None
+    external_roles_claim: str | None = None
+    max_body_bytes: int = 8 * MIB
+    cache_bytes: int = 2 * GIB
+    batch_max_size: int = 64
+    batch_max_wait_us: int = 2000
 
     def describe(self) -> list[tuple[str, str]]:
         """(variable, display value) pairs, safe to print: passwords in URLs are masked."""
@@ -53,6 +64,8 @@ def env_name(field_name: str) -> str:
 
 
 def _display(name: str, value: Any) -> str:
+    if value is None:
+        return "(none)"
     if name == "database_url":
         return mask_url(str(value))
     if isinstance(value, timedelta):
@@ -101,6 +114,36 @@ def _parse_ttl(text: str) -> timedelta:
     return ttl
 
 
+def _parse_claim(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_:/.\-]+", text) or ".." in text or text.startswith("."):
+        raise ValueError(f"{text!r} is not a claim name (a dotted path such as realm_access.roles)")
+    return text
+
+
+def _bytes_between(low: int, high: int) -> Callable[[str], int]:
+    """A parser of sizes such as `8388608`, `512KiB`, `8MiB`, `2GiB` (K, M, G are binary)."""
+
+    def parse(text: str) -> int:
+        match = _SIZE.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"{text!r} is not a size (bytes, or with KiB, MiB, GiB: 8MiB)")
+        size = int(match.group(1)) * _UNITS[match.group(2).lower()]
+        if not low <= size <= high:
+            raise ValueError(f"{text!r} is outside {low}..{high} bytes")
+        return size
+
+    return parse
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"{text!r} is not a whole number in {low}..{high}")
+        return int(text)
+
+    return parse
+
+
 def _parse_log_level(text: str) -> str:
     level = text.upper()
     if level not in LOG_LEVELS:
@@ -116,6 +159,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "audience": _parse_name,
     "max_token_ttl": _parse_ttl,
     "log_level": _parse_log_level,
+    "external_issuer": _parse_name,
+    "external_jwks": _parse_path,
+    "external_roles_claim": _parse_claim,
+    "max_body_bytes": _bytes_between(KIB, GIB),
+    "cache_bytes": _bytes_between(MIB, 1 << 40),
+    "batch_max_size": _int_between(1, 4096),
+    "batch_max_wait_us": _int_between(0, 1_000_000),
 }
 
 
@@ -172,4 +222,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[name] = _PARSERS[name](text)
         except ValueError as exc:
             raise ConfigError(f"{origin}: {exc}") from exc
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_external(settings)
+    return settings
+
+
+def _check_external(settings: Settings) -> None:
+    """An external identity provider is all of issuer and key set, or nothing."""
+    issuer, jwks = env_name("external_issuer"), env_name("external_jwks")
+    if (settings.external_issuer is None) != (settings.external_jwks is None):
+        raise ConfigError(f"{issuer} and {jwks} must be set together (or neither)")
+    if settings.external_roles_claim is not None and settings.external_issuer is None:
+        raise ConfigError(f"{env_name('external_roles_claim')} needs {issuer} and {jwks}")
+    if settings.external_issuer is not None and settings.external_issuer == settings.issuer:
+        raise ConfigError(f"{issuer} must differ from {env_name('issuer')}")

@@ -71,6 +71,9 @@ def _register() -> None:
         init_cmd,
         keys_cmd,
         models_cmd,
+        policy_cmd,
+        principal_cmd,
+        token_cmd,
     )
 
     cli.add_command(audit_cmd.audit)
@@ -78,6 +81,9 @@ def _register() -> None:
     cli.add_command(db_cmd.db)
     cli.add_command(keys_cmd.keys)
     cli.add_command(models_cmd.models)
+    cli.add_command(policy_cmd.policy)
+    cli.add_command(principal_cmd.principal)
+    cli.add_command(token_cmd.token)
     cli.add_command(init_cmd.init)
     cli.add_command(demo_cmd.demo)
 

@@ -1,0 +1,73 @@
+"""A second process for the access tests: `python -m tests.functional.access_child MODE ...`.
+
+Settings come from the SECURE_MAAS_* environment, as a serving worker's would.
+
+- `watch TOKEN MODEL`: verifies TOKEN and decides model:predict on MODEL every few
+  milliseconds with the production caches (0.5 s polling), and prints
+  `state <unix time> <token ok> <allowed>` each time the outcome changes (first `ready`).
+- `quota SUBJECT MODEL QUOTA N NOW`: prints `ready`, waits for a line on stdin, then tries to
+  consume N requests against a per-day quota of QUOTA at the fixed time NOW, and prints how
+  many were allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from secure_maas.actions import Action
+from secure_maas.auth.verify import InvalidToken, Verifier
+from secure_maas.config import load_settings
+from secure_maas.db import create_engine
+from secure_maas.policy import ModelFacts, PolicyCache, Quota, RequestFacts, Window, consume
+from secure_maas.timeutil import parse_isoformat, utcnow
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def watch(token: str, model: str) -> None:
+    settings = load_settings()
+    engine = create_engine(settings.database_url)
+    verifier = Verifier(engine, settings)
+    policy = PolicyCache(engine)
+    facts = ModelFacts(model, 1, (), 1.0)
+    last: tuple[bool, bool] | None = None
+    say("ready")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = utcnow()
+        try:
+            principal = verifier.verify(token, now=now)
+        except InvalidToken:
+            state = (False, False)
+        else:
+            decision = policy.decide(principal, Action.MODEL_PREDICT, facts, RequestFacts(1, now))
+            state = (True, decision.allowed)
+        if state != last:
+            say(f"state {time.time():.6f} {int(state[0])} {int(state[1])}")
+            last = state
+        time.sleep(0.005)
+
+
+def quota(subject: str, model: str, limit: int, count: int, now_text: str) -> None:
+    engine = create_engine(load_settings().database_url)
+    quotas = (Quota(Window.DAY, requests=limit),)
+    now = parse_isoformat(now_text)
+    say("ready")
+    sys.stdin.readline()
+    allowed = sum(consume(engine, subject, model, quotas, 1, now).allowed for _ in range(count))
+    say(str(allowed))
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    if mode == "watch":
+        watch(args[0], args[1])
+    elif mode == "quota":
+        quota(args[0], args[1], int(args[2]), int(args[3]), args[4])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
