@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from secure_maas.actions import AdminAction
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
+from secure_maas.cli.recording import os_event, record_now
 from secure_maas.keys import InitReport, KeyKind, KeyRecord, Keyring
 from secure_maas.timeutil import isoformat
 
@@ -109,6 +111,15 @@ def rotate(app: AppContext, kind: str, pq: bool) -> None:
     keyring = app.keyring()
     previous = keyring.active(KeyKind(kind))
     record = keyring.rotate(KeyKind(kind), pq=pq)
+    record_now(
+        app,
+        os_event(
+            AdminAction.KEYS_ROTATE,
+            f"new active {kind} key {record.id}",
+            previous=previous.id,
+            key=record.id,
+        ),
+    )
     click.echo(
         f"new active {kind} key {record.id} ({record.fingerprint}); {previous.id} kept as previous"
     )
@@ -125,6 +136,9 @@ def retire(app: AppContext, key_id: str) -> None:
         secure-maas keys retire jwt-3f9a1c0b2d4e
     """
     record = app.keyring().retire(key_id)
+    record_now(
+        app, os_event(AdminAction.KEYS_RETIRE, f"retired {record.kind} key {key_id}", key=key_id)
+    )
     when = isoformat(record.retired_at) if record.retired_at else "now"
     click.echo(f"retired {record.kind} key {record.id} at {when}")
 
@@ -141,6 +155,15 @@ def trust(app: AppContext, public_key: Path, label: str | None) -> None:
         secure-maas keys trust radiology-publisher.pub --label radiology
     """
     record = app.keyring().trust_publisher(public_key.read_bytes(), label=label)
+    record_now(
+        app,
+        os_event(
+            AdminAction.KEYS_TRUST,
+            f"trusting publisher key {record.id}",
+            key=record.id,
+            fingerprint=record.fingerprint,
+        ),
+    )
     click.echo(f"trusting publisher key {record.id} ({record.fingerprint})")
 
 

@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
+from secure_maas.actions import AdminAction
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
+from secure_maas.cli.recording import admin_change, os_event, record_in, record_now
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
@@ -59,6 +62,16 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
     payload, signature = load_keras_file(file)
     from secure_maas.registry.publish import Provenance, publish
 
+    def record(session: Session, row: ModelVersion) -> None:
+        event = os_event(
+            AdminAction.MODEL_PUBLISH,
+            f"imported {file.name} (no DP guarantee)",
+            model=name,
+            model_version=row.version,
+            digest=row.ciphertext_digest,
+        )
+        record_in(session, app, event)
+
     row = publish(
         app.engine(),
         app.store(),
@@ -68,6 +81,7 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
         signature=signature,
         provenance=Provenance(Privacy.IMPORTED),
         created_by=getpass.getuser(),
+        record=record,
     )
     click.echo(
         f"published {name}:{row.version} ({row.size_bytes} bytes sealed, "
@@ -183,14 +197,21 @@ def label(app: AppContext, name: str, version: int, label: str) -> None:
     Example:
         secure-maas models label digits 3 stable
     """
-    with session_scope(session_factory(app.engine())) as session:
-        catalog.set_label(session, name, version, label, actor=getpass.getuser())
+    with admin_change(app, AdminAction.MODEL_LABEL) as change:
+        catalog.set_label(change.session, name, version, label, actor=change.actor)
+        change.note(f"{name}@{label} -> {version}", model=name, label=label, version=version)
     click.echo(f"{name}@{label} -> {version}")
 
 
 def _set_status(app: AppContext, name: str, version: int, status: VersionStatus) -> None:
-    with session_scope(session_factory(app.engine())) as session:
-        catalog.set_status(session, name, version, status)
+    action = (
+        AdminAction.MODEL_DISABLE
+        if status is VersionStatus.DISABLED
+        else (AdminAction.MODEL_ENABLE)
+    )
+    with admin_change(app, action) as change:
+        catalog.set_status(change.session, name, version, status)
+        change.note(f"{name}:{version} {status.value}", model=name, version=version)
     click.echo(f"{name}:{version} {status.value}")
 
 
@@ -235,6 +256,13 @@ def rewrap(app: AppContext) -> None:
         secure-maas keys rotate --kind service && secure-maas models rewrap
     """
     report = artifacts.rewrap_all(app.engine(), app.store(), app.keyring())
+    record_now(
+        app,
+        os_event(
+            AdminAction.MODEL_REWRAP,
+            f"{len(report.rewrapped)} rewrapped, {len(report.already)} already on the active key",
+        ),
+    )
     for relative in report.rewrapped:
         click.echo(f"rewrapped {relative}")
     click.echo(

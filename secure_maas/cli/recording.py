@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent, Decision, KeyringAuditKeys
+from secure_maas.audit import ActorKind, AuditEvent, Decision, KeyringAuditKeys, append_now
 from secure_maas.audit.chain import append_events
 from secure_maas.cli.context import AppContext
 from secure_maas.db.engine import begin_immediate
@@ -82,3 +82,38 @@ def admin_change(app: AppContext, action: AdminAction) -> Iterator[AdminChange]:
                 detail=change.detail or None,
             )
             append_events(connection, [event], keys, now=utcnow())
+
+
+def os_event(
+    action: AdminAction,
+    reason: str,
+    *,
+    model: str | None = None,
+    model_version: int | None = None,
+    **detail: str | int | None,
+) -> AuditEvent:
+    """The audit event of an admin action taken by the OS user running this command."""
+    return AuditEvent(
+        action=action,
+        actor=os_user(),
+        actor_kind=ActorKind.OS,
+        decision=Decision.ALLOW,
+        model=model,
+        model_version=model_version,
+        reason=reason,
+        detail=detail or None,
+    )
+
+
+def record_now(app: AppContext, event: AuditEvent) -> None:
+    """Record an admin action that changed files, not rows (the keyring), once it is done.
+
+    The change cannot share a transaction with the event; if the event cannot be written the
+    command still fails (exit 1), so the operator knows the log is missing it.
+    """
+    append_now(app.engine(), event, KeyringAuditKeys(app.keyring()))
+
+
+def record_in(session: Session, app: AppContext, event: AuditEvent) -> None:
+    """Append `event` inside the caller's write transaction (e.g. a publish)."""
+    append_events(session.connection(), [event], KeyringAuditKeys(app.keyring()), now=utcnow())

@@ -11,6 +11,7 @@ file, which the next publish of that version replaces and `models verify` report
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -130,8 +131,13 @@ def publish(
     provenance: Provenance,
     created_by: str,
     now: datetime | None = None,
+    record: Callable[[Session, ModelVersion], None] | None = None,
 ) -> ModelVersion:
-    """Seal `payload` (an encoded model) as the next version of `name` and register it."""
+    """Seal `payload` (an encoded model) as the next version of `name` and register it.
+
+    `record(session, row)` runs inside the publishing transaction, after the row is written and
+    before the commit: the caller's audit event commits with the version or not at all.
+    """
     check_name(name)
     moment = now or utcnow()
     service = keyring.active(KeyKind.SERVICE)
@@ -199,6 +205,8 @@ def publish(
             bump(session, MODELS_SCOPE)
             session.flush()
             row.model = model
+            if record is not None:
+                record(session, row)
     except BaseException:
         if written is not None:
             store.remove(written)

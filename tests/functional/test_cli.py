@@ -84,6 +84,10 @@ def test_db_upgrade_and_rotation_through_the_cli(cli_env: dict[str, str]) -> Non
     retired = run_cli("keys", "retire", previous[0]["id"], env=cli_env)
     assert retired.returncode == 0, retired.stderr
     assert len(json.loads(run_cli("keys", "jwks", env=cli_env).stdout)["keys"]) == 1
+    events = json.loads(run_cli("audit", "list", "--format", "json", env=cli_env).stdout)
+    assert [e["action"] for e in events] == ["keys:rotate", "keys:retire"]
+    assert all(e["actor_kind"] == "os" for e in events)
+    assert run_cli("audit", "verify", env=cli_env).returncode == 0
 
 
 @pytest.fixture

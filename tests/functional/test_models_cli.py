@@ -86,6 +86,8 @@ def test_import_verify_load_same_predictions_and_no_plaintext_on_disk(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     listed = json.loads(run_cli("models", "list", "--format", "json", env=env, cwd=work).stdout)
     assert [(m["name"], m["version"], m["privacy"]) for m in listed] == [("churn", 1, "imported")]
+    events = json.loads(run_cli("audit", "list", "--format", "json", env=env, cwd=work).stdout)
+    assert [(e["action"], e["model"]) for e in events] == [("model:publish", "churn")]
 
     loaded = subprocess.run(
         [sys.executable, "-c", LOADER, "churn:1", json.dumps(batch.tolist())],
