@@ -66,6 +66,7 @@ def _register() -> None:
     from secure_maas.cli import (
         audit_cmd,
         config_cmd,
+        dataset_cmd,
         db_cmd,
         demo_cmd,
         init_cmd,
@@ -73,17 +74,22 @@ def _register() -> None:
         models_cmd,
         policy_cmd,
         principal_cmd,
+        privacy_cmd,
         token_cmd,
+        train_cmd,
     )
 
     cli.add_command(audit_cmd.audit)
     cli.add_command(config_cmd.config)
+    cli.add_command(dataset_cmd.dataset)
     cli.add_command(db_cmd.db)
     cli.add_command(keys_cmd.keys)
     cli.add_command(models_cmd.models)
     cli.add_command(policy_cmd.policy)
     cli.add_command(principal_cmd.principal)
     cli.add_command(token_cmd.token)
+    cli.add_command(train_cmd.train)
+    cli.add_command(privacy_cmd.privacy)
     cli.add_command(init_cmd.init)
     cli.add_command(demo_cmd.demo)
 

@@ -10,5 +10,6 @@ from secure_maas.db import state  # noqa: F401  (registers its tables)
 from secure_maas.db.base import Base
 from secure_maas.policy import models as policy_models  # noqa: F401
 from secure_maas.registry import models  # noqa: F401
+from secure_maas.training import models as training_models  # noqa: F401
 
 metadata = Base.metadata

@@ -79,6 +79,12 @@ class ModelVersion(Base):
     dp_statement: Mapped[str | None] = mapped_column(sa.Text)
     dataset_name: Mapped[str | None] = mapped_column(sa.String(64))
     dataset_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
+    # The latest membership-inference check (`privacy attack`): the strongest attack's figures.
+    mia_auc: Mapped[float | None] = mapped_column(sa.Float)
+    mia_advantage: Mapped[float | None] = mapped_column(sa.Float)
+    mia_epsilon_lower_bound: Mapped[float | None] = mapped_column(sa.Float)
+    mia_report: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    mia_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     created_by: Mapped[str] = mapped_column(sa.String(128), nullable=False)
 
