@@ -75,6 +75,7 @@ def _register() -> None:
         policy_cmd,
         principal_cmd,
         privacy_cmd,
+        serve_cmd,
         token_cmd,
         train_cmd,
     )
@@ -87,6 +88,7 @@ def _register() -> None:
     cli.add_command(models_cmd.models)
     cli.add_command(policy_cmd.policy)
     cli.add_command(principal_cmd.principal)
+    cli.add_command(serve_cmd.serve)
     cli.add_command(token_cmd.token)
     cli.add_command(train_cmd.train)
     cli.add_command(privacy_cmd.privacy)

@@ -1,0 +1,329 @@
+"""The OpenAPI 3.1 document of the service, written out by hand, route by route.
+
+It is data, not generated from the app, so that a route added without documentation is caught:
+a test walks `app.url_map` and checks that every rule and method is described here, and that
+nothing here describes a route that does not exist.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from secure_maas import __version__
+
+JSON = "application/json"
+
+_STATUS_TEXT = {
+    200: "Success",
+    400: "Malformed request: bad JSON, or a body that does not fit the model's signature",
+    401: "No bearer token, a malformed Authorization header, or a refused token",
+    403: "The access policy does not allow this request (why is in the audit log only)",
+    404: "No such model or version, or one the caller may not see (the same answer)",
+    413: "The body is over SECURE_MAAS_MAX_BODY_BYTES",
+    415: "The body's content type is not JSON",
+    429: "Over quota; Retry-After says when to try again",
+    503: "Cannot serve now (database, keys, audit log or model unavailable); fails closed",
+}
+_GUARDED = (401, 403, 404, 413, 503)
+
+
+def _error(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _STATUS_TEXT[status],
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if status == 429:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return response
+
+
+def _ok(schema: str | None, description: str = "Success") -> dict[str, Any]:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _ref(schema: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+def _param(name: str, where: str = "path", description: str = "") -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+_PATH_TEXT = {
+    "name": "Model name",
+    "version": "Model version number",
+    "label": "Version label such as stable or canary",
+}
+
+
+def _operation(
+    summary: str,
+    tag: str,
+    ok: dict[str, Any],
+    *,
+    action: str | None = None,
+    errors: tuple[int, ...] = (),
+    query: tuple[dict[str, Any], ...] = (),
+    body: str | None = None,
+    path_params: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag]}
+    parameters = [_param(name, "path", _PATH_TEXT[name]) for name in path_params] + list(query)
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(body)}}}
+    responses: dict[str, Any] = {"200": ok}
+    for status in sorted({*errors, *(_GUARDED if action else ())}):
+        responses[str(status)] = _error(status)
+    operation["responses"] = responses
+    if action is None:
+        operation["security"] = []
+    else:
+        operation["x-action"] = action
+    return operation
+
+
+def _model_paths(
+    prefix: str, suffixes: tuple[str, ...], labels: bool
+) -> list[tuple[str, tuple[str, ...]]]:
+    """`prefix/{name}SUFFIX`, with /versions/{version} (and /labels/{label}) between."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for suffix in suffixes:
+        found.append((f"{prefix}/{{name}}{suffix}", ("name",)))
+        found.append((f"{prefix}/{{name}}/versions/{{version}}{suffix}", ("name", "version")))
+        if labels:
+            found.append((f"{prefix}/{{name}}/labels/{{label}}{suffix}", ("name", "label")))
+    return found
+
+
+def _paths() -> dict[str, dict[str, Any]]:
+    paths: dict[str, dict[str, Any]] = {}
+
+    def add(path: str, method: str, operation: dict[str, Any]) -> None:
+        paths.setdefault(path, {})[method] = operation
+
+    for path, params in _model_paths("/v1/models", ("",), labels=True):
+        add(path, "get", _operation(
+            "TF Serving model status: the state of the version(s)", "TF Serving",
+            _ok("ModelStatus"), action="model:metadata", path_params=params,
+        ))  # fmt: skip
+    for path, params in _model_paths("/v1/models", ("/metadata",), labels=True):
+        add(path, "get", _operation(
+            "TF Serving model metadata (signature_def), with the DP guarantee under "
+            "secure_maas", "TF Serving", _ok("TFServingMetadata"), action="model:metadata",
+            path_params=params,
+        ))  # fmt: skip
+    for path, params in _model_paths("/v1/models", (":predict",), labels=True):
+        add(path, "post", _operation(
+            "TF Serving predict: row (instances -> predictions) or columnar "
+            "(inputs -> outputs) format", "TF Serving", _ok("PredictResponse"),
+            action="model:predict", errors=(400, 415, 429), body="PredictRequest",
+            path_params=params,
+        ))  # fmt: skip
+    add("/v1/models", "get", _operation(
+        "The models and active versions the caller may list (model:list)", "Platform",
+        _ok("ModelList"), action="model:list",
+    ))  # fmt: skip
+    add("/v2", "get", _operation("OIP server metadata", "Open Inference Protocol",
+                                 _ok("ServerMetadata")))  # fmt: skip
+    add("/v2/health/live", "get", _operation(
+        "OIP liveness", "Open Inference Protocol", _ok("Live")
+    ))  # fmt: skip
+    add("/v2/health/ready", "get", _operation(
+        "OIP readiness: database, keys and audit log usable", "Open Inference Protocol",
+        _ok("Ready"), errors=(503,),
+    ))  # fmt: skip
+    for path, params in _model_paths("/v2/models", ("",), labels=False):
+        add(path, "get", _operation(
+            "OIP model metadata, with the DP guarantee under secure_maas",
+            "Open Inference Protocol", _ok("OipMetadata"), action="model:metadata",
+            path_params=params,
+        ))  # fmt: skip
+    for path, params in _model_paths("/v2/models", ("/ready",), labels=False):
+        add(path, "get", _operation(
+            "OIP model readiness (loads the version if needed; 503 if it cannot be loaded)",
+            "Open Inference Protocol", _ok("ModelReady"), action="model:metadata",
+            path_params=params,
+        ))  # fmt: skip
+    for path, params in _model_paths("/v2/models", ("/infer",), labels=False):
+        add(path, "post", _operation(
+            "OIP inference (JSON, or JSON then binary tensors with "
+            "Inference-Header-Content-Length)", "Open Inference Protocol",
+            _ok("InferResponse"), action="model:predict", errors=(400, 429),
+            body="InferRequest", path_params=params,
+        ))  # fmt: skip
+    audit_query = tuple(
+        _param(name, "query", text)
+        for name, text in (
+            ("since", "From this time: 1h, 30m, 7d ago, or an ISO date or time"),
+            ("until", "Before this time (same forms)"),
+            ("actor", "Only this actor"),
+            ("model", "Only this model"),
+            ("action", "Only this action, e.g. model:predict"),
+            ("decision", "allow, deny or error"),
+            ("after", "Only events with a higher seq (next_after of the previous page)"),
+            ("limit", "Page size, 1 to 1000 (default 100)"),
+        )
+    )
+    add("/admin/audit", "get", _operation(
+        "Audit events, oldest first, filtered and paged (audit:read)", "Audit",
+        _ok("AuditPage"), action="audit:read", errors=(400,), query=audit_query,
+    ))  # fmt: skip
+    add("/admin/audit/verify", "get", _operation(
+        "Verify the whole audit chain and report the first bad record (audit:read)", "Audit",
+        _ok("VerifyReport"), action="audit:read",
+    ))  # fmt: skip
+    add("/healthz", "get", _operation("The process is up", "Operations", _ok("Status")))
+    add("/readyz", "get", _operation(
+        "Database reachable, keys loadable, audit log writable", "Operations", _ok("Status"),
+        errors=(503,),
+    ))  # fmt: skip
+    add("/metrics", "get", _operation(
+        "Prometheus metrics of this process (no model names in labels)", "Operations",
+        {"description": "Prometheus text exposition", "content": {"text/plain": {}}},
+    ))  # fmt: skip
+    add("/openapi.json", "get", _operation("This document", "Operations", _ok(None)))
+    return paths
+
+
+_OBJECT = {"type": "object"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "PredictRequest": {
+        "type": "object",
+        "description": "Exactly one of instances (row format) or inputs (columnar format)",
+        "properties": {
+            "signature_name": {"type": "string", "default": "serving_default"},
+            "instances": {"type": "array"},
+            "inputs": {},
+        },
+    },
+    "PredictResponse": {
+        "type": "object",
+        "properties": {"predictions": {"type": "array"}, "outputs": {}},
+    },
+    "ModelStatus": {
+        "type": "object",
+        "properties": {"model_version_status": {"type": "array", "items": _OBJECT}},
+    },
+    "TFServingMetadata": {
+        "type": "object",
+        "properties": {"model_spec": _OBJECT, "metadata": _OBJECT, "secure_maas": _ref("Dp")},
+    },
+    "Dp": {
+        "type": "object",
+        "description": "Privacy guarantee and provenance: privacy, dp (epsilon, delta, "
+        "noise_multiplier, clip_norm, batch_size, sampling_rate, epochs, steps, accountant, "
+        "statement), dataset, labels, created_at, created_by",
+        "properties": {
+            "privacy": {"type": "string"},
+            "dp": {"type": ["object", "null"]},
+            "dataset": _OBJECT,
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "properties": {"models": {"type": "array", "items": _OBJECT}},
+    },
+    "ServerMetadata": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Live": {"type": "object", "properties": {"live": {"type": "boolean"}}},
+    "Ready": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+    "ModelReady": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
+    "OipMetadata": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _OBJECT},
+            "outputs": {"type": "array", "items": _OBJECT},
+            "secure_maas": _ref("Dp"),
+        },
+    },
+    "InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": _OBJECT,
+            "inputs": {"type": "array", "items": _OBJECT},
+            "outputs": {"type": "array", "items": _OBJECT},
+        },
+    },
+    "InferResponse": {
+        "type": "object",
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _OBJECT},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": _OBJECT},
+            "next_after": {"type": ["integer", "null"]},
+        },
+    },
+    "VerifyReport": {
+        "type": "object",
+        "properties": {
+            "intact": {"type": "boolean"},
+            "checked": {"type": "integer"},
+            "bad_seq": {"type": ["integer", "null"]},
+            "reason": {"type": ["string", "null"]},
+        },
+    },
+    "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy each call)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "secure-maas",
+            "version": __version__,
+            "description": "Privacy-preserving model service: TF Serving REST and Open "
+            "Inference Protocol v2 behind JWT authentication, per-model access rules and a "
+            'tamper-evident audit log. Errors are {"error": message}; every guarded request '
+            "is audited before its answer, and x-action names the action it needs.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": copy.deepcopy(_SCHEMAS),
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }

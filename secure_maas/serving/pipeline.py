@@ -1,0 +1,404 @@
+"""The one request pipeline: every guarded view runs through it, in this order.
+
+1. body size limit (413), before anything is parsed or verified;
+2. bearer token (401 with `WWW-Authenticate`; a malformed header is a 401 too);
+3. the model the URL names, resolved from the registry copy without loading weights (404);
+4. visibility: a caller who may neither do the action nor `model:list` on that version gets the
+   404 of a model that does not exist, word for word (invariant 1); one who may list it but
+   never do the action gets 403 here, before its body is read, so 400 messages cannot tell it
+   the model's signature;
+5. the body, parsed and checked against the signature (415, 400);
+6. the access decision with the real row count (403: a generic message; why goes to audit);
+7. the quota (429 with `Retry-After`), consumed only for predictions;
+8. the model call, and the response.
+
+Views declare their action with `@guarded(Action...)` and receive a `Call`, whose methods are
+the steps (`model`, `parse`, `predict`, `authorize`, `visible`); the order above is all they can
+do, and a view that answers without an allowing decision gets a 500, never a pass. Every
+outcome, 2xx or error, is an audit event committed before the response is returned; if that
+write fails the answer is 503 (fail closed). Unreadable state (database, keys) is a 503; an
+unexpected exception a 500 with a fixed message. No traceback ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
+
+from flask import Response, current_app, g, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from secure_maas.actions import Action
+from secure_maas.audit import ActorKind, AuditEvent, AuditUnavailable, body_digest
+from secure_maas.audit import Decision as AuditDecision
+from secure_maas.auth.keyset import KeySetError
+from secure_maas.auth.principal import Principal
+from secure_maas.auth.verify import InvalidToken
+from secure_maas.errors import SecureMaasError
+from secure_maas.keys import KeyringError
+from secure_maas.policy import Decision, RequestFacts
+from secure_maas.policy import ModelFacts as PolicyFacts
+from secure_maas.policy.quota import consume
+from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.store import InvalidName
+from secure_maas.serving.batcher import Array, BatcherClosed, BatchRefused, QueueFull
+from secure_maas.serving.cache import ModelFacts, ModelUnavailable
+from secure_maas.serving.errors import ApiError, error_response
+from secure_maas.serving.formats.tensors import BadRequest
+from secure_maas.serving.headers import AuthError, bearer_token, check_content_type
+from secure_maas.serving.refs import Api, not_found_message, parse_ref
+from secure_maas.serving.services import Services, current_request_id
+from secure_maas.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+FORBIDDEN = "permission denied"
+UNAVAILABLE = "service unavailable"
+INTERNAL = "internal error"
+
+#: State that could not be read: the request fails closed with 503.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    KeySetError,
+    KeyringError,
+    SecureMaasError,  # DatabaseUnavailable, AuditUnavailable, MissingAuditKey, ...
+    OSError,
+)
+
+
+class Parsed(Protocol):
+    """A parsed predict or infer body: its arrays by input name and its row count."""
+
+    @property
+    def inputs(self) -> dict[str, Array]: ...
+
+    @property
+    def rows(self) -> int: ...
+
+
+ParsedT = TypeVar("ParsedT", bound=Parsed)
+
+
+def services() -> Services:
+    """The current app's `Services`."""
+    found: Services = current_app.extensions["secure_maas"]
+    return found
+
+
+def audit_decision(status: int) -> AuditDecision:
+    """Served: allow. Refused by authentication, policy, visibility or quota: deny (a 404 is
+    a deny whatever its cause, as the caller cannot tell them apart). Malformed request or
+    service failure: error."""
+    if status < 400:
+        return AuditDecision.ALLOW
+    if status in (401, 403, 404, 429):
+        return AuditDecision.DENY
+    return AuditDecision.ERROR
+
+
+class Call:
+    """One guarded request as it goes through the pipeline; what its audit event records."""
+
+    def __init__(self, services: Services, action: Action, api: Api) -> None:
+        self.services = services
+        self.action = action
+        self.api = api
+        self.request_id: str = g.request_id
+        self.started = time.perf_counter()
+        self.now = utcnow()
+        self.principal: Principal | None = None
+        self.model_name: str | None = None
+        self.facts: ModelFacts | None = None
+        self.version: int | None = None
+        self.rows: int | None = None
+        self.body = b""
+        self.body_sha256: str | None = None
+        self.allowed = False
+        self.reason: str | None = None
+        self.reason_code: str | None = None
+        self._ref: ModelRef | None = None
+        self._not_found = ""
+
+    # -- steps 1-2: what every guarded request goes through -------------------------------
+
+    def read_body(self) -> None:
+        """Step 1: refuse a body over the limit before reading it; otherwise read and hash it."""
+        limit = self.services.settings.max_body_bytes
+        too_large = ApiError(413, f"request body too large: the limit is {limit} bytes")
+        length = request.content_length
+        if length is not None and length > limit:
+            self.reason = f"Content-Length {length} is over {limit}"
+            raise too_large
+        try:
+            data = request.get_data(cache=True)  # MAX_CONTENT_LENGTH bounds chunked bodies too
+        except RequestEntityTooLarge:
+            self.reason = f"body over {limit} bytes"
+            raise too_large from None
+        if len(data) > limit:
+            self.reason = f"body of {len(data)} bytes is over {limit}"
+            raise too_large
+        self.body = data
+        if data:
+            self.body_sha256 = body_digest(data)
+
+    def authenticate(self) -> Principal:
+        """Step 2: the principal of the bearer token (401 otherwise; 503 if it cannot be
+        checked)."""
+        try:
+            token = bearer_token(request.headers.getlist("Authorization"))
+        except AuthError as error:
+            self.reason = error.reason
+            raise
+        try:
+            principal = self.services.verifier.verify(token, self.now)
+        except InvalidToken as exc:
+            self.reason = exc.reason
+            raise AuthError("invalid token", exc.reason, invalid_token=True) from None
+        self.principal = principal
+        return principal
+
+    # -- steps 3-4: the model, without its weights ----------------------------------------
+
+    def model(self, name: str, version: str | None = None, label: str | None = None) -> ModelFacts:
+        """Steps 3-4: the version the URL names, if the caller may see it (404 otherwise).
+
+        For an action other than prediction the decision is made here (403 if the caller may
+        only list the model); a prediction is decided in `predict`, with its rows.
+        """
+        self._not_found = not_found_message(self.api, name, version, label)
+        try:
+            ref = parse_ref(name, version, label)
+        except InvalidName as exc:
+            self.reason = f"not a model reference: {exc}"
+            raise self._missing() from None
+        self._ref = ref
+        self.model_name = ref.name
+        try:
+            facts = self.services.cache.facts(ref)
+        except NotFound as exc:
+            self.reason = str(exc)
+            raise self._missing() from None
+        self.facts, self.version = facts, facts.version
+        decision = self.decide(self.action, facts, rows=0)
+        if decision.allowed:
+            if self.action is not Action.MODEL_PREDICT:
+                self._allow(decision)
+            return facts
+        if self.action is not Action.MODEL_LIST and self.may_list(facts):
+            raise self._forbidden(decision)
+        self.reason = f"not visible: {decision.reason}"
+        raise self._missing("not_visible")
+
+    def may_list(self, facts: ModelFacts) -> bool:
+        """Whether the caller may see `facts` in listings (`model:list`)."""
+        return self.decide(Action.MODEL_LIST, facts, rows=0).allowed
+
+    def may_see(self, facts: ModelFacts) -> bool:
+        """Whether `facts` is visible to the caller: it may do this call's action or list it."""
+        return self.decide(self.action, facts, rows=0).allowed or self.may_list(facts)
+
+    # -- step 5: the body ------------------------------------------------------------------
+
+    def parse(self, parser: Callable[[bytes], ParsedT], content_types: frozenset[str]) -> ParsedT:
+        """Step 5: the body parsed by `parser` (415 for another content type, 400 if bad)."""
+        try:
+            check_content_type(request.mimetype, content_types)
+        except ApiError:
+            self.reason = f"content type {request.mimetype[:64]!r}"
+            raise
+        try:
+            parsed = parser(self.body)
+        except BadRequest as exc:
+            raise ApiError(400, str(exc)) from None
+        self.rows = parsed.rows
+        return parsed
+
+    # -- steps 6-8: decision with rows, quota, model call ------------------------------------
+
+    def predict(self, parsed: Parsed) -> tuple[dict[str, Array], ModelFacts]:
+        """Steps 6-8: decide with the rows (403), consume the quota (429), run the model.
+
+        Returns the outputs and the version that computed them (a label whose new version
+        was refused keeps serving the previous one; that version is decided on too).
+        """
+        facts, ref, principal = self.facts, self._ref, self.principal
+        if facts is None or ref is None or principal is None:
+            raise RuntimeError("predict() before model(): the view skipped a pipeline step")
+        decision = self.decide(Action.MODEL_PREDICT, facts, rows=parsed.rows)
+        if not decision.allowed:
+            raise self._forbidden(decision)
+        quota = consume(
+            self.services.engine, principal.subject, facts.name, decision.quotas, parsed.rows,
+            self.now,
+        )  # fmt: skip
+        if not quota.allowed:
+            self.reason = quota.reason
+            raise ApiError(
+                429,
+                f"quota exceeded: retry after {quota.retry_after} seconds",
+                headers={"Retry-After": str(quota.retry_after)},
+            )
+        self._allow(decision)
+        try:
+            entry = self.services.cache.get(ref)
+        except NotFound as exc:
+            self.allowed = False
+            self.reason = str(exc)
+            raise self._missing() from None
+        if entry.facts.version != facts.version:
+            self.version = entry.facts.version
+            fallback = self.decide(Action.MODEL_PREDICT, entry.facts, rows=parsed.rows)
+            if not fallback.allowed:
+                self.allowed = False
+                raise self._forbidden(fallback)
+            self._allow(fallback)
+        try:
+            if parsed.rows > entry.batcher.max_queue_rows:
+                # Larger than the batcher's whole queue: it could never be queued, and is a
+                # full batch by itself; the body limit bounds its size.
+                outputs = entry.model.predict(parsed.inputs)
+            else:
+                outputs = entry.predict(parsed.inputs)
+        except BatchRefused as exc:
+            raise ApiError(400, str(exc)) from None
+        except QueueFull as exc:
+            self.reason = str(exc)
+            raise ApiError(
+                503, "the model is busy: retry shortly", headers={"Retry-After": "1"}
+            ) from None
+        return outputs, entry.facts
+
+    # -- requests about no model -----------------------------------------------------------
+
+    def authorize(self) -> None:
+        """The decision for an action about no model (`audit:read`): 403 unless allowed."""
+        decision = self.decide(self.action, None, rows=0)
+        if not decision.allowed:
+            raise self._forbidden(decision)
+        self._allow(decision)
+
+    def visible(self, candidates: Iterable[ModelFacts]) -> list[ModelFacts]:
+        """The versions the caller may list (a listing is allowed; it shows only those)."""
+        shown = [facts for facts in candidates if self.may_list(facts)]
+        self.allowed = True
+        self.reason = f"listed {len(shown)} model version(s)"
+        return shown
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def decide(self, action: Action, facts: ModelFacts | None, *, rows: int) -> Decision:
+        principal = self.principal
+        if principal is None:
+            raise RuntimeError("decide() before authenticate()")
+        target = None
+        if facts is not None:
+            target = PolicyFacts(facts.name, facts.version, facts.labels, facts.dp_epsilon)
+        return self.services.policy.decide(principal, action, target, RequestFacts(rows, self.now))
+
+    def _allow(self, decision: Decision) -> None:
+        self.allowed = True
+        self.reason = decision.reason
+
+    def _forbidden(self, decision: Decision) -> ApiError:
+        self.reason = decision.reason
+        return ApiError(403, FORBIDDEN)
+
+    def _missing(self, code: str = "not_found") -> ApiError:
+        return ApiError(404, self._not_found or "not found", reason_code=code)
+
+    # -- running a view and recording the outcome ------------------------------------------
+
+    def run(self, view: Callable[..., Response], arguments: dict[str, object]) -> Response:
+        """Run `view` through the pipeline; returns its response only once it is audited."""
+        try:
+            self.read_body()
+            self.authenticate()
+            response = view(self, **arguments)
+            if not self.allowed:
+                raise RuntimeError(f"{request.endpoint} answered without an allowing decision")
+        except ApiError as error:
+            self.reason_code = self.reason_code or error.reason_code
+            if self.reason is None:
+                self.reason = error.message
+            response = error_response(error.status, error.message, error.headers)
+        except NotFound as exc:  # the registry changed under the request: as if never there
+            self.reason_code, self.reason = "not_found", str(exc)
+            response = error_response(404, self._not_found or "not found")
+        except (ModelUnavailable, BatcherClosed) as exc:
+            self.reason_code, self.reason = "unavailable", str(exc)
+            response = error_response(503, UNAVAILABLE, {"Retry-After": "5"})
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("%s failed closed: %s: %s", request.endpoint, type(exc).__name__, exc)
+            self.reason_code, self.reason = "unavailable", f"{type(exc).__name__}: {exc}"
+            response = error_response(503, UNAVAILABLE)
+        except Exception as exc:
+            log.exception("unhandled error in %s", request.endpoint)
+            self.reason_code, self.reason = "internal", f"{type(exc).__name__}: {exc}"
+            response = error_response(500, INTERNAL)
+        return self.finish(response)
+
+    def finish(self, response: Response) -> Response:
+        """Commit the audit event of `response`; answer 503 instead if that fails."""
+        status = response.status_code
+        decision = audit_decision(status)
+        metrics = self.services.metrics
+        try:
+            self.services.audit.append(self.event(status, decision))
+        except Exception as exc:  # any failure to record fails closed, whatever its cause
+            if isinstance(exc, AuditUnavailable):
+                log.error("audit write failed (%s); answering 503 instead of %d", exc, status)
+            else:
+                log.exception("audit write failed; answering 503 instead of %d", status)
+            metrics.audit_failures.inc()
+            metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
+            return error_response(503, UNAVAILABLE)
+        metrics.decisions.labels(self.action.value, decision.value).inc()
+        return response
+
+    def event(self, status: int, decision: AuditDecision) -> AuditEvent:
+        principal = self.principal
+        client = request.remote_addr
+        return AuditEvent(
+            action=self.action,
+            actor=principal.subject if principal is not None else ANONYMOUS,
+            actor_kind=ActorKind.USER if principal is not None else ActorKind.ANONYMOUS,
+            decision=decision,
+            model=self.model_name,
+            model_version=self.version,
+            reason_code=self.reason_code if status >= 400 else None,
+            reason=self.reason,
+            http_status=status,
+            client=client[:64] if client else None,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            rows=self.rows,
+            body_sha256=self.body_sha256,
+            request_id=self.request_id,
+        )
+
+
+View = Callable[..., Response]
+
+
+def guarded(action: Action, *, api: Api) -> Callable[[View], View]:
+    """Run the decorated view through the pipeline for `action`; it receives the `Call` first,
+    then the URL's values."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def run(**values: object) -> Response:
+            call = Call(services(), action, api)
+            token = current_request_id.set(call.request_id)
+            try:
+                return call.run(view, values)
+            finally:
+                current_request_id.reset(token)
+
+        run.guarded_action = action  # type: ignore[attr-defined]
+        return run
+
+    return decorate

@@ -1,0 +1,90 @@
+"""The audit log over HTTP, for principals allowed `audit:read`.
+
+    GET /admin/audit?since=1h&actor=alice&model=digits&action=model:predict&decision=deny
+                    &after=SEQ&limit=N
+        -> {"events": [...], "next_after": SEQ | null}   oldest first; pass next_after as
+           `after` for the next page (keyset paging: stable while the log grows)
+    GET /admin/audit/verify
+        -> the verification report of the whole chain (`intact`, `bad_seq`, `reason`, ...)
+
+`since`/`until` take what `secure-maas audit list` takes (`1h`, `7d`, an ISO date or time). An
+unknown parameter is refused: a typo must not silently widen the answer. Each of these requests
+is itself audited, after its answer is read, so a page never holds its own event.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from secure_maas.actions import Action
+from secure_maas.audit import AuditFilter, Decision, parse_time, verify_database
+from secure_maas.audit.query import list_events, read_snapshot
+from secure_maas.serving.errors import ApiError
+from secure_maas.serving.pipeline import Call, guarded
+from secure_maas.serving.refs import Api, shown
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+PARAMETERS = ("since", "until", "actor", "model", "action", "decision", "after", "limit")
+
+
+def _number(name: str, low: int, high: int, default: int | None) -> int | None:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be a whole number in {low}..{high}")
+    return int(text)
+
+
+def _filter(call: Call) -> AuditFilter:
+    unknown = sorted(set(request.args) - set(PARAMETERS))
+    if unknown:
+        raise ApiError(400, f"unknown parameter {shown(unknown[0])!r}: use {', '.join(PARAMETERS)}")
+    for name in PARAMETERS:
+        if len(request.args.getlist(name)) > 1:
+            raise ApiError(400, f"parameter {name!r} is given more than once")
+    moments = {}
+    for name in ("since", "until"):
+        text = request.args.get(name)
+        try:
+            moments[name] = None if text is None else parse_time(text, now=call.now)
+        except ValueError as exc:
+            raise ApiError(400, f"{name}: {exc}") from None
+    decision = request.args.get("decision")
+    if decision is not None and decision not in Decision._value2member_map_:
+        raise ApiError(400, "decision must be one of allow, deny, error")
+    return AuditFilter(
+        since=moments["since"],
+        until=moments["until"],
+        actor=request.args.get("actor"),
+        model=request.args.get("model"),
+        action=request.args.get("action"),
+        decision=decision,
+    )
+
+
+@bp.get("/audit")
+@guarded(Action.AUDIT_READ, api=Api.ADMIN)
+def audit(call: Call) -> Response:
+    audit_filter = _filter(call)
+    after = _number("after", 0, 2**63 - 1, None)
+    limit = _number("limit", 1, MAX_LIMIT, DEFAULT_LIMIT) or DEFAULT_LIMIT
+    call.authorize()
+    with read_snapshot(call.services.engine) as connection:
+        records = list_events(connection, audit_filter, after=after, limit=limit)
+    next_after = records[-1].seq if len(records) == limit else None
+    call.rows = len(records)
+    return jsonify({"events": [r.to_json() for r in records], "next_after": next_after})
+
+
+@bp.get("/audit/verify")
+@guarded(Action.AUDIT_READ, api=Api.ADMIN)
+def verify(call: Call) -> Response:
+    if request.args:
+        raise ApiError(400, "this endpoint takes no parameters")
+    call.authorize()
+    report = verify_database(call.services.engine, call.services.audit_keys, jobs=1)
+    return jsonify(report.to_json())

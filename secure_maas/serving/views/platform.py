@@ -1,0 +1,43 @@
+"""`GET /v1/models`: the models the caller may see (`model:list`), active versions only.
+
+A caller allowed to list nothing gets an empty list, not an error: what it cannot see does not
+exist for it. Each version carries its labels and DP guarantee summary (ε, δ), so a consumer
+can pick a model by its privacy before asking for its metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from secure_maas.actions import Action
+from secure_maas.serving.cache import ModelFacts
+from secure_maas.serving.pipeline import Call, guarded
+from secure_maas.serving.refs import Api
+
+bp = Blueprint("platform", __name__, url_prefix="/v1")
+
+
+def _version(facts: ModelFacts) -> dict[str, Any]:
+    dp = facts.dp or {}
+    return {
+        "version": facts.version,
+        "labels": list(facts.labels),
+        "privacy": facts.privacy,
+        "epsilon": dp.get("epsilon"),
+        "delta": dp.get("delta"),
+        "created_at": facts.created_at.isoformat(),
+    }
+
+
+@bp.get("/models")
+@guarded(Action.MODEL_LIST, api=Api.PLATFORM)
+def models(call: Call) -> Response:
+    active = [facts for facts in call.services.cache.models() if facts.active]
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for facts in call.visible(active):
+        listed.setdefault(facts.name, []).append(_version(facts))
+    return jsonify(
+        {"models": [{"name": name, "versions": versions} for name, versions in listed.items()]}
+    )

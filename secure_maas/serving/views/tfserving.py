@@ -1,0 +1,67 @@
+"""TF Serving's REST API: model status, metadata and predict, by name, version or label.
+
+    GET  /v1/models/NAME[/versions/V|/labels/L]            status of the version(s)
+    GET  /v1/models/NAME[/versions/V|/labels/L]/metadata   signature_def, plus the DP guarantee
+    POST /v1/models/NAME[/versions/V|/labels/L]:predict    row or columnar predict
+
+A predict body is JSON; `curl -d`'s form content type is read as JSON too, as TF Serving does,
+and any other content type is refused with 415.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from secure_maas.actions import Action
+from secure_maas.serving.formats.tfserving import (
+    model_metadata,
+    model_status,
+    parse_predict,
+    predict_response,
+)
+from secure_maas.serving.headers import JSON_TYPES
+from secure_maas.serving.pipeline import Call, guarded
+from secure_maas.serving.refs import Api
+
+bp = Blueprint("tfserving", __name__, url_prefix="/v1")
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+@bp.get("/models/<name>/labels/<label>")
+@guarded(Action.MODEL_METADATA, api=Api.TFSERVING)
+def status(call: Call, name: str, version: str | None = None, label: str | None = None) -> Response:
+    facts = call.model(name, version, label)
+    if version is not None or label is not None:
+        versions = [facts.version]
+    else:
+        every = call.services.cache.versions(facts.name)
+        versions = [v.version for v in every if v.active and call.may_see(v)]
+    return jsonify(model_status(sorted(versions, reverse=True)))
+
+
+@bp.get("/models/<name>/metadata")
+@bp.get("/models/<name>/versions/<version>/metadata")
+@bp.get("/models/<name>/labels/<label>/metadata")
+@guarded(Action.MODEL_METADATA, api=Api.TFSERVING)
+def metadata(
+    call: Call, name: str, version: str | None = None, label: str | None = None
+) -> Response:
+    facts = call.model(name, version, label)
+    document = model_metadata(
+        facts.name, facts.version, facts.signature, secure_maas=facts.guarantee()
+    )
+    return jsonify(document)
+
+
+@bp.post("/models/<name>:predict")
+@bp.post("/models/<name>/versions/<version>:predict")
+@bp.post("/models/<name>/labels/<label>:predict")
+@guarded(Action.MODEL_PREDICT, api=Api.TFSERVING)
+def predict(
+    call: Call, name: str, version: str | None = None, label: str | None = None
+) -> Response:
+    facts = call.model(name, version, label)
+    parsed = call.parse(lambda body: parse_predict(body, facts.signature), JSON_TYPES)
+    outputs, _served = call.predict(parsed)
+    return jsonify(predict_response(parsed, outputs))
