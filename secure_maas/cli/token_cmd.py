@@ -36,6 +36,32 @@ def token() -> None:
     """Issue, revoke and list bearer tokens (JWTs signed with the keyring's JWT key)."""
 
 
+def issue_token(
+    app: AppContext, subject: str, ttl: timedelta, roles: tuple[str, ...]
+) -> tokens.Issued:
+    """Issue a token and record it (by jti) with its audit event; shared with the demo."""
+    keyring = app.keyring()
+    with admin_change(app, AdminAction.TOKEN_ISSUE) as change:
+        issued = tokens.issue(
+            change.session,
+            keyring,
+            app.settings,
+            subject=subject,
+            ttl=ttl,
+            roles=roles or None,
+            actor=change.actor,
+        )
+        change.note(
+            f"issued token {issued.jti} to {subject}",
+            jti=issued.jti,
+            subject=subject,
+            roles=",".join(issued.roles) if issued.roles is not None else None,
+            expires_at=isoformat(issued.expires_at),
+            key_id=issued.key_id,
+        )
+    return issued
+
+
 @token.command("issue")
 @click.option("--subject", required=True, help="The principal the token speaks for.")
 @click.option(
@@ -59,25 +85,7 @@ def issue(app: AppContext, subject: str, ttl: timedelta, roles: tuple[str, ...])
     Example:
         TOKEN=$(secure-maas token issue --subject alice --ttl 1h --role analyst)
     """
-    keyring = app.keyring()
-    with admin_change(app, AdminAction.TOKEN_ISSUE) as change:
-        issued = tokens.issue(
-            change.session,
-            keyring,
-            app.settings,
-            subject=subject,
-            ttl=ttl,
-            roles=roles or None,
-            actor=change.actor,
-        )
-        change.note(
-            f"issued token {issued.jti} to {subject}",
-            jti=issued.jti,
-            subject=subject,
-            roles=",".join(issued.roles) if issued.roles is not None else None,
-            expires_at=isoformat(issued.expires_at),
-            key_id=issued.key_id,
-        )
+    issued = issue_token(app, subject, ttl, roles)
     click.echo(issued.token)
     click.echo(
         f"issued jti {issued.jti} to {subject}, expires {isoformat(issued.expires_at)}", err=True

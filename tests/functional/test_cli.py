@@ -170,9 +170,21 @@ def test_python_dash_m_runs_the_same_cli(base_env: dict[str, str]) -> None:
 
 
 def test_demo_sets_up_from_nothing_and_is_repeatable(cli_env: dict[str, str]) -> None:
-    first = run_cli("demo", env=cli_env)
+    env = {**cli_env, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = run_cli("demo", "--no-serve", "--quick", env=env)
     assert first.returncode == 0, first.stderr
-    assert "created audit key" in first.stdout and "models match migrations" in first.stdout
-    second = run_cli("demo", env=cli_env)
+    assert "created audit key" in first.stdout
+    assert "published digits-mlp:1" in first.stdout or "digits-mlp:1" in first.stdout
+    assert "Authorization: Bearer ey" in first.stdout  # a working curl with a real token
+    models = json.loads(run_cli("models", "list", "--format", "json", env=env).stdout)
+    assert {(m["name"], m["privacy"]) for m in models} == {
+        ("digits-mlp", "dp"),
+        ("breast_cancer-mlp", "dp"),
+    }
+    assert all(m["epsilon"] is not None and m["epsilon"] <= 3.0 + 1e-9 for m in models)
+    second = run_cli("demo", "--no-serve", "--quick", env=env)
     assert second.returncode == 0, second.stderr
-    assert "nothing changed" in second.stdout
+    assert "nothing changed" in second.stdout and "already trained: digits-mlp" in second.stdout
+    models_after = json.loads(run_cli("models", "list", "--format", "json", env=env).stdout)
+    assert len(models_after) == 2  # nothing trained twice
+    assert run_cli("audit", "verify", env=env).returncode == 0
