@@ -9,6 +9,7 @@ what exists: datasets and models already there are not registered or trained aga
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from datetime import timedelta
@@ -151,7 +152,9 @@ def demo(ctx: click.Context, port: int, no_serve: bool, quick: bool) -> None:
     click.echo(f"alice (analyst): jti {analyst.jti}; bob (auditor): jti {auditor.jti}")
 
     base = f"http://127.0.0.1:{port}"
-    row = "[" + ",".join(["0.0"] * 8 + ["5.0", "13.0", "9.0", "1.0"] + ["0.0"] * 52) + "]"
+    # One 8x8 digit (sklearn's digits are 8x8 images, pixel values 0..16).
+    image = [[0, 0, 5, 13, 9, 1, 0, 0]] + [[0, 0, 13, 15, 10, 15, 5, 0]] * 6 + [[0] * 8]
+    row = json.dumps([[float(v) for v in line] for line in image], separators=(",", ":"))
     body = '{"instances": [' + row + "]}"
     click.echo("-- 6. try it (in another terminal while the server runs)")
     click.echo("# allowed: alice predicts with the DP digits model (epsilon <= 3)")
