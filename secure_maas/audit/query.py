@@ -18,35 +18,14 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement
 
 from secure_maas.audit.events import AuditRecord
-from secure_maas.audit.models import events_table
+from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
 from secure_maas.timeutil import parse_duration
 
 STREAM_ROWS = 1_000
 _RELATIVE = re.compile(r"^\d+\s*[smhdw]$")
 
 #: Every column of an event, in `AuditRecord` field order.
-RECORD_COLUMNS = (
-    "seq",
-    "at",
-    "request_id",
-    "actor",
-    "actor_kind",
-    "action",
-    "model",
-    "model_version",
-    "decision",
-    "reason_code",
-    "reason",
-    "http_status",
-    "client",
-    "latency_us",
-    "rows",
-    "body_sha256",
-    "detail",
-    "key_id",
-    "mac",
-    "encoding",
-)
+RECORD_COLUMNS = (*CANONICAL_COLUMNS, "mac", "encoding")
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
