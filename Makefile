@@ -1,6 +1,7 @@
 # The two commands of the README. Both create or refresh the virtual environment first.
 #   make demo   the main job: set up a local instance from nothing and show it working
 #   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
+#   make system the hardening scenarios of tests/system in full (60 s soak) and their report
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := secure_maas migrations tests $(wildcard bench)
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test system venv lint clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,10 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+
+# The regular suite runs these too, with a shorter soak.
+system: venv
+	SMAAS_SOAK_SECONDS=$${SMAAS_SOAK_SECONDS:-60} $(BIN)/pytest tests/system
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
