@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,20 +44,32 @@ def _check_row(row: ModelVersion, checked: Verified) -> None:
         raise InvalidArtifact("digest_mismatch", "plaintext digest differs from the registry's")
 
 
-def _open_file(store: ArtifactStore, row: ModelVersion) -> io.BufferedReader:
+@contextmanager
+def _reading(store: ArtifactStore, row: ModelVersion) -> Iterator[io.BufferedReader]:
+    """The artifact file of `row`, open for the body of the `with`.
+
+    A file that cannot be opened or read (gone, a folder, EACCES, EIO) is refused as a tampered
+    one is, with `InvalidArtifact` (`missing_file`, `unreadable`): to serving, a storage fault at
+    load is then a refusal like any other, audited, and a label keeps its loaded version.
+    """
     try:
-        return store.open(row.artifact_path)
+        with store.open(row.artifact_path) as handle:
+            yield handle
     except FileNotFoundError as exc:
         raise InvalidArtifact("missing_file", f"{row.artifact_path} is missing") from exc
+    except OSError as exc:
+        reason = f"{row.artifact_path} cannot be read: {exc.strerror or exc}"
+        raise InvalidArtifact("unreadable", reason) from exc
 
 
 def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Opened:
     """Verify and decrypt one version into memory (the caller wipes it after loading)."""
-    with _open_file(store, row) as handle:
+    private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
+    with _reading(store, row) as handle:
         opened = open_artifact(
             handle,
-            private_keys=keyring.service_private_keys(),
-            trusted_publishers=keyring.trusted_publishers(),
+            private_keys=private_keys,
+            trusted_publishers=trusted,
             expect_model=row.model.name,
             expect_version=row.version,
             max_plaintext=row.plaintext_bytes,
@@ -71,11 +84,12 @@ def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> O
 
 def verify_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Verified:
     """Every check of `open_version` without keeping the plaintext (for `models verify`)."""
-    with _open_file(store, row) as handle:
+    private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
+    with _reading(store, row) as handle:
         checked = verify_artifact(
             handle,
-            private_keys=keyring.service_private_keys(),
-            trusted_publishers=keyring.trusted_publishers(),
+            private_keys=private_keys,
+            trusted_publishers=trusted,
             expect_model=row.model.name,
             expect_version=row.version,
         )
