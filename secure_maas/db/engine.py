@@ -4,8 +4,10 @@ SQLite (the embedded default): WAL so readers never block the writer, foreign ke
 timeout instead of immediate `database is locked` errors, `synchronous=FULL` so a committed audit
 event survives power loss, and explicit `BEGIN` so SQLAlchemy's transactions are real ones
 (the stdlib driver otherwise defers them; `begin_immediate` relies on this).
-PostgreSQL: psycopg 3, a connect timeout so an unreachable server fails fast, and pre-ping so a
-pool recovers by itself after the database returns.
+PostgreSQL: psycopg 3, a connect timeout so an unreachable server fails fast, TCP keepalives and
+a TCP user timeout so a connection whose server vanished mid-query (a cut cable, a failed-over
+host: no reset ever arrives) errors within seconds instead of the kernel's minutes, and pre-ping
+so a pool recovers by itself after the database returns.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from secure_maas.errors import SecureMaasError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 5
+#: libpq options for a server that stops answering without closing the connection.
+PG_LIVENESS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms of unacknowledged data before the connection is dropped
+}
 
 
 class DatabaseUnavailable(SecureMaasError):
@@ -49,7 +59,11 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+    connect_args = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        **PG_LIVENESS,
+        **kwargs.pop("connect_args", {}),
+    }
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
