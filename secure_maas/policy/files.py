@@ -1,6 +1,6 @@
 """Reading `policies/`: YAML files of roles, principals and rules (schema in policies/README.md).
 
-Values come from `yaml.safe_load`; line numbers from `yaml.compose` of the same text (which
+Values come from `yaml.SafeLoader`; line numbers from `yaml.compose` of the same text (which
 builds nodes, never objects). Every problem in every file is collected and reported together as
 `file:line: reason`, and the whole set is refused if there is any: a half-read policy must never
 be applied. Duplicate keys, unknown fields, roles used but not declared and rules given twice are
@@ -143,9 +143,21 @@ class _Reader:
 
 
 def _locate(
-    node: yaml.Node, path: _Path, lines: dict[_Path, int], problems: list[str], file: Path
+    node: yaml.Node,
+    path: _Path,
+    lines: dict[_Path, int],
+    problems: list[str],
+    file: Path,
+    walked: set[int] | None = None,
 ) -> None:
-    """Record the line of every mapping key and sequence item; report duplicate keys."""
+    """Record the line of every mapping key and sequence item; report duplicate keys.
+
+    An alias shares its anchor's node: each node is walked once (a path under an alias takes
+    the alias's line), so a few lines of nested aliases cannot make this walk exponential."""
+    walked = set() if walked is None else walked
+    if id(node) in walked:
+        return
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -158,11 +170,24 @@ def _locate(
                 problems.append(f"{file}:{line}: duplicate key {key!r} (first at line {seen[key]})")
             seen[key] = line
             lines[(*path, key)] = line
-            _locate(value_node, (*path, key), lines, problems, file)
+            _locate(value_node, (*path, key), lines, problems, file, walked)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*path, index)] = item.start_mark.line + 1
-            _locate(item, (*path, index), lines, problems, file)
+            _locate(item, (*path, index), lines, problems, file, walked)
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader`, except that a tagged scalar it cannot read (`!!int abc`,
+    `!!bool maybe`, `!!timestamp nope`), on which PyYAML's constructors raise ValueError,
+    KeyError or AttributeError, is a `ConstructorError` at that node's line like any other."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            problem = f"cannot read {node.tag} value {str(node.value)[:40]!r} ({exc})"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from exc
 
 
 def _parse(file: Path, problems: list[str]) -> tuple[Any, dict[_Path, int]] | None:
@@ -177,7 +202,10 @@ def _parse(file: Path, problems: list[str]) -> tuple[Any, dict[_Path, int]] | No
         return None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        problems.append(f"{file}:1: not valid YAML: nested too deeply")
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

@@ -131,8 +131,12 @@ def _moment(name: str, value: object) -> datetime | None:
             f"{name} must be a date and time with a UTC offset, e.g. 2027-01-01T00:00:00Z",
             field=name,
         )
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 is before the first UTC datetime
+        raise InvalidRule(f"{name} {value.isoformat()} is out of range", field=name) from None
     # Whole seconds: what policy files and listings show is then exactly what is enforced.
-    return value.astimezone(UTC).replace(microsecond=0)
+    return moment.replace(microsecond=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,8 @@ class Quota:
         unknown = set(data) - {"per", "requests", "rows"}
         if unknown:
             raise InvalidRule(
-                f"unknown quota field {sorted(unknown)[0]!r} (per, requests, rows)", field="quota"
+                f"unknown quota field {sorted(unknown, key=str)[0]!r} (per, requests, rows)",
+                field="quota",
             )
         if "per" not in data:
             raise InvalidRule("a quota needs `per`: minute, hour or day", field="quota")

@@ -196,6 +196,9 @@ def _inputs(
         if name in found:
             raise BadRequest(f"input {name!r} is given more than once")
         shape, datatype = _shape(item.get("shape"), name), _datatype(item.get("datatype"), name)
+        # Before any array is built from it: a claimed shape of another rank or fixed size
+        # than the model's (40 dimensions, [0, 10**20] for [-1, 4]) is refused right away.
+        check_shape(shape, specs[name], what=f"input {name!r}")
         parameters = _parameters(item.get("parameters"), f"parameters of input {name!r}")
         if any(key in parameters for key in _SHARED_MEMORY):
             raise BadRequest(f"input {name!r}: shared memory is not supported")
@@ -272,7 +275,16 @@ def _from_json(
             f"input {name!r}: shape {shape_text(shape)} needs {math.prod(shape)} value(s), "
             f"data has {array.size}"
         )
-    return array.reshape(shape)
+    return _reshape(array, shape, name)
+
+
+def _reshape(array: Array, shape: tuple[int, ...], name: str) -> Array:
+    """`array` in `shape`; a shape numpy cannot make (an empty tensor whose other dimensions
+    overflow its size arithmetic, such as [0, 2**62, 2**62]) is refused as the caller's."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise BadRequest(f"input {name!r}: shape {shape_text(shape)} is out of range") from None
 
 
 def _from_binary(
@@ -280,7 +292,7 @@ def _from_binary(
 ) -> Array:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _bytes_elements(chunk, count, name).reshape(shape)
+        return _reshape(_bytes_elements(chunk, count, name), shape, name)
     dtype = np.dtype(DATATYPES[datatype])
     wire = np.dtype("u1") if datatype == "BOOL" else dtype.newbyteorder("<")
     if len(chunk) != count * wire.itemsize:
@@ -292,13 +304,13 @@ def _from_binary(
     if datatype == "BOOL":
         if raw.size and raw.max() > 1:
             raise BadRequest(f"input {name!r}: BOOL binary data must hold bytes 0 or 1")
-        return raw.astype(bool).reshape(shape)
+        return _reshape(raw.astype(bool), shape, name)
     array = raw.astype(dtype)  # a native-order copy the caller owns
     if dtype.kind == "f":
         array = check_floats(
             array, dtype, where=lambda i: f"input {name!r} element {i}", allow_nan=allow_nan
         )
-    return array.reshape(shape)
+    return _reshape(array, shape, name)
 
 
 def _bytes_elements(chunk: memoryview, count: int, name: str) -> Array:

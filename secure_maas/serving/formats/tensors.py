@@ -217,7 +217,9 @@ def _integers(
     if array.dtype == object or (
         array.size and (int(array.min()) < info.min or int(array.max()) > info.max)
     ):
-        position = next(i for i, v in enumerate(leaves) if not info.min <= v <= info.max)
+        position = next((i for i, v in enumerate(leaves) if not info.min <= v <= info.max), None)
+        if position is None:  # all in range, but numpy found no one type for them (uint64)
+            return np.array(leaves, dtype=target)
         raise BadRequest(
             f"{where(_unravel(position, shape))}: integer {leaves[position]} is out of range "
             f"for {target.name}"
