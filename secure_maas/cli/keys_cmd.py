@@ -110,16 +110,17 @@ def rotate(app: AppContext, kind: str, pq: bool) -> None:
     """
     keyring = app.keyring()
     previous = keyring.active(KeyKind(kind))
-    record = keyring.rotate(KeyKind(kind), pq=pq)
-    record_now(
-        app,
-        os_event(
+
+    def recorded(created: KeyRecord) -> None:
+        event = os_event(
             AdminAction.KEYS_ROTATE,
-            f"new active {kind} key {record.id}",
+            f"new active {kind} key {created.id}",
             previous=previous.id,
-            key=record.id,
-        ),
-    )
+            key=created.id,
+        )
+        record_now(app, event)
+
+    record = keyring.rotate(KeyKind(kind), pq=pq, before_save=recorded)
     click.echo(
         f"new active {kind} key {record.id} ({record.fingerprint}); {previous.id} kept as previous"
     )
@@ -135,10 +136,12 @@ def retire(app: AppContext, key_id: str) -> None:
     Example:
         secure-maas keys retire jwt-3f9a1c0b2d4e
     """
-    record = app.keyring().retire(key_id)
-    record_now(
-        app, os_event(AdminAction.KEYS_RETIRE, f"retired {record.kind} key {key_id}", key=key_id)
-    )
+
+    def recorded(retired: KeyRecord) -> None:
+        reason = f"retired {retired.kind} key {key_id}"
+        record_now(app, os_event(AdminAction.KEYS_RETIRE, reason, key=key_id))
+
+    record = app.keyring().retire(key_id, before_save=recorded)
     when = isoformat(record.retired_at) if record.retired_at else "now"
     click.echo(f"retired {record.kind} key {record.id} at {when}")
 
@@ -154,15 +157,18 @@ def trust(app: AppContext, public_key: Path, label: str | None) -> None:
     Example:
         secure-maas keys trust radiology-publisher.pub --label radiology
     """
-    record = app.keyring().trust_publisher(public_key.read_bytes(), label=label)
-    record_now(
-        app,
-        os_event(
+
+    def recorded(added: KeyRecord) -> None:
+        event = os_event(
             AdminAction.KEYS_TRUST,
-            f"trusting publisher key {record.id}",
-            key=record.id,
-            fingerprint=record.fingerprint,
-        ),
+            f"trusting publisher key {added.id}",
+            key=added.id,
+            fingerprint=added.fingerprint,
+        )
+        record_now(app, event)
+
+    record = app.keyring().trust_publisher(
+        public_key.read_bytes(), label=label, before_save=recorded
     )
     click.echo(f"trusting publisher key {record.id} ({record.fingerprint})")
 

@@ -106,10 +106,13 @@ def os_event(
 
 
 def record_now(app: AppContext, event: AuditEvent) -> None:
-    """Record an admin action that changed files, not rows (the keyring), once it is done.
+    """Record an admin action that changes files, not rows (the keyring), in its own commit.
 
-    The change cannot share a transaction with the event; if the event cannot be written the
-    command still fails (exit 1), so the operator knows the log is missing it.
+    The change cannot share a transaction with the event, so the keys commands call this just
+    before the change takes effect (`Keyring`'s `before_save`): if the event cannot be written,
+    the change does not happen and the command fails (fail closed); a crash in between leaves
+    an event naming a key the manifest never took, which `keys list` shows is absent.
+    `models rewrap` (re-encryption, no change of trust, safe to re-run) records once done.
     """
     append_now(app.engine(), event, KeyringAuditKeys(app.keyring()))
 

@@ -10,7 +10,10 @@ Layout of `keys/` (the folder is 0700, every private file 0600):
 Key files are named by id, and an id is derived from the key's fingerprint, so a new key never
 lands on an existing file; files are written with `atomic_write(overwrite=False)` before the
 manifest that names them, so a crash leaves at worst an unreferenced file, never a manifest
-pointing at a half-written key. Mutations hold an exclusive lock on `keys/.lock`.
+pointing at a half-written key; `jwks.json` is written just before the manifest, so it never
+lags the active JWT key; a command's audit event is written before both (`BeforeSave`), so a
+crash leaves at worst an event for a change that did not take effect, never a change in effect
+unrecorded. Mutations hold an exclusive lock on `keys/.lock`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +56,12 @@ from secure_maas.timeutil import utcnow
 
 JWKS_NAME = "jwks.json"
 LOCK_NAME = ".lock"
+
+#: Called with the key a change creates or alters, once its files are written and before the
+#: manifest takes the change: the admin commands record the change's audit event here, so a
+#: change is never in effect unrecorded. If it raises, the change does not happen (the new key
+#: files stay unreferenced, as after a crash).
+BeforeSave = Callable[[KeyRecord], None]
 
 
 class KeyringError(SecureMaasError):
@@ -262,10 +271,18 @@ class Keyring:
 
     # -- changing -------------------------------------------------------------------------
 
-    def rotate(self, kind: KeyKind, *, pq: bool = False, now: datetime | None = None) -> KeyRecord:
+    def rotate(
+        self,
+        kind: KeyKind,
+        *,
+        pq: bool = False,
+        now: datetime | None = None,
+        before_save: BeforeSave | None = None,
+    ) -> KeyRecord:
         """Make a new active key of `kind`; the old one stays for decryption/verification.
 
-        `pq` (service keys only) makes the new key the post-quantum hybrid.
+        `pq` (service keys only) makes the new key the post-quantum hybrid. `before_save`
+        (see `BeforeSave`) runs once the key files are written, before the change takes effect.
         """
         algorithm = _algorithm(kind, pq=pq)
         with _locked(self.folder):
@@ -273,10 +290,12 @@ class Keyring:
             previous = self.active(kind)
             created = self._add(kind, KeyStatus.ACTIVE, now or utcnow(), algorithm)
             self._replace(previous.with_status(KeyStatus.PREVIOUS))
-            self._save()
+            self._save(before_save, created)
         return created
 
-    def retire(self, key_id: str, *, now: datetime | None = None) -> KeyRecord:
+    def retire(
+        self, key_id: str, *, now: datetime | None = None, before_save: BeforeSave | None = None
+    ) -> KeyRecord:
         """Stop trusting a key for anything. The active key must be rotated away first."""
         with _locked(self.folder):
             self._records = read_manifest(self.folder)
@@ -295,11 +314,16 @@ class Keyring:
                 )
             retired = record.with_status(KeyStatus.RETIRED, at=now or utcnow())
             self._replace(retired)
-            self._save()
+            self._save(before_save, retired)
         return retired
 
     def trust_publisher(
-        self, public_pem: bytes, *, label: str | None = None, now: datetime | None = None
+        self,
+        public_pem: bytes,
+        *,
+        label: str | None = None,
+        now: datetime | None = None,
+        before_save: BeforeSave | None = None,
     ) -> KeyRecord:
         """Accept artifacts signed by another team's publisher key (its public half only)."""
         key = load_public(KeyKind.PUBLISHER.algorithm, public_pem, name="publisher key")
@@ -322,7 +346,7 @@ class Keyring:
                 label=label,
             )
             self._records.append(record)
-            self._save()
+            self._save(before_save, record)
         return record
 
     def _add(
@@ -352,9 +376,16 @@ class Keyring:
     def _replace(self, updated: KeyRecord) -> None:
         self._records = [updated if r.id == updated.id else r for r in self._records]
 
-    def _save(self) -> None:
-        write_manifest(self.folder, self._records)
+    def _save(
+        self, before_save: BeforeSave | None = None, changed: KeyRecord | None = None
+    ) -> None:
+        if before_save is not None and changed is not None:
+            before_save(changed)  # recorded before it takes effect; raising stops it here
+        # jwks.json before the manifest: a crash between them leaves token consumers trusting
+        # a new key nothing signs with yet (rotate) or already refusing one being retired,
+        # never a manifest whose active JWT key the published key set lacks.
         self._write_jwks()
+        write_manifest(self.folder, self._records)
 
     def _write_jwks(self) -> None:
         data = (json.dumps(self.jwks(), indent=2, sort_keys=True) + "\n").encode()

@@ -3,12 +3,16 @@
 Layout: `STORE/<model name>/<version>.sealed`. Names are validated before they become paths
 (no separators, no dot-files, bounded length), so a model name can never escape the store.
 Files are only ever created with `atomic_write` and never rewritten in place; `rewrap` writes a
-complete new file and renames it over the old one.
+complete new file and renames it over the old one. A write killed outright (SIGKILL, power loss:
+no `finally` runs) leaves its hidden temp file `.<version>.sealed.<random>.tmp` behind; the next
+write of the same artifact removes it (the next publish of that version, the next `rewrap` of
+that file), so an interrupted write is cleaned up by simply running the command again.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import secrets
@@ -19,6 +23,8 @@ from typing import BinaryIO
 
 from secure_maas.atomic import fsync_dir
 from secure_maas.errors import SecureMaasError
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUFFIX = ".sealed"
@@ -95,6 +101,7 @@ class ArtifactStore:
             folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store folder {folder}: {exc.strerror}") from exc
+        _remove_leftovers(final)
         tmp = folder / f".{final.name}.{secrets.token_hex(8)}.tmp"
         try:
             with open(tmp, "xb") as handle:
@@ -138,3 +145,22 @@ class ArtifactStore:
             return
         for path in sorted(self.root.glob(f"*/*{SUFFIX}")):
             yield path.relative_to(self.root).as_posix()
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Remove the temp files that killed writes of `final` left (best effort).
+
+    Writers of one artifact are serialised (publish holds the model's lock for a version no row
+    names yet; rewrap replaces an existing version): a temp file of `final` found here belongs
+    to a writer that died. Should two rewraps race on one file anyway, the one whose temp file
+    vanished fails cleanly at its rename and the artifact stays intact.
+    """
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s left by an interrupted write: %s", stale, exc.strerror)
+            continue
+        log.warning("removed %s left by an interrupted write", stale)
