@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serve.py                   # 2 workers x 4 threads, 10 s per level
     .venv/bin/python bench/serve.py --duration 3      # a smoke run
+    .venv/bin/python bench/serve.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 Both servers run under gunicorn (gthread, same workers, threads, keep-alive and timeout) on
 127.0.0.1 with the same Keras model (a 64 -> 256 -> 10 MLP) and TF_NUM_INTEROP_THREADS /
@@ -281,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels, comma-separated")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run secure-maas on this PostgreSQL database (a fresh schema, dropped after) "
+        "instead of SQLite, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
 
@@ -291,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env = dict(base_env)
     env["SECURE_MAAS_DATABASE_URL"] = f"sqlite:///{work / 'secure_maas.db'}"
+    schema = None
+    if args.postgres:
+        schema = f"bench_serve_{os.getpid()}"
+        postgres(args.postgres, f'CREATE SCHEMA "{schema}"')
+        sep = "&" if "?" in args.postgres else "?"
+        env["SECURE_MAAS_DATABASE_URL"] = f"{args.postgres}{sep}options=-csearch_path%3D{schema}"
     env["SECURE_MAAS_KEYS_DIR"] = str(work / "keys")
     env["SECURE_MAAS_STORE_DIR"] = str(work / "store")
     env["SECURE_MAAS_LOG_LEVEL"] = "WARNING"
@@ -379,6 +392,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in logs.values():
             f.close()
         tmp.cleanup()
+        if schema is not None:
+            postgres(args.postgres, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def postgres(url: str, statement: str) -> None:
+    """Run one statement on the PostgreSQL database at `url` (schema set-up and clean-up)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(statement))
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":

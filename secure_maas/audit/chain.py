@@ -30,7 +30,7 @@ from secure_maas.audit.events import (
 )
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.audit.models import HEAD_ID, MAC_BYTES, events_table, head_table
-from secure_maas.db.engine import begin_immediate, describe_error
+from secure_maas.db.engine import begin_immediate, describe_error, serialised_writes
 from secure_maas.errors import SecureMaasError
 from secure_maas.timeutil import utcnow
 
@@ -200,7 +200,7 @@ def write_transaction(
     wrong; the error types in `passthrough` (a refusal decided by `work`) pass unchanged.
     """
     try:
-        with engine.connect() as connection:
+        with serialised_writes(engine), engine.connect() as connection:
             begin_immediate(connection)
             with connection.begin():
                 return work(connection)

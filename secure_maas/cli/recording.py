@@ -21,7 +21,7 @@ from secure_maas.actions import AdminAction
 from secure_maas.audit import ActorKind, AuditEvent, Decision, KeyringAuditKeys, append_now
 from secure_maas.audit.chain import append_events
 from secure_maas.cli.context import AppContext
-from secure_maas.db.engine import begin_immediate
+from secure_maas.db.engine import begin_immediate, serialised_writes
 from secure_maas.timeutil import utcnow
 
 
@@ -65,7 +65,7 @@ def admin_change(app: AppContext, action: AdminAction) -> Iterator[AdminChange]:
     """A write transaction for an admin change that ends by recording it in the audit log."""
     engine = app.engine()
     keys = KeyringAuditKeys(app.keyring())
-    with engine.connect() as connection:
+    with serialised_writes(engine), engine.connect() as connection:
         begin_immediate(connection)
         with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
             change = AdminChange(session, action, os_user())

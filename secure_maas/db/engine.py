@@ -12,7 +12,12 @@ so a pool recovers by itself after the database returns.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +97,50 @@ def begin_immediate(connection: Connection) -> None:
     """
     if connection.dialect.name == "sqlite":
         connection.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+
+
+_held = threading.local()
+
+
+@contextmanager
+def serialised_writes(engine: Engine) -> Iterator[None]:
+    """Hold the write lock of `engine`'s SQLite file for the block (a no-op elsewhere).
+
+    SQLite admits one writer at a time and makes the others poll with sleeps of up to 100 ms
+    (its busy handler): with two gunicorn workers each committing audit groups, those sleeps
+    were the serving p99 (0.35 s at 16 connections, against 0.03 s for one worker). Writers
+    that queue here first, on a file lock beside the database (`<db>-writer.lock`, any thread
+    or process), wait at most a millisecond past its release and then meet no SQLite lock.
+    PostgreSQL queues writers on its own row locks. Re-entrant within a thread; after the busy
+    timeout the caller gets `DatabaseUnavailable` (fail closed), as SQLite's own wait would.
+    """
+    path = _sqlite_path(engine.url) if engine.dialect.name == "sqlite" else None
+    depth: dict[Path, int] = _held.__dict__.setdefault("depth", {})
+    if path is None or depth.get(path):
+        yield
+        return
+    fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        pause = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatabaseUnavailable(
+                        f"database is locked: no write turn in {SQLITE_BUSY_TIMEOUT_MS} ms"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.001)
+        depth[path] = 1
+        try:
+            yield
+        finally:
+            depth[path] = 0
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def describe_error(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from secure_maas.db.engine import begin_immediate
+from secure_maas.db.engine import begin_immediate, serialised_writes
 
 SessionFactory = sessionmaker[Session]
 
@@ -33,7 +33,7 @@ def write_scope(engine: Engine) -> Iterator[Session]:
     transaction starts with BEGIN IMMEDIATE so two writers cannot both read the old state; on
     PostgreSQL the caller locks the rows it reads with `SELECT ... FOR UPDATE`.
     """
-    with engine.connect() as connection:
+    with serialised_writes(engine), engine.connect() as connection:
         begin_immediate(connection)
         with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
             yield session

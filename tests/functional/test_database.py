@@ -95,3 +95,51 @@ def test_unopenable_sqlite_is_a_clear_error(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'file'}/db.sqlite")
     with pytest.raises(DatabaseUnavailable, match="unable to open database file"):
         connect_check(engine)
+
+
+def test_sqlite_writers_take_turns_on_a_file_lock(tmp_path: Path) -> None:
+    """Writers queue on `<db>-writer.lock` (any thread or process), so SQLite's own sleeping
+    busy handler is never what they wait on; the lock is re-entrant within a thread."""
+    from secure_maas.db.engine import serialised_writes
+    from secure_maas.db.session import write_scope
+
+    database = tmp_path / "db.sqlite"
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    order: list[str] = []
+    entered = threading.Event()
+
+    def other_writer() -> None:
+        entered.set()
+        with write_scope(engine) as session:
+            order.append("other")
+            session.execute(sa.text("INSERT INTO t VALUES (2)"))
+
+    with serialised_writes(engine):
+        assert (tmp_path / "db.sqlite-writer.lock").exists()
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        entered.wait(5)
+        with write_scope(engine) as session:  # re-entrant: no self-deadlock
+            session.execute(sa.text("INSERT INTO t VALUES (1)"))
+        thread.join(0.3)
+        assert thread.is_alive(), "the other writer did not wait for its turn"
+        order.append("holder")
+    thread.join(10)
+    assert order == ["holder", "other"]
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT n FROM t ORDER BY rowid").scalars().all() == [
+            1,
+            2,
+        ]
+    engine.dispose()
+
+
+def test_writer_lock_nests_and_postgres_takes_none(migrated_engine: Engine, tmp_path: Path) -> None:
+    from secure_maas.db.engine import serialised_writes
+
+    with serialised_writes(migrated_engine), serialised_writes(migrated_engine):
+        pass  # a no-op on PostgreSQL; re-entrant on SQLite
+    if migrated_engine.dialect.name == "postgresql":
+        assert not list(tmp_path.glob("*-writer.lock"))
