@@ -61,6 +61,7 @@ LIMIT_S = 1.0  # invariant 7
 #: on its first request for it (about 0.5 s of CPU each: four workers on two cores take ~2 s).
 LOAD_LIMIT_S = 10.0
 STREAK = 8  # changed answers in a row from one instance before it counts as changed
+QUIET_S = 1.5  # how long every answer must be as before the change, before it is made
 A = [[0.5, -0.25, 0.75]]
 B = [[0.2, -0.4]]
 
@@ -211,8 +212,14 @@ def propagation(
             stop.wait(0.02)
 
     def ready(n: int) -> bool:
-        tail = replies[n][-4:]
-        return len(tail) == 4 and all(lines[n][1].before(r) for r in tail)
+        # Every answer of the last QUIET_S is `before`: every worker (fresh connections reach
+        # either) has taken the set-up, which new principals and tokens need, too, up to 1 s.
+        got = replies[n]
+        horizon = time.monotonic() - QUIET_S
+        if not got or got[0].arrived > horizon:
+            return False
+        recent = [r for r in got if r.arrived >= horizon]
+        return len(recent) >= 4 and all(lines[n][1].before(r) for r in recent)
 
     def settled() -> bool:
         for (_, probe, _), got in zip(lines, replies, strict=True):
@@ -239,8 +246,12 @@ def propagation(
     changed: dict[int, float] = {}
     for (n, probe, url), start, every in zip(lines, starts, replies, strict=True):
         got = every[start:]
-        odd = [(r.status, r.body[:200]) for r in got if not (probe.before(r) or probe.after(r))]
-        assert not odd, f"{url}: answers neither before nor after the change: {odd[:3]}"
+        odd = [r for r in got if not (probe.before(r) or probe.after(r))]
+        if odd:  # the audit log says why each was answered so
+            recorded = by_request(instance.engine, {r.request_id for r in odd[:3]})
+            why = [(r.status, r.body[:200], [e.reason for e in recorded[r.request_id]])
+                   for r in odd[:3]]  # fmt: skip
+            raise AssertionError(f"{url}: answers neither before nor after the change: {why}")
         last_before = max((i for i, r in enumerate(got) if not probe.after(r)), default=-1)
         changed[n] = max(changed.get(n, 0.0), got[last_before + 1].wall)
     return [
