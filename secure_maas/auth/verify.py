@@ -12,7 +12,7 @@ expired, or with `iat`/`nbf` in the future (beyond the leeway, at most 30 s); li
 log. The token is never logged or stored: the cache is keyed by its SHA-256.
 
 Caching: a verified token is remembered until it expires. The principals, roles and revoked
-ids it was checked against are reloaded when their change counters move (looked at every 0.5 s)
+ids it was checked against are reloaded when their change counters move (looked at every 0.25 s)
 and the whole cache is dropped then, so a revocation or a disabled principal is refused within
 a second. Key files are looked at on the same cadence (a rotated or retired key also drops it).
 """

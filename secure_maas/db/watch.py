@@ -20,7 +20,7 @@ from secure_maas.db.engine import DatabaseUnavailable, describe_error
 from secure_maas.db.state import StateVersion
 
 #: How often a worker looks at the counters; a change reaches it within this plus a reload.
-POLL_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 0.25
 
 
 class Watcher:

@@ -1,7 +1,7 @@
 """The policy a worker decides with: compiled from the database, rebuilt when it changes.
 
 `PolicyCache.decide` first lets its `Watcher` look at the `policy` counter (at most every
-0.5 s), rebuilding the compiled policy when the counter moved; a grant or revoke made by any
+0.25 s), rebuilding the compiled policy when the counter moved; a grant or revoke made by any
 process therefore applies everywhere within a second. If the database cannot be read when a
 look is due, the error propagates: the request fails closed rather than being decided on a
 policy of unknown age.

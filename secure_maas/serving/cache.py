@@ -2,7 +2,7 @@
 
 Resolution works on an in-memory copy of the registry (every model, version and label), rebuilt
 when the `models` change counter moves; the counter is read at most every `poll_interval`
-seconds (0.5 s), so a new version, a moved label or a disabled version reaches every worker
+seconds (0.25 s), so a new version, a moved label or a disabled version reaches every worker
 within a second. `facts(ref)` answers from that copy alone, so access decisions (404, 403,
 the ε a rule allows) never load weights. `get(ref)` also loads the version: the sealed artifact
 is verified and decrypted in memory (`registry.artifacts.open_version`), decoded

@@ -3,7 +3,7 @@
 Settings come from the SECURE_MAAS_* environment, as a serving worker's would.
 
 - `watch TOKEN MODEL`: verifies TOKEN and decides model:predict on MODEL every few
-  milliseconds with the production caches (0.5 s polling), and prints
+  milliseconds with the production caches (0.25 s polling), and prints
   `state <unix time> <token ok> <allowed>` each time the outcome changes (first `ready`).
 - `quota SUBJECT MODEL QUOTA N NOW`: prints `ready`, waits for a line on stdin, then tries to
   consume N requests against a per-day quota of QUOTA at the fixed time NOW, and prints how
