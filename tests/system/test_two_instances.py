@@ -13,9 +13,8 @@ Propagation is measured from the change's commit (the CLI records the change and
 event in one transaction; the event's time, stamped just before the commit, is the start) to
 the arrival of the first answer of each instance's final run of changed answers. Probes run
 while the command runs, one thread per instance on fresh connections, so that every worker of
-an instance answers some. A new version is resolved (metadata names it) within that second;
-serving it also takes each worker's first load of it (decrypt and decode, about 0.5 s of CPU
-each), which is measured and reported separately.
+an instance answers some. A new version is resolved (metadata names it) and served (each
+worker decrypts and loads it on its first request for it) within that second, both reported.
 """
 
 from __future__ import annotations
@@ -56,10 +55,7 @@ from tests.functional.serving_support import (
 from tests.system.conftest import Report
 from tests.system.support import GUNICORN, ROW, Kind, audit_intact, wait_until
 
-LIMIT_S = 1.0  # invariant 7
-#: A new version reaches every worker within LIMIT_S; each worker then decrypts and loads it
-#: on its first request for it (about 0.5 s of CPU each: four workers on two cores take ~2 s).
-LOAD_LIMIT_S = 10.0
+LIMIT_S = 1.0  # invariant 7; a new version is also *served* by every worker within it
 STREAK = 8  # changed answers in a row from one instance before it counts as changed
 QUIET_S = 1.5  # how long every answer must be as before the change, before it is made
 A = [[0.5, -0.25, 0.75]]
@@ -528,7 +524,8 @@ def test_a_new_version_reaches_both_instances_within_a_second_and_is_served(
         f"after the commit (each worker loads it on its first request for it)",
     )
     check(report, "two_instances_new_version_s", resolved, "models import (multi v2 resolved)")
-    assert served.from_commit <= LOAD_LIMIT_S, f"v2 served after {served.from_commit:.3f} s"
+    # Each worker decrypts and loads v2 on its first request for it (~0.2 s of CPU here).
+    assert served.from_commit <= LIMIT_S, f"v2 served after {served.from_commit:.3f} s"
 
 
 def test_every_answer_of_both_instances_is_audited_once_and_the_chain_verifies(
