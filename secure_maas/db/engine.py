@@ -119,7 +119,10 @@ def serialised_writes(engine: Engine) -> Iterator[None]:
     if path is None or depth.get(path):
         yield
         return
-    fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a read-only or vanished folder: no write can happen either
+        raise DatabaseUnavailable(f"cannot open {path}-writer.lock: {exc.strerror}") from None
     try:
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
         pause = 0.0001

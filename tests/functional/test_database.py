@@ -143,3 +143,14 @@ def test_writer_lock_nests_and_postgres_takes_none(migrated_engine: Engine, tmp_
         pass  # a no-op on PostgreSQL; re-entrant on SQLite
     if migrated_engine.dialect.name == "postgresql":
         assert not list(tmp_path.glob("*-writer.lock"))
+
+
+def test_an_unopenable_writer_lock_is_database_unavailable(tmp_path: Path) -> None:
+    from secure_maas.db.session import write_scope
+
+    folder = tmp_path / "gone"
+    engine = create_engine(f"sqlite:///{folder / 'db.sqlite'}")
+    folder.rmdir()  # the folder create_engine made: no lock and no database can be opened
+    with pytest.raises(DatabaseUnavailable, match="writer.lock"), write_scope(engine):
+        pass
+    engine.dispose()
