@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import secrets
 import struct
 from collections.abc import Callable, Mapping
@@ -59,6 +60,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_maas.crypto import plainmem
 from secure_maas.crypto.framing import (
     COPY_BYTES,
     KEM_MLKEM768_X25519,
@@ -93,6 +95,7 @@ from secure_maas.crypto.keys import (
     PrivateKey,
     PublicKey,
 )
+from secure_maas.crypto.readahead import read_ahead
 from secure_maas.crypto.signing import BadSignature, sign, verify
 
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -155,12 +158,18 @@ class Verified:
 
 @dataclass(frozen=True)
 class Opened(Verified):
-    """A verified artifact and its plaintext; `wipe()` it once the model is loaded."""
+    """A verified artifact and its plaintext, in memory of its own (`plainmem`): `wipe()` it
+    once the model is loaded. After that `plaintext` raises ValueError."""
 
-    plaintext: bytearray = field(repr=False)
+    memory: mmap.mmap = field(repr=False, compare=False)
+
+    @property
+    def plaintext(self) -> memoryview:
+        """The plaintext, read-only; each access is a new view, to be let go before `wipe()`."""
+        return memoryview(self.memory)[: self.header.plaintext_length].toreadonly()
 
     def wipe(self) -> None:
-        wipe(self.plaintext)
+        plainmem.release(self.memory)
 
 
 def seal(
@@ -204,23 +213,23 @@ def open_artifact(
     Before anything is allocated the claimed size is checked against the file (and against
     `max_plaintext`, the caller's memory budget), the name and version against what the caller
     asked for, and the publisher against the trusted set. The signature is checked last, over
-    the ciphertext digest computed on the way; on any failure the buffer is zeroed before the
+    the ciphertext digest computed on the way; on any failure the buffer is unmapped before the
     exception leaves, because AES-GCM writes a chunk's plaintext before it knows the tag is bad.
     """
     prelude = read_prelude(src, max_plaintext)
     publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
     aead = AESGCM(_unwrap(prelude, private_keys))
-    plaintext = bytearray(prelude.header.plaintext_length)
+    memory = plainmem.allocate(prelude.header.plaintext_length)
     done = False
     try:
-        with memoryview(plaintext) as out:
+        with memoryview(memory) as out:
             digest = _decrypt_body(src, prelude, aead, out, reuse_out=False, observe=None)
         _check_signature(prelude, publisher, digest)
         done = True
     finally:
         if not done:
-            wipe(plaintext)
-    return Opened(prelude.header, digest.hex(), prelude.key_id, prelude.publisher_id, plaintext)
+            plainmem.release(memory)
+    return Opened(prelude.header, digest.hex(), prelude.key_id, prelude.publisher_id, memory)
 
 
 def verify_artifact(
@@ -384,29 +393,28 @@ def _decrypt_body(
     observe: Callable[[memoryview], None] | None,
 ) -> bytes:
     """Decrypt every chunk into its place in `out` (or, with `reuse_out`, into its start each
-    time) and return CIPHERTEXT_DIGEST. The hot loop of `open_artifact`: one reused read
-    buffer, the ciphertext hashed while it is still in cache, no per-chunk allocation but the
-    12-byte nonce."""
+    time) and return CIPHERTEXT_DIGEST. The hot loop of `open_artifact`: the chunks are read
+    and hashed on a second thread (`readahead`) while this one decrypts, and nothing is
+    allocated per chunk but the 12-byte nonce."""
     header, header_digest = prelude.header, prelude.header_digest
     digest = blake3(max_threads=1)
     size, count, total = header.chunk_size, header.chunk_count, header.plaintext_length
-    buffer = bytearray(min(size, total) + TAG_BYTES)
-    with memoryview(buffer) as view:
-        for index in range(count):
+    last = total - (count - 1) * size
+    with read_ahead(src, count, size + TAG_BYTES, last + TAG_BYTES, digest.update) as chunks:
+        for index, sealed in enumerate(chunks):
             start = index * size
-            length = min(size, total - start)
-            sealed = view[: length + TAG_BYTES]
-            read_exact(src, sealed, "body")
-            digest.update(sealed)
-            target = out[:length] if reuse_out else out[start : start + length]
+            length = len(sealed) - TAG_BYTES
             nonce = _chunk_nonce(header.nonce_prefix, index, index == count - 1)
-            try:
-                aead.decrypt_into(nonce, sealed, header_digest, target)
-            except InvalidTag as exc:
-                reason = f"chunk {index} of {count} failed authentication"
-                raise InvalidArtifact("chunk_auth", reason) from exc
-            if observe is not None:
-                observe(target)
+            # Released on the way out even when the tag fails, so that the traceback does not
+            # pin the plaintext buffer and `open_artifact` can unmap it.
+            with out[:length] if reuse_out else out[start : start + length] as target:
+                try:
+                    aead.decrypt_into(nonce, sealed, header_digest, target)
+                except InvalidTag as exc:
+                    reason = f"chunk {index} of {count} failed authentication"
+                    raise InvalidArtifact("chunk_auth", reason) from exc
+                if observe is not None:
+                    observe(target)
     return digest.digest()
 
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -218,7 +219,7 @@ def write_all(out: Sink, data: bytes | memoryview) -> None:
             written += count
 
 
-def wipe(buffer: bytearray) -> None:
+def wipe(buffer: bytearray | mmap.mmap) -> None:
     """Zero `buffer` in place, a megabyte at a time (no second full-size allocation)."""
     zeros = bytes(min(len(buffer), COPY_BYTES))
     with memoryview(buffer) as view:

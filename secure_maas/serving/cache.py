@@ -68,7 +68,7 @@ EVENT_EVICTED = "model.evicted"
 EVENT_FALLBACK = "model.fallback"
 
 OnEvent = Callable[[str, dict[str, Any]], None]
-Decoder = Callable[[bytearray], "LoadedModel"]
+Decoder = Callable[[memoryview], "LoadedModel"]
 Key = tuple[str, int]
 
 

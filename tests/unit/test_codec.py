@@ -22,6 +22,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secure_maas.crypto import plainmem
 from secure_maas.registry.codec import (
     InvalidInput,
     InvalidModelData,
@@ -418,18 +419,23 @@ def test_non_buffers_are_invalid(data: Any) -> None:
         decode_model(data)
 
 
-def test_a_bytearray_is_read_in_place_and_can_be_wiped_after(small: tuple[Any, bytes]) -> None:
+def test_opened_plaintext_is_read_in_place_and_can_be_unmapped_after(
+    small: tuple[Any, bytes],
+) -> None:
     model, data = small
-    plaintext = bytearray(data)
-    loaded = decode_model(plaintext)
+    memory = plainmem.allocate(len(data))  # where `open_artifact` decrypts to
+    memory[:] = data
+    loaded = decode_model(memoryview(memory).toreadonly())
 
-    plaintext.extend(b"!")  # raises BufferError if decoding left a view into the buffer
-    plaintext[:] = bytes(len(plaintext))  # what the caller does with decrypted plaintext
+    plainmem.release(memory)
+    assert memory.closed  # it would only be zeroed if decoding had left a view into it
     sample = _sample(loaded.signature)
     np.testing.assert_allclose(
         loaded.predict(sample)["probabilities"], _reference(model, sample)["probabilities"]
     )
-    assert decode_model(memoryview(data)).signature == loaded.signature
+    plaintext = bytearray(data)
+    assert decode_model(plaintext).signature == loaded.signature
+    plaintext.extend(b"!")  # raises BufferError if decoding left a view into the buffer
 
 
 def test_the_safetensors_library_reads_what_we_write(small: tuple[Any, bytes]) -> None:
