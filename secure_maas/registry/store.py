@@ -98,11 +98,13 @@ class ArtifactStore:
         folder = final.parent
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            new_folder = not folder.is_dir()
             folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store folder {folder}: {exc.strerror}") from exc
         _remove_leftovers(final)
         tmp = folder / f".{final.name}.{secrets.token_hex(8)}.tmp"
+        published = False
         try:
             with open(tmp, "xb") as handle:
                 os.fchmod(handle.fileno(), 0o600)
@@ -117,6 +119,7 @@ class ArtifactStore:
                 os.link(tmp, final)
                 os.unlink(tmp)
             fsync_dir(folder)
+            published = True
         except FileExistsError as exc:
             raise StoreError(f"artifact {final} already exists") from exc
         except OSError as exc:
@@ -124,6 +127,8 @@ class ArtifactStore:
         finally:
             if tmp.exists():
                 tmp.unlink()
+            if new_folder and not published:
+                _remove_if_empty(folder)
         return final
 
     def open(self, relative: str) -> io.BufferedReader:
@@ -164,3 +169,12 @@ def _remove_leftovers(final: Path) -> None:
             log.warning("cannot remove %s left by an interrupted write: %s", stale, exc.strerror)
             continue
         log.warning("removed %s left by an interrupted write", stale)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the model folder a failed first write created, so that a model that never got
+    a version leaves nothing in the store. Only an empty folder goes (rmdir refuses others)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        return
