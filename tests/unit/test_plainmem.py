@@ -36,10 +36,13 @@ def test_fresh_memory_is_zero_and_of_the_asked_size() -> None:
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MADV_DONTDUMP"), reason="MADV_DONTDUMP is Linux-only")
-def test_memory_is_kept_out_of_core_dumps() -> None:
-    memory = plainmem.allocate(1 << 20)
+def test_memory_is_kept_out_of_core_dumps_and_may_use_huge_pages() -> None:
+    memory = plainmem.allocate(8 << 20)
     try:
-        assert "dd" in _vm_flags(memory)  # VM_DONTDUMP
+        flags = _vm_flags(memory)
+        assert "dd" in flags  # VM_DONTDUMP
+        if Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():
+            assert "hg" in flags  # VM_HUGEPAGE: the kernel may back it with 2 MiB pages
     finally:
         plainmem.release(memory)
 
