@@ -16,8 +16,9 @@ TensorFlow leaves the layer's scope out of a weight created before its layer joi
 
 Decoding refuses an architecture that could run code or reach outside the model (`UnsafeModel`)
 before Keras sees it, and reports anything malformed as `InvalidModelData`: for any input
-bytes, those are the only two exceptions `decode_model` raises. It reads a `bytearray` in
-place, so a caller holding decrypted plaintext in one can wipe it once the model is loaded.
+bytes, those are the only two exceptions `decode_model` raises. It reads its buffer in place
+and keeps no view of it, so the caller can unmap or wipe the decrypted plaintext (an opened
+artifact's own mapping) once the model is loaded.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ must be the same for the same content (digests are compared).
 Writing uses the safetensors library, so standard tools can read an artifact. Reading is done
 here, in place: `unpack` takes a `bytearray` or `memoryview` as well as `bytes`, and its arrays
 are views into that buffer, so plaintext weights are not copied (the library reads only `bytes`
-and copies every tensor) and the caller can wipe the one buffer when done. It checks what the
-library checks: header bounds, dtypes, shapes, and offsets that tile the data exactly.
+and copies every tensor) and the caller can unmap or wipe the one buffer when done. It checks
+what the library checks: header bounds, dtypes, shapes, and offsets that tile the data exactly.
 """
 
 from __future__ import annotations
