@@ -82,7 +82,9 @@ def issue(
     key = keyring.active(KeyKind.JWT)
     issued_at = (now or utcnow()).replace(microsecond=0)
     expires_at = issued_at + ttl
-    jti = secrets.token_urlsafe(18)
+    # Hex, not base64url: one jti in 64 of those began with "-", and `token revoke JTI`
+    # then read it as an option.
+    jti = secrets.token_hex(16)
     claims: dict[str, object] = {
         "iss": settings.issuer,
         "aud": settings.audience,
