@@ -29,11 +29,29 @@ The registry contract of TF Privacy 0.9.0 (`layer_registry.py`): a function
 
 `plan_clipping` decides, before training, whether every trainable layer of a model can use the
 fast path; if one cannot, training takes TF Privacy's per-example path and says why.
+
+Why some layers without weights are refused too. The fast path runs the model TWICE: the norm
+pass (`clip_grads.compute_gradient_norms`, which calls each layer with no `training` argument,
+i.e. in inference mode, and whose registry functions drop Keras masks) and the gradient pass
+(`model(x, training=True)`, masks honoured). The clip weights come from the first, the summed
+gradients from the second, so the clipping bound holds only if both passes compute the same
+function. It fails, and per-example norms after "clipping" exceed C (by 1.1x to 3x in the
+privacy review), with any layer whose forward differs between training and inference (Dropout
+and its variants, GaussianNoise, BatchNormalization, random augmentation, ...), any layer that
+draws randomness per call (the two passes draw differently), and any Keras mask (Masking,
+`Embedding(mask_zero=True)`): such models take the per-example path, which differentiates the
+very forward pass it clips. The rule is an allow-list: a built-in Keras layer whose `call` takes
+no `training` argument, or one of a few built-ins known to ignore it (InputLayer;
+MultiHeadAttention, LSTM and GRU without dropout); anything else is refused.
+
+`dp_incompatible_reason` names layers that break DP-SGD on ANY path (BatchNormalization: its
+moving statistics are exact, un-noised statistics of the training batches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,26 +107,186 @@ def make_layer_registry() -> layer_registry.LayerRegistry:
 
 
 def plan_clipping(model: tf.keras.Model, registry: layer_registry.LayerRegistry) -> ClippingPlan:
-    """The fast path when every trainable layer has a registry function that supports it."""
+    """The fast path when both of its passes compute the same function (no training-dependent
+    layer, no mask, see the module docstring) and every trainable layer has a registry function
+    that supports it; otherwise the per-example path, with the reason naming each layer."""
     if not gradient_clipping_utils.has_internal_compute_graph(model):
         return ClippingPlan(
             PER_EXAMPLE, "the model has no functional graph to traverse (subclassed model)"
         )
-    problems = []
+    inconsistent = forward_pass_problems(model)
+    unregistered = []
     for layer in model.layers:
         if not layer.trainable_variables:
             continue
         why = unsupported_reason(layer, registry)
         if why is not None:
-            problems.append(f"{layer.name} ({type(layer).__name__}): {why}")
-    if problems:
-        return ClippingPlan(
-            PER_EXAMPLE,
-            "no fast gradient-norm function for " + "; ".join(problems),
-            tuple(problems),
-        )
+            unregistered.append(f"{layer.name} ({type(layer).__name__}): {why}")
+    if inconsistent or unregistered:
+        parts = []
+        if inconsistent:
+            parts.append(
+                "the fast path's norm pass (inference mode, masks dropped) would not compute "
+                "the forward pass whose gradients it sums, so its clipping would not bound "
+                "them: " + "; ".join(inconsistent)
+            )
+        if unregistered:
+            parts.append("no fast gradient-norm function for " + "; ".join(unregistered))
+        return ClippingPlan(PER_EXAMPLE, ". ".join(parts), tuple(inconsistent + unregistered))
     kinds = sorted({type(layer).__name__ for layer in model.layers if layer.trainable_variables})
     return ClippingPlan(FAST, "every trainable layer has a registry function: " + ", ".join(kinds))
+
+
+# --------------------------------------------------------------------------- pass consistency
+
+
+def _mha_training_reason(layer: tf.keras.layers.Layer) -> str | None:
+    rate = float(layer.get_config().get("dropout", 0.0) or 0.0)
+    if rate:
+        return f"its attention dropout ({rate:g}) is applied in training only"
+    return None
+
+
+def _recurrent_training_reason(layer: tf.keras.layers.Layer) -> str | None:
+    if layer.dropout or layer.recurrent_dropout:
+        return "its dropout / recurrent_dropout is applied in training only"
+    return None
+
+
+# Built-in layers whose `call` takes `training` but which compute the same in both modes when
+# the check returns None. Exact types: a subclass may override `call`.
+_TRAINING_ARG_IGNORED: dict[type, Callable[[tf.keras.layers.Layer], str | None]] = {
+    tf.keras.layers.InputLayer: lambda layer: None,
+    tf.keras.layers.MultiHeadAttention: _mha_training_reason,
+    tf.keras.layers.LSTM: _recurrent_training_reason,
+    tf.keras.layers.GRU: _recurrent_training_reason,
+}
+
+_KERAS_PACKAGES = ("keras", "tf_keras")
+
+
+def training_mode_reason(layer: tf.keras.layers.Layer) -> str | None:
+    """Why `layer` may compute differently in the fast path's two passes, or None.
+
+    The norm pass calls layers in inference mode, the gradient pass in training mode, and each
+    pass draws its own randomness. A layer is accepted only on evidence that it computes the
+    same function in both: a built-in Keras layer whose `call` takes no `training` argument, or
+    a listed built-in in a configuration that ignores it. Everything else (Dropout and its
+    variants, GaussianNoise, BatchNormalization, random augmentation, Lambda, wrappers, custom
+    layers, and the TFOpLambda layers Keras makes when a tf function such as
+    `tf.random.normal` is applied to a Keras tensor; slicing stays allowed) is refused: a wrong
+    refusal costs speed, a wrong acceptance costs the guarantee.
+    """
+    check = _TRAINING_ARG_IGNORED.get(type(layer))
+    if check is not None:
+        return check(layer)
+    if type(layer).__module__.split(".")[0] not in _KERAS_PACKAGES:
+        return (
+            "not a built-in Keras layer, so nothing shows that it computes the same in "
+            "inference and training mode, nor that it draws no randomness"
+        )
+    if _takes_training_argument(layer):
+        return (
+            "its call takes a `training` argument, so it may compute differently in "
+            "training mode (gradient pass) than in inference mode (norm pass)"
+        )
+    if type(layer).__name__ == "TFOpLambda":
+        return (
+            f"it wraps the TensorFlow function {getattr(layer, 'symbol', '?')!r} (a tf "
+            "operation applied to a Keras tensor), which may draw randomness per call; wrap "
+            "it in a Keras layer"
+        )
+    return None
+
+
+def _takes_training_argument(layer: tf.keras.layers.Layer) -> bool:
+    try:
+        parameters = inspect.signature(layer.call).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: assume the worst
+        return True
+    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def forward_pass_problems(model: tf.keras.Model) -> list[str]:
+    """`name (Type): why` for every layer of `model`'s functional graph (nested functional
+    models included) that makes the fast path's norm pass differ from its gradient pass: a
+    training-dependent layer (`training_mode_reason`), or a Keras mask, which the registry
+    functions drop (reported at the layer whose output first carries it, and at any layer
+    called with an explicit `mask`)."""
+    problems = []
+    for node in _graph_nodes(model):
+        layer = node.layer
+        label = f"{layer.name} ({type(layer).__name__})"
+        why = training_mode_reason(layer)
+        if why is not None:
+            problems.append(f"{label}: {why}")
+        masked_in = any(_has_mask(t) for t in node.keras_inputs)
+        if not masked_in and any(_has_mask(t) for t in tf.nest.flatten(node.outputs)):
+            problems.append(
+                f"{label}: its output carries a Keras mask, which the layers after it honour "
+                "in the gradient pass but not in the norm pass"
+            )
+        if node.call_kwargs.get("mask") is not None:
+            problems.append(f"{label}: it is called with an explicit mask")
+    return list(dict.fromkeys(problems))
+
+
+def _has_mask(tensor: Any) -> bool:
+    return getattr(tensor, "_keras_mask", None) is not None
+
+
+def _graph_nodes(model: tf.keras.Model, seen: set[int] | None = None) -> Iterator[Any]:
+    """The call nodes of a functional model, recursing into nested functional models (the way
+    TF Privacy's norm pass traverses them) instead of yielding them."""
+    seen = set() if seen is None else seen
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            if gradient_clipping_utils.has_internal_compute_graph(node.layer):
+                yield from _graph_nodes(node.layer, seen)
+            else:
+                yield node
+
+
+# --------------------------------------------------------------------------- DP soundness
+
+
+def dp_incompatible_reason(model: tf.keras.Model) -> str | None:
+    """Why DP-SGD cannot make `model` private on ANY clipping path, or None.
+
+    DP-SGD privatises the gradient update and nothing else. A BatchNormalization layer (or a
+    subclass, e.g. SyncBatchNormalization) also writes its moving mean and variance from every
+    training batch: exact, un-noised statistics of the training data, stored in the published
+    model. In training it also normalises each example with the statistics of its batch, so one
+    example's clipped gradient depends on the others' data (and on the per-example path it
+    normalises a batch of one). Refused even when frozen (`trainable=False`): its statistics
+    then come from data no guarantee of ours covers, and the flag can be switched back.
+    Sublayers of wrappers and nested models are searched too.
+    """
+    found = [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in _all_layers(model)
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    if not found:
+        return None
+    return (
+        "DP-SGD cannot train " + ", ".join(found) + ": BatchNormalization stores exact "
+        "statistics of the training batches in its moving mean and variance (no clipping, no "
+        "noise) and normalises each example with the others in its batch; use "
+        "LayerNormalization or GroupNormalization instead"
+    )
+
+
+def _all_layers(model: tf.keras.layers.Layer) -> Iterator[tf.keras.layers.Layer]:
+    yield model
+    for module in model.submodules:
+        if isinstance(module, tf.keras.layers.Layer):
+            yield module
 
 
 def unsupported_reason(
