@@ -74,6 +74,9 @@ def run_row(run: TrainingRun) -> dict[str, Any]:
 def summary_row(item: ledger.DatasetLedger) -> dict[str, Any]:
     spend = item.spend
     data = spend.to_dict()
+    # A dataset sharing another's budget reports that budget's spend, under its own name.
+    data["dataset"] = item.dataset.name
+    data["budget_of"] = spend.dataset if spend.dataset != item.dataset.name else None
     for status in RunStatus:
         data[status.value] = spend.statuses.get(status.value, 0)
     data["non_private"] = spend.non_private

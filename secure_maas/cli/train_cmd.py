@@ -73,6 +73,13 @@ def _announce(plan: Plan, reservation: Reservation) -> None:
     if plan.privacy is None:
         click.echo("WITHOUT differential privacy (--no-dp): the model will carry no guarantee")
         return
+    if not plan.private:
+        click.echo(
+            f"DP-SGD with noise multiplier {plan.privacy.noise_multiplier:.4f} (nominal "
+            f"ε={plan.privacy.epsilon:.4g}), but --noise-seed makes the noise known: the model "
+            "will carry NO guarantee and nothing is reserved"
+        )
+        return
     after = reservation.after
     click.echo(
         f"DP-SGD: clip norm {plan.l2_norm_clip:g}, noise multiplier "
@@ -95,7 +102,8 @@ def _report(outcome: Outcome) -> None:
     click.echo(f"preprocessing: {result.preprocessing.description}")
     text = statement(plan, result)
     if text is None:
-        click.echo("privacy: NONE (trained with --no-dp; the model is marked non-private)")
+        why = "--no-dp" if plan.privacy is None else "a fixed --noise-seed"
+        click.echo(f"privacy: NONE (trained with {why}; the model is marked non-private)")
     else:
         click.echo("privacy:")
         for line in text.splitlines():
@@ -144,16 +152,24 @@ def _report(outcome: Outcome) -> None:
 @click.option(
     "--noise-seed",
     type=int,
-    help="Fix batch sampling and noise (reproducible experiments only: a known noise seed "
-    "lets anyone subtract the noise).",
+    help="Fix batch sampling and noise to reproduce a figure. A known noise seed lets anyone "
+    "subtract the noise, so the model is published NON-PRIVATE (and needs a dataset "
+    "registered with --allow-non-private).",
 )
 @click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Held out.")
 @click.option(
     "--preprocessing",
-    type=click.Choice(["auto", "public-range", "standardize", "none"]),
+    type=click.Choice(["auto", "public-range", "dp-standardize", "standardize", "none"]),
     default="auto",
     show_default=True,
-    help="Input scaling (standardize uses training statistics NOT covered by DP).",
+    help="Input scaling. auto: the public range when known (format or --feature-range at "
+    "registration), else dp-standardize (statistics released with DP, in the run's ε). "
+    "standardize uses exact statistics: --no-dp only.",
+)
+@click.option(
+    "--stats-noise-multiplier",
+    type=float,
+    help="dp-standardize: noise multiplier of the statistics' Gaussian release.  [default: 8]",
 )
 @click.option(
     "--clipping-path",
@@ -190,6 +206,7 @@ def train(
     noise_seed: int | None,
     test_fraction: float,
     preprocessing: str,
+    stats_noise_multiplier: float | None,
     clipping_path: str,
 ) -> None:
     """Train a model with DP-SGD on a registered dataset and publish it sealed.
@@ -225,10 +242,10 @@ def train(
         ff_units=ff_units,
         blocks=blocks,
     )
-    if noise_seed is not None:
+    if noise_seed is not None and not no_dp:
         click.echo(
-            "warning: --noise-seed fixes the DP noise; use it for reproducible experiments, "
-            "not for models whose privacy matters",
+            "warning: --noise-seed fixes the DP noise, so anyone who knows it can subtract the "
+            "noise: the model will be published as non-private",
             err=True,
         )
     request = TrainingRequest(
@@ -248,6 +265,7 @@ def train(
         noise_seed=noise_seed,
         test_fraction=test_fraction,
         preprocessing=preprocessing,
+        stats_noise_multiplier=stats_noise_multiplier,
         clipping_path=clipping_path,
         sizes=sizes,
     )

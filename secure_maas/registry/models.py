@@ -77,6 +77,8 @@ class ModelVersion(Base):
     dp_steps: Mapped[int | None] = mapped_column(sa.Integer)
     dp_accountant: Mapped[str | None] = mapped_column(sa.String(64))
     dp_statement: Mapped[str | None] = mapped_column(sa.Text)
+    dp_preprocessing: Mapped[str | None] = mapped_column(sa.String(32))
+    dp_stats_noise_multiplier: Mapped[float | None] = mapped_column(sa.Float)
     dataset_name: Mapped[str | None] = mapped_column(sa.String(64))
     dataset_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))
     # The latest membership-inference check (`privacy attack`): the strongest attack's figures.

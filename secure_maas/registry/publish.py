@@ -49,6 +49,8 @@ DP_FIELDS = (
     "steps",
     "accountant",
     "statement",
+    "preprocessing",
+    "stats_noise_multiplier",
 )
 
 

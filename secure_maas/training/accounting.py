@@ -13,6 +13,11 @@ once per epoch": the Gaussian mechanism composed once per epoch with no amplific
 sampling, the figure one would quote for shuffled fixed-size batches. It is not the guarantee
 of our training (which is Poisson sampled), only a comparison point.
 
+When the run's preprocessing statistics are released with the Gaussian mechanism (see
+`dpstats`), that release is one more `GaussianDpEvent(stats_noise_multiplier)` composed with the
+DP-SGD steps: every ε here (the guarantee, both accountants, the reference figure and the RDP
+curve the ledger composes) then covers the whole artifact, statistics included.
+
 `compose_rdp` composes several runs on the same dataset by adding their RDP curves order by
 order; `sum_epsilon` is the plain (weaker) composition theorem.
 """
@@ -78,13 +83,29 @@ class PrivacyReport:
     epsilon_once_per_epoch_rdp: float
     epsilon_once_per_epoch_pld: float
     rdp: RdpCurve
-    statement: str | None  # TF Privacy's compute_dp_sgd_privacy_statement, RDP
+    statement: str | None  # TF Privacy's compute_dp_sgd_privacy_statement, RDP (DP-SGD alone)
+    # Noise multiplier of the statistics' Gaussian release; None when preprocessing used none.
+    stats_noise_multiplier: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; what a model version stores."""
         data = asdict(self)
         data["rdp"] = self.rdp.to_dict()
         return data
+
+
+def default_delta(n: int) -> float:
+    """1e-5, or the largest power of ten at most 0.1/n for datasets over 10^4 examples.
+
+    Always below 1/n; a power of ten, so that δ tells a model's callers no more about n than
+    its order of magnitude (0.1/n itself would give n away).
+    """
+    if n < 1:
+        raise AccountingError(f"a dataset needs at least one example, got {n}")
+    exponent = math.floor(math.log10(0.1 / n))
+    while 10.0**exponent > 0.1 / n:  # floating-point edge of log10
+        exponent -= 1
+    return min(1e-5, 10.0**exponent)
 
 
 def gaussian_event(noise_multiplier: float, sampling_rate: float, steps: int) -> Any:
@@ -98,17 +119,56 @@ def gaussian_event(noise_multiplier: float, sampling_rate: float, steps: int) ->
     )
 
 
-def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
+def run_event(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps: int,
+    stats_noise_multiplier: float | None = None,
+) -> Any:
+    """The DpEvent of a whole run: the statistics' release (if any), then the DP-SGD steps."""
+    steps_event = gaussian_event(noise_multiplier, sampling_rate, steps)
+    if stats_noise_multiplier is None:
+        return steps_event
+    _check_stats(stats_noise_multiplier)
+    return dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(stats_noise_multiplier), steps_event]
+    )
+
+
+def rdp_epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    stats_noise_multiplier: float | None = None,
+) -> float:
     """ε of the RDP accountant alone (fast: used to calibrate and to plan)."""
     accountant = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
-    accountant.compose(gaussian_event(noise_multiplier, sampling_rate, steps))
+    accountant.compose(run_event(noise_multiplier, sampling_rate, steps, stats_noise_multiplier))
     return float(accountant.get_epsilon(delta))
 
 
-def pld_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
+def pld_epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    stats_noise_multiplier: float | None = None,
+) -> float:
     """ε of the PLD accountant alone (tighter, about a second)."""
     accountant = dp_accounting.pld.PLDAccountant()
-    accountant.compose(gaussian_event(noise_multiplier, sampling_rate, steps))
+    accountant.compose(run_event(noise_multiplier, sampling_rate, steps, stats_noise_multiplier))
+    return float(accountant.get_epsilon(delta))
+
+
+def stats_epsilon(stats_noise_multiplier: float, delta: float) -> float:
+    """ε (RDP) of the statistics' release alone: what a run spends before its first step."""
+    _check_delta(delta)
+    _check_stats(stats_noise_multiplier)
+    accountant = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
+    accountant.compose(dp_accounting.GaussianDpEvent(stats_noise_multiplier))
     return float(accountant.get_epsilon(delta))
 
 
@@ -121,25 +181,31 @@ def epsilon(
     l2_norm_clip: float | None = None,
     batch_size: int | None = None,
     number_of_examples: int | None = None,
+    stats_noise_multiplier: float | None = None,
 ) -> PrivacyReport:
-    """The full report of a Poisson-sampled DP-SGD run.
+    """The full report of a Poisson-sampled DP-SGD run (with its statistics' release, if any).
 
     TF Privacy's statement needs the integer batch size and number of examples; it is left out
     (None) when they are not given. It is computed with `used_microbatching=False`: every
-    example is clipped on its own on both of our clipping paths.
+    example is clipped on its own on both of our clipping paths. It describes the DP-SGD steps
+    alone; every ε of the report itself covers the statistics' release too.
     """
     _check_delta(delta)
     _check(noise_multiplier, sampling_rate, steps)
+    event = run_event(noise_multiplier, sampling_rate, steps, stats_noise_multiplier)
     accountant = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
-    accountant.compose(gaussian_event(noise_multiplier, sampling_rate, steps))
+    accountant.compose(event)
     eps_rdp = float(accountant.get_epsilon(delta))
     curve = RdpCurve(RDP_ORDERS, tuple(float(v) for v in accountant.rdp))
-    eps_pld = pld_epsilon(noise_multiplier, sampling_rate, steps, delta)
+    eps_pld = float(dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(delta))
     epochs = _epochs(sampling_rate, steps)
     passes = max(1, math.ceil(epochs))
-    once = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.GaussianDpEvent(noise_multiplier), passes
-    )
+    once_events = [
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), passes)
+    ]
+    if stats_noise_multiplier is not None:
+        once_events.insert(0, dp_accounting.GaussianDpEvent(stats_noise_multiplier))
+    once = dp_accounting.ComposedDpEvent(once_events)
     once_rdp = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS)).compose(once).get_epsilon(delta)
     once_pld = dp_accounting.pld.PLDAccountant().compose(once).get_epsilon(delta)
     statement = None
@@ -171,6 +237,9 @@ def epsilon(
         epsilon_once_per_epoch_pld=float(once_pld),
         rdp=curve,
         statement=statement,
+        stats_noise_multiplier=(
+            None if stats_noise_multiplier is None else float(stats_noise_multiplier)
+        ),
     )
 
 
@@ -194,32 +263,64 @@ def privacy_statement(
 
 
 def calibrate_noise(
-    target_epsilon: float, sampling_rate: float, steps: int, delta: float, *, tol: float = 1e-4
+    target_epsilon: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    tol: float = 1e-4,
+    stats_noise_multiplier: float | None = None,
 ) -> float:
-    """The smallest noise multiplier whose conservative ε is at most `target_epsilon`.
+    """The smallest DP-SGD noise multiplier whose conservative ε is at most `target_epsilon`.
 
     Calibrated with dp_accounting's `calibrate_dp_mechanism` on the RDP accountant, then checked
     against PLD too (PLD is almost always tighter; if not, the noise is raised until both fit).
+    With `stats_noise_multiplier`, the ε is that of the whole run, statistics' release included.
     """
-    sigma = calibrate_rdp(target_epsilon, sampling_rate, steps, delta, tol=tol)
+    sigma = calibrate_rdp(
+        target_epsilon,
+        sampling_rate,
+        steps,
+        delta,
+        tol=tol,
+        stats_noise_multiplier=stats_noise_multiplier,
+    )
     for _ in range(100):
-        if pld_epsilon(sigma, sampling_rate, steps, delta) <= target_epsilon:
+        eps = pld_epsilon(
+            sigma, sampling_rate, steps, delta, stats_noise_multiplier=stats_noise_multiplier
+        )
+        if eps <= target_epsilon:
             return sigma
         sigma *= 1.01
     raise AccountingError(f"PLD accounting does not reach ε={target_epsilon}; noise {sigma:.3f}")
 
 
 def calibrate_rdp(
-    target_epsilon: float, sampling_rate: float, steps: int, delta: float, *, tol: float = 1e-4
+    target_epsilon: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    tol: float = 1e-4,
+    stats_noise_multiplier: float | None = None,
 ) -> float:
     """The smallest noise multiplier meeting `target_epsilon` by the RDP accountant alone."""
     _check_delta(delta)
     if not target_epsilon > 0 or not math.isfinite(target_epsilon):
         raise AccountingError(f"target ε must be a positive number, got {target_epsilon}")
     _check(1.0, sampling_rate, steps)
+    if stats_noise_multiplier is not None:
+        before = stats_epsilon(stats_noise_multiplier, delta)
+        if before >= target_epsilon:
+            raise AccountingError(
+                f"the preprocessing statistics alone (noise multiplier "
+                f"{stats_noise_multiplier:g}) spend ε={before:.4g}, leaving nothing of the target "
+                f"ε={target_epsilon:g} for training: raise the statistics' noise multiplier, "
+                "declare public feature ranges at registration, or raise the target"
+            )
 
     def event(sigma: float) -> Any:
-        return gaussian_event(max(sigma, 1e-6), sampling_rate, steps)
+        return run_event(max(sigma, 1e-6), sampling_rate, steps, stats_noise_multiplier)
 
     try:
         return float(
@@ -271,6 +372,13 @@ def _check(noise_multiplier: float, sampling_rate: float, steps: int) -> None:
         raise AccountingError(f"sampling rate must be in (0, 1], got {sampling_rate}")
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise AccountingError(f"steps must be a positive integer, got {steps!r}")
+
+
+def _check_stats(stats_noise_multiplier: float) -> None:
+    if not stats_noise_multiplier > 0 or not math.isfinite(stats_noise_multiplier):
+        raise AccountingError(
+            f"the statistics' noise multiplier must be positive, got {stats_noise_multiplier}"
+        )
 
 
 def _check_delta(delta: float) -> None:

@@ -50,8 +50,15 @@ def auto_batch_size(n: int) -> int:
     return max(1, min(max(32, size), max(1, n // 2)))
 
 
-def suggest(n: int, target_epsilon: float, delta: float) -> Suggestion:
-    """Hyperparameters for `n` training examples and a target (ε, δ); see the module doc."""
+def suggest(
+    n: int,
+    target_epsilon: float,
+    delta: float,
+    *,
+    stats_noise_multiplier: float | None = None,
+) -> Suggestion:
+    """Hyperparameters for `n` training examples and a target (ε, δ) of the whole run (the
+    preprocessing statistics' release, if any, included); see the module doc."""
     batch = auto_batch_size(n)
     rate = batch / n
     steps_per_epoch = max(1, round(n / batch))
@@ -59,7 +66,14 @@ def suggest(n: int, target_epsilon: float, delta: float) -> Suggestion:
     candidates = [e for e in EPOCH_GRID if e <= grid[0]]
     for epochs in reversed(candidates):
         steps = steps_per_epoch * epochs
-        sigma = accounting.calibrate_rdp(target_epsilon, rate, steps, delta, tol=1e-3)
+        sigma = accounting.calibrate_rdp(
+            target_epsilon,
+            rate,
+            steps,
+            delta,
+            tol=1e-3,
+            stats_noise_multiplier=stats_noise_multiplier,
+        )
         if sigma / batch <= MAX_STEP_NOISE or epochs == candidates[0]:
             break
     return Suggestion(

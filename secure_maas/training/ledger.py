@@ -5,9 +5,14 @@ What counts as spent. Every DP run that reached training, however it ended: `fin
 touched the data) and `aborted` (it failed after training began). A model that was never
 published leaks nothing through the model, but the operator saw its progress, and a guarantee
 must not depend on how a run ended; refusing to count those runs would let a crash or a
-Ctrl-C buy budget back. `refused` runs never started and spend nothing. Runs with `--no-dp`
-have no ε: they are recorded and reported (their models carry no guarantee at all) but they
-are outside the budget, which bounds what the DP models on the dataset reveal together.
+Ctrl-C buy budget back. `refused` runs never started and spend nothing. Runs without a
+DP guarantee (`--no-dp`, a fixed `--noise-seed`, exact statistics) have no ε: they are recorded
+and reported (their models carry no guarantee at all) but they are outside the budget, which
+bounds what the DP models on the data reveal together; so they are refused, and the refusal
+recorded, unless the budget's owner was registered with `allow_non_private`.
+
+One budget, one ledger. Datasets that share a budget (`catalog`: the same data registered
+again, on purpose) compose their runs together, against the owner's (ε, δ).
 
 Composition. Two figures are reported for the runs that count: the basic composition theorem,
 Σε at Σδ (`accounting.sum_epsilon`), and RDP composition, their RDP curves added order by
@@ -49,6 +54,10 @@ COMPOSITION_RULE = "RDP"
 
 class LedgerError(SecureMaasError):
     """The ledger cannot record what was asked (unknown run, run in the wrong state)."""
+
+
+class NonPrivateRefused(SecureMaasError):
+    """A run without a DP guarantee on data whose registration does not allow one."""
 
 
 class BudgetExceeded(SecureMaasError):
@@ -119,16 +128,18 @@ class Reservation:
     after: Spend
 
 
-def spend_of(dataset: RegisteredDataset, runs: Sequence[TrainingRun]) -> Spend:
-    """Compose the counted runs of `dataset` (see the module docstring)."""
+def spend_of(owner: RegisteredDataset, runs: Sequence[TrainingRun]) -> Spend:
+    """Compose the counted runs of `owner`'s budget (see the module docstring)."""
+    if owner.epsilon_budget is None or owner.delta is None:
+        raise LedgerError(f"dataset {owner.name!r} shares another's budget; ask its owner")
     counted = [run for run in runs if run.spends]
     curves = [curve_of(run) for run in counted]
     epsilons = [float(run.epsilon or 0.0) for run in counted]
     return Spend(
-        dataset=dataset.name,
-        budget=float(dataset.epsilon_budget),
-        delta=float(dataset.delta),
-        epsilon_rdp=accounting.compose_rdp(curves, dataset.delta),
+        dataset=owner.name,
+        budget=float(owner.epsilon_budget),
+        delta=float(owner.delta),
+        epsilon_rdp=accounting.compose_rdp(curves, owner.delta),
         epsilon_sum=accounting.sum_epsilon(epsilons),
         delta_sum=math.fsum(float(run.delta or 0.0) for run in counted),
         counted=len(counted),
@@ -143,12 +154,12 @@ def curve_of(run: TrainingRun) -> RdpCurve:
     return RdpCurve.from_dict({"orders": run.rdp_orders, "values": run.rdp_values})
 
 
-def runs_of(session: Session, dataset: RegisteredDataset) -> list[TrainingRun]:
+def runs_of(session: Session, owner: RegisteredDataset) -> list[TrainingRun]:
+    """Every run on `owner`'s budget: on the owner and on each dataset sharing it."""
+    ids = [member.id for member in catalog.budget_members(session, owner)]
     return list(
         session.execute(
-            sa.select(TrainingRun)
-            .where(TrainingRun.dataset_id == dataset.id)
-            .order_by(TrainingRun.id)
+            sa.select(TrainingRun).where(TrainingRun.dataset_id.in_(ids)).order_by(TrainingRun.id)
         ).scalars()
     )
 
@@ -165,23 +176,32 @@ def reserve(
     """Check the budget and reserve the run's ε in one transaction, or refuse.
 
     Raises `BudgetExceeded` (after committing the refusal's row and audit event) when the RDP
-    composition of the counted runs and this one exceeds the dataset's budget.
+    composition of the counted runs and this one exceeds the budget, and `NonPrivateRefused`
+    for a run without a guarantee (`plan.privacy` None) on data that does not allow one.
     """
     moment = now or utcnow()
-    refusal: BudgetExceeded | None = None
+    refusal: BudgetExceeded | NonPrivateRefused | None = None
     with write_scope(engine) as session:
         dataset = catalog.get_dataset(session, dataset_name, lock=True)
-        runs = runs_of(session, dataset)
-        before = spend_of(dataset, runs)
+        owner = catalog.budget_owner(session, dataset, lock=True)
+        runs = runs_of(session, owner)
+        before = spend_of(owner, runs)
         row = _new_run(dataset, plan, actor, moment)
-        after = spend_of(dataset, [*runs, row]) if plan.privacy is not None else before
-        if plan.privacy is not None and after.epsilon_rdp > dataset.epsilon_budget:
+        after = spend_of(owner, [*runs, row]) if plan.privacy is not None else before
+        if plan.privacy is None and not owner.allow_non_private:
+            refusal = NonPrivateRefused(
+                f"refused before training: dataset {dataset_name!r} was registered without "
+                "--allow-non-private, so every model trained on it must carry a DP guarantee; "
+                "this run would not (--no-dp, --noise-seed or exact statistics)"
+            )
+        elif plan.privacy is not None and after.epsilon_rdp > before.budget:
             refusal = BudgetExceeded(
                 refusal_message(before, after, plan.privacy.epsilon),
                 before=before,
                 after=after,
                 requested=plan.privacy.epsilon,
             )
+        if refusal is not None:
             row.status = RunStatus.REFUSED.value
             row.finished_at = moment
             row.reason = str(refusal)
@@ -317,8 +337,9 @@ def report(session: Session, dataset_name: str | None = None) -> list[DatasetLed
         datasets = catalog.list_datasets(session)
     found = []
     for dataset in datasets:
-        runs = runs_of(session, dataset)
-        found.append(DatasetLedger(dataset, spend_of(dataset, runs), runs))
+        owner = catalog.budget_owner(session, dataset)
+        runs = runs_of(session, owner)
+        found.append(DatasetLedger(dataset, spend_of(owner, runs), runs))
     return found
 
 
@@ -370,7 +391,7 @@ def _reserve_event(
     row: TrainingRun,
     before: Spend,
     after: Spend,
-    refusal: BudgetExceeded | None,
+    refusal: BudgetExceeded | NonPrivateRefused | None,
     actor: str,
 ) -> AuditEvent:
     detail: dict[str, str | int | None] = {
@@ -386,7 +407,9 @@ def _reserve_event(
             AdminAction.TRAIN_RUN,
             actor,
             decision=Decision.DENY,
-            reason_code="budget-exceeded",
+            reason_code=(
+                "budget-exceeded" if isinstance(refusal, BudgetExceeded) else "non-private-refused"
+            ),
             reason=str(refusal),
             model=row.model_name,
             detail=detail,

@@ -85,7 +85,8 @@ def check_membership(
         if dataset is None:
             raise NoTrainingRun(f"the dataset of training run {run.id} is gone")
         seed_split, fraction = run.seed, run.test_fraction
-        delta = float(run.delta if run.delta is not None else dataset.delta)
+        owner = datasets_catalog.budget_owner(session, dataset)
+        delta = float(run.delta if run.delta is not None else owner.delta or 0.0)
     data = datasets_catalog.load_registered(dataset)
     train_idx, test_idx = split(data, test_fraction=fraction, seed=seed_split)
     opened = artifacts.open_version(store, keyring, row)

@@ -8,8 +8,11 @@ Order, and why:
 2. The registered data is read again and must have the fingerprint it was registered with
    (else a `deny` event and `DataChanged`).
 3. The privacy of the whole run is computed before any training (noise calibrated from a target
-   ε, or ε from a given noise multiplier), from public quantities only: n, batch size, epochs.
-4. The ledger reserves that ε or refuses the run (`ledger.reserve`), in one transaction.
+   ε, or ε from a given noise multiplier), from public quantities only: n, batch size, epochs,
+   and the noise of the preprocessing statistics' release when there is one.
+4. The ledger reserves that ε or refuses the run (`ledger.reserve`), in one transaction. A run
+   whose model could carry no guarantee (`--no-dp`, a fixed `--noise-seed`: anyone who knows
+   it can subtract the noise) reserves nothing and needs data registered to allow it.
 5. DP-SGD trains in memory (`train.train`); the steps run must be the steps accounted.
 6. The model is encoded in memory and published; the run is marked finished, with its audit
    events, inside the publishing transaction: a version exists exactly when its run finished.
@@ -42,9 +45,20 @@ from secure_maas.registry.signature import ServingSignature
 from secure_maas.registry.store import ArtifactStore, check_name
 from secure_maas.training import accounting, architectures, auto, catalog, events, ledger, train
 from secure_maas.training.accounting import PrivacyReport
-from secure_maas.training.datasets import Dataset, preprocessing_for, split
+from secure_maas.training.datasets import (
+    COVERED_PREPROCESSING,
+    PREPROCESSING,
+    Dataset,
+    resolve_preprocessing,
+    split,
+)
 from secure_maas.training.models import RegisteredDataset
-from secure_maas.training.train import ProgressCallback, TrainingError, TrainResult
+from secure_maas.training.train import (
+    ProgressCallback,
+    TrainingError,
+    TrainResult,
+    stats_noise_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +90,7 @@ class TrainingRequest:
     preprocessing: str = "auto"
     clipping_path: str = "auto"
     sizes: dict[str, Any] = field(default_factory=dict)
+    stats_noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +109,25 @@ class Plan:
     l2_norm_clip: float
     noise_multiplier: float | None
     delta: float | None
-    privacy: PrivacyReport | None
+    privacy: PrivacyReport | None  # the mechanism's (ε, δ); None without DP-SGD
+    preprocessing: str  # resolved: public-range, dp-standardize, standardize or none
+    stats_noise_multiplier: float | None
     auto_reason: str | None = None
+
+    @property
+    def private(self) -> bool:
+        """Whether the model will carry the guarantee: DP-SGD with secret noise (a fixed
+        noise seed publishes the noise) and preprocessing the guarantee covers."""
+        return (
+            self.privacy is not None
+            and self.request.noise_seed is None
+            and self.preprocessing in COVERED_PREPROCESSING
+        )
+
+    @property
+    def guarantee(self) -> PrivacyReport | None:
+        """The privacy report the model and the ledger carry: None unless `private`."""
+        return self.privacy if self.private else None
 
 
 @dataclass(eq=False)
@@ -130,6 +162,7 @@ def run_training(
     keyring.active(KeyKind.PUBLISHER)
     with session_scope(session_factory(engine)) as session:
         registered = catalog.get_dataset(session, request.dataset)
+        delta = float(catalog.budget_owner(session, registered).delta or 0.0)
     try:
         data = catalog.load_registered(registered)
     except catalog.DataChanged as exc:
@@ -150,7 +183,7 @@ def run_training(
         raise
     # An impossible architecture or option fails here, before calibration and any reservation.
     architectures.build_model(request.arch, data.feature_shape, data.num_classes, **request.sizes)
-    plan = make_plan(request, data, delta=registered.delta)
+    plan = make_plan(request, data, delta=delta)
     reservation = ledger.reserve(
         engine,
         audit_keys,
@@ -158,7 +191,7 @@ def run_training(
         ledger.RunPlan(
             model_name=request.model_name,
             arch=request.arch,
-            privacy=plan.privacy,
+            privacy=plan.guarantee,
             requested_epsilon=request.target_epsilon,
             batch_size=plan.batch_size,
             epochs=plan.epochs,
@@ -191,12 +224,21 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float) -> Plan:
     _check_request(request)
     train_idx, test_idx = split(data, test_fraction=request.test_fraction, seed=request.seed)
     n = len(train_idx)
-    preprocessing_for(data, train_idx, kind=request.preprocessing)  # fails before any spend
+    preprocessing = resolve_preprocessing(data, request.preprocessing)
+    stats_noise = stats_noise_for(preprocessing, request.stats_noise_multiplier)
+    if request.dp and preprocessing not in COVERED_PREPROCESSING:
+        raise TrainingError(
+            f"preprocessing {preprocessing!r} stores exact statistics of the training data, "
+            "which no DP guarantee covers: use dp-standardize (the default without a public "
+            "range), declare public feature ranges at registration, or train with --no-dp"
+        )
     suggestion = None
     if request.auto:
         if request.target_epsilon is None:
             raise TrainingError("--auto chooses hyperparameters for a target ε: give one")
-        suggestion = auto.suggest(n, request.target_epsilon, delta)
+        suggestion = auto.suggest(
+            n, request.target_epsilon, delta, stats_noise_multiplier=stats_noise
+        )
     batch = _first(request.batch_size, suggestion and suggestion.batch_size)
     batch = auto.auto_batch_size(n) if batch is None else int(batch)
     epochs = int(_first(request.epochs, suggestion and suggestion.epochs, DEFAULT_EPOCHS))
@@ -218,7 +260,13 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float) -> Plan:
         if not clip > 0 or not math.isfinite(clip):
             raise TrainingError("the clip norm must be a positive number")
         if request.target_epsilon is not None:
-            sigma = accounting.calibrate_noise(request.target_epsilon, sampling_rate, steps, delta)
+            sigma = accounting.calibrate_noise(
+                request.target_epsilon,
+                sampling_rate,
+                steps,
+                delta,
+                stats_noise_multiplier=stats_noise,
+            )
         else:
             sigma = float(request.noise_multiplier or 0.0)
         privacy = accounting.epsilon(
@@ -229,6 +277,7 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float) -> Plan:
             l2_norm_clip=clip,
             batch_size=batch,
             number_of_examples=n,
+            stats_noise_multiplier=stats_noise,
         )
     return Plan(
         request=request,
@@ -244,29 +293,52 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float) -> Plan:
         noise_multiplier=sigma,
         delta=delta if request.dp else None,
         privacy=privacy,
+        preprocessing=preprocessing,
+        stats_noise_multiplier=stats_noise,
         auto_reason=suggestion.why if suggestion else None,
     )
 
 
 def statement(plan: Plan, result: TrainResult) -> str | None:
-    """What the model's guarantee says, in words, followed by TF Privacy's own statement."""
-    report = plan.privacy
+    """What the model's guarantee says, in words, followed by TF Privacy's own statement.
+
+    This is the operator's text (stored in the sealed header, shown by `models show`): it names
+    the sampling rate and the training-set size. Callers get `registry.disclosure`'s instead.
+    """
+    report = plan.guarantee
     if report is None:
         return None
     prep = result.preprocessing
+    stats = (
+        f"; the preprocessing statistics' Gaussian release (noise multiplier "
+        f"{report.stats_noise_multiplier:g}) is composed into every figure"
+        if report.stats_noise_multiplier is not None
+        else ""
+    )
     lines = [
-        f"DP-SGD, ({report.epsilon:.4g}, {report.delta:g})-DP for each training example "
-        "(add-or-remove-one adjacency), covering every intermediate model.",
+        f"DP-SGD, ({report.epsilon:.4g}, {report.delta:g})-DP for each example of the training "
+        "split (add-or-remove-one adjacency), covering the whole model: every intermediate "
+        "model's weights and the preprocessing.",
         f"Accounting: dp_accounting, {report.sampling} sampling at q={report.sampling_rate:.5g} "
         f"for {report.steps} steps, noise multiplier {report.noise_multiplier:.5g}, clip norm "
         f"{report.l2_norm_clip:g}; RDP ε={report.epsilon_rdp:.4g}, PLD ε={report.epsilon_pld:.4g}, "
-        f"the larger ({report.accountant}) is the guarantee.",
+        f"the larger ({report.accountant}) is the guarantee{stats}.",
         f"Preprocessing: {prep.description}.",
+        f"Training-set size: {plan.n_train}. The analysis treats it as public (it fixes q and "
+        "the number of steps, as in Abadi et al. 2016 and TF Privacy); it is not published to "
+        "the model's callers.",
+        "Split: each record is held out or not by a keyed hash of its own content, so a "
+        "neighbouring dataset changes no other record's side; the held-out records are used "
+        "only for the test accuracy and membership-inference checks, never for training.",
         "Not covered: the training loss/accuracy history and the test accuracy are computed "
-        "without noise and are not part of the model.",
+        "without noise; they are for the operator and are not part of the model.",
     ]
     if report.statement:
-        lines += ["", "TF Privacy's statement (RDP, no microbatching):", report.statement.strip()]
+        lines += [
+            "",
+            "TF Privacy's statement for the DP-SGD steps alone (RDP, no microbatching):",
+            report.statement.strip(),
+        ]
     return "\n".join(lines)
 
 
@@ -290,7 +362,10 @@ def _train(data: Dataset, plan: Plan, progress: ProgressCallback | None) -> Trai
         noise_seed=request.noise_seed,
         sizes=dict(request.sizes),
         clipping_path=request.clipping_path,
+        stats_noise_multiplier=plan.stats_noise_multiplier,
     )
+    if result.preprocessing.kind != plan.preprocessing:
+        raise TrainingError("the run's preprocessing differs from its plan")
     planned, got = plan.privacy, result.privacy
     if (planned is None) != (got is None):
         raise TrainingError("the run's privacy differs from its plan")
@@ -319,7 +394,7 @@ def _publish(
 ) -> int:
     payload = codec.encode_model(result.model)
     signature = ServingSignature.from_model(result.model).to_dict()
-    report = result.privacy
+    report = result.privacy if plan.private else None
     dp = None
     if report is not None:
         dp = {
@@ -333,6 +408,8 @@ def _publish(
             "steps": report.steps,
             "accountant": f"dp_accounting {report.accountant}, {report.sampling} sampling",
             "statement": statement(plan, result),
+            "preprocessing": result.preprocessing.kind,
+            "stats_noise_multiplier": report.stats_noise_multiplier,
         }
     provenance = Provenance(
         Privacy.DP if report is not None else Privacy.NON_PRIVATE,
@@ -352,6 +429,10 @@ def _publish(
                     "note": result.preprocessing.description,
                 },
                 "privacy": _privacy_extra(report),
+                "no_guarantee": _why_no_guarantee(plan),
+                "nominal_privacy": (
+                    None if plan.private or result.privacy is None else result.privacy.to_dict()
+                ),
             }
         },
     )
@@ -382,6 +463,20 @@ def _publish(
     return row.version
 
 
+def _why_no_guarantee(plan: Plan) -> str | None:
+    """Why a model trained here carries no DP guarantee (None when it carries one)."""
+    if plan.private:
+        return None
+    if plan.privacy is None:
+        return "trained with --no-dp"
+    if plan.request.noise_seed is not None:
+        return (
+            "DP-SGD with a fixed --noise-seed: anyone who knows the seed can subtract the "
+            "noise, so the nominal ε holds for no one"
+        )
+    return f"preprocessing {plan.preprocessing!r} is not covered by any DP guarantee"
+
+
 def _privacy_extra(report: PrivacyReport | None) -> dict[str, Any] | None:
     if report is None:
         return None
@@ -392,6 +487,7 @@ def _privacy_extra(report: PrivacyReport | None) -> dict[str, Any] | None:
         "epsilon_once_per_epoch_pld": report.epsilon_once_per_epoch_pld,
         "sampling": report.sampling,
         "number_of_examples": report.number_of_examples,
+        "stats_noise_multiplier": report.stats_noise_multiplier,
     }
 
 
@@ -412,7 +508,8 @@ def _run_config(plan: Plan) -> dict[str, Any]:
         "seed": request.seed,
         "noise_seed_fixed": request.noise_seed is not None,
         "test_fraction": request.test_fraction,
-        "preprocessing": request.preprocessing,
+        "preprocessing": plan.preprocessing,
+        "stats_noise_multiplier": plan.stats_noise_multiplier,
         "clipping_path": request.clipping_path,
         "n_train": plan.n_train,
     }
@@ -455,7 +552,7 @@ def _check_request(request: TrainingRequest) -> None:
         raise TrainingError("the learning rate must be a positive number")
     if request.clipping_path not in train.CLIPPING_PATHS:
         raise TrainingError(f"unknown clipping path {request.clipping_path!r}")
-    if request.preprocessing not in ("auto", "public-range", "standardize", "none"):
+    if request.preprocessing not in PREPROCESSING:
         raise TrainingError(f"unknown preprocessing {request.preprocessing!r}")
 
 

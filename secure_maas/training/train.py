@@ -19,15 +19,20 @@ per-example path of DPModel averages over the realised batch; `_PoissonDPModel` 
 one reduction to the sum, matching the fast path. XLA stays off: Poisson batches vary in size
 and XLA would recompile for every size.
 
-What is not covered. The DP guarantee is about the model (and every intermediate one). The
-per-epoch training loss and accuracy (history, progress callback) are computed on training
-batches without noise, and the test accuracy on the held-out split: they are for the operator
-and should not be published with the model. Standardisation statistics, when used, are not
-covered either (see `datasets.preprocessing_for`).
+What is covered. The DP guarantee is about the whole model (and every intermediate one): its
+weights and its preprocessing layer. With `dp-standardize` the preprocessing statistics are a
+Gaussian release composed into the same ε (`dpstats`, `accounting.run_event`); exact
+standardisation is refused with DP. Training must not change any non-trainable weight (they
+would carry exact statistics of the batches, as BatchNormalization's moving averages do):
+that is checked after training. The per-epoch training loss and accuracy (history, progress
+callback) are computed on training batches without noise, and the test accuracy on the
+held-out split: they are for the operator and are not published with the model.
 
-Randomness. `seed` fixes the train/test split and the initial weights. The batch sampling and
-the noise come from the operating system unless `noise_seed` is given: an adversary who knows
-them could subtract the noise, so a fixed `noise_seed` is for reproducible experiments only.
+Randomness. `seed` fixes the train/test split and the initial weights. The batch sampling, the
+DP-SGD noise and the statistics' noise come from the operating system unless `noise_seed` is
+given: an adversary who knows it can subtract the noise, so a model trained with a fixed
+`noise_seed` carries no guarantee (the pipeline publishes it as non-private); it exists to
+reproduce figures.
 """
 
 from __future__ import annotations
@@ -46,9 +51,16 @@ from numpy.typing import NDArray
 from tensorflow_privacy.privacy.keras_models import dp_keras_model
 
 from secure_maas.errors import SecureMaasError
-from secure_maas.training import accounting, architectures, clipping
+from secure_maas.training import accounting, architectures, clipping, dpstats
 from secure_maas.training.accounting import PrivacyReport
-from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for, split
+from secure_maas.training.datasets import (
+    COVERED_PREPROCESSING,
+    Dataset,
+    Preprocessing,
+    preprocessing_for,
+    resolve_preprocessing,
+    split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +109,7 @@ class TrainConfig:
     preprocessing: str
     clipping_path: str = "auto"
     sizes: dict[str, Any] = field(default_factory=dict)
+    stats_noise_multiplier: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,11 +131,6 @@ class TrainResult:
     train_indices: NDArray[np.int64]
     test_indices: NDArray[np.int64]
     duration_s: float
-
-
-def default_delta(n: int) -> float:
-    """1e-5, or 0.1/n for datasets over 10^4 examples: always below 1/n."""
-    return min(1e-5, 0.1 / n)
 
 
 def plan_steps(n: int, batch_size: int, epochs: int) -> tuple[float, int, int]:
@@ -155,14 +163,17 @@ def train(
     noise_seed: int | None = None,
     sizes: dict[str, Any] | None = None,
     clipping_path: str = "auto",
+    stats_noise_multiplier: float | None = None,
 ) -> TrainResult:
     """Train `arch` on `dataset` with DP-SGD (or without privacy when `dp=False`).
 
     Give exactly one of `noise_multiplier` and `target_epsilon` when `dp` is true; a target ε
-    is turned into the noise multiplier before any training (`accounting.calibrate_noise`).
-    The privacy report is computed for the steps actually run, which are checked to be the
-    steps planned. `clipping_path` is `auto` (fast when every layer allows it, else
-    per-example, logged), `fast` (refuse if impossible) or `per-example` (force it).
+    is turned into the noise multiplier before any training (`accounting.calibrate_noise`), for
+    the whole run: the preprocessing statistics' release (`dp-standardize`, noise multiplier
+    `stats_noise_multiplier`) included. The privacy report is computed for the steps actually
+    run, which are checked to be the steps planned. `clipping_path` is `auto` (fast when every
+    layer allows it, else per-example, logged), `fast` (refuse if impossible) or `per-example`
+    (force it).
     """
     started = time.monotonic()
     sizes = dict(sizes or {})
@@ -179,17 +190,29 @@ def train(
     train_idx, test_idx = split(dataset, test_fraction=test_fraction, seed=seed)
     n = len(train_idx)
     sampling_rate, steps_per_epoch, steps = plan_steps(n, batch_size, epochs)
+    prep_kind = resolve_preprocessing(dataset, preprocessing)
+    stats_noise = stats_noise_for(prep_kind, stats_noise_multiplier)
     if dp:
         if (noise_multiplier is None) == (target_epsilon is None):
             raise TrainingError("give exactly one of noise multiplier and target ε")
         if not l2_norm_clip > 0 or not math.isfinite(l2_norm_clip):
             raise TrainingError("the clip norm must be a positive number")
-        delta = default_delta(n) if delta is None else delta
+        if prep_kind not in COVERED_PREPROCESSING:
+            raise TrainingError(
+                f"preprocessing {prep_kind!r} stores exact statistics of the training data, "
+                "which no DP guarantee covers: use dp-standardize (the default without a "
+                "public range), declare public feature ranges, or train with --no-dp"
+            )
+        delta = accounting.default_delta(n) if delta is None else delta
         if not 0 < delta < 1 / n:
             raise TrainingError(f"δ must be in (0, 1/n) = (0, {1 / n:.3g}) for {n} examples")
         if target_epsilon is not None:
             noise_multiplier = accounting.calibrate_noise(
-                target_epsilon, sampling_rate, steps, delta
+                target_epsilon,
+                sampling_rate,
+                steps,
+                delta,
+                stats_noise_multiplier=stats_noise,
             )
             logger.info(
                 "calibrated noise multiplier %.4f for ε=%g at δ=%g (%d steps, q=%.4f)",
@@ -216,20 +239,25 @@ def train(
         optimizer=optimizer,
         seed=seed,
         test_fraction=test_fraction,
-        preprocessing=preprocessing,
+        preprocessing=prep_kind,
         clipping_path=clipping_path,
         sizes=sizes,
+        stats_noise_multiplier=stats_noise,
     )
 
-    prep = preprocessing_for(dataset, train_idx, kind=preprocessing)
-    if not prep.covered_by_dp and dp:
-        logger.warning("preprocessing outside the DP guarantee: %s", prep.description)
+    sample_seed, tf_seed, stats_seed = _secret_seeds(noise_seed)
+    prep = preprocessing_for(
+        dataset,
+        train_idx,
+        kind=prep_kind,
+        rng=np.random.default_rng(stats_seed),
+        stats_noise_multiplier=stats_noise,
+    )
     tf.keras.utils.set_random_seed(seed)
     model = architectures.build_model(
         arch, dataset.feature_shape, dataset.num_classes, preprocessing=prep, **sizes
     )
     x_train, y_train = dataset.x[train_idx], dataset.y[train_idx]
-    sample_seed, tf_seed = _secret_seeds(noise_seed)
     tf.random.set_seed(tf_seed)
     callbacks = [_Progress(epochs, progress)]
 
@@ -248,12 +276,14 @@ def train(
         data = _poisson_batches(
             x_train, y_train, sampling_rate, batch_size, steps, np.random.default_rng(sample_seed)
         )
+        frozen = _non_trainable_values(model)
         history = trainer.fit(
             data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks
         )
         done = int(trainer.optimizer.iterations.numpy())
         if done != steps:
             raise TrainingError(f"training ran {done} steps, the accountant assumed {steps}")
+        _check_unchanged(model, frozen)
         privacy: PrivacyReport | None = accounting.epsilon(
             noise_multiplier,
             sampling_rate,
@@ -262,6 +292,7 @@ def train(
             l2_norm_clip=l2_norm_clip,
             batch_size=batch_size,
             number_of_examples=n,
+            stats_noise_multiplier=stats_noise,
         )
         path, reason = plan.path, plan.reason
     else:
@@ -332,6 +363,9 @@ def make_dp_trainer(
     Fed batches `(x, y, 1/batch_size)`, each step applies (1/b)(sum of clipped gradients +
     N(0, sigma²C²)), see the module docstring. `path`: `auto`, `fast` or `per-example`.
     """
+    incompatible = clipping.dp_incompatible_reason(model)
+    if incompatible is not None:
+        raise TrainingError(incompatible)
     registry = clipping.make_layer_registry()
     plan = clipping.plan_clipping(model, registry)
     if path == "per-example":
@@ -376,11 +410,52 @@ def _optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer
     return tf.keras.optimizers.Adam(learning_rate)
 
 
-def _secret_seeds(noise_seed: int | None) -> tuple[int, int]:
+def stats_noise_for(kind: str, stats_noise_multiplier: float | None) -> float | None:
+    """The statistics' noise multiplier of a run whose preprocessing is `kind` (resolved):
+    the default for dp-standardize, none otherwise (giving one then is an error)."""
+    if kind != "dp-standardize":
+        if stats_noise_multiplier is not None:
+            raise TrainingError(
+                f"a statistics noise multiplier applies to dp-standardize only, not {kind}"
+            )
+        return None
+    if stats_noise_multiplier is None:
+        return dpstats.DEFAULT_NOISE_MULTIPLIER
+    if not math.isfinite(stats_noise_multiplier) or not stats_noise_multiplier > 0:
+        raise TrainingError("the statistics' noise multiplier must be a positive number")
+    return float(stats_noise_multiplier)
+
+
+def _non_trainable_values(model: tf.keras.Model) -> list[NDArray[Any]]:
+    return [np.array(v.numpy(), copy=True) for v in model.non_trainable_variables]
+
+
+def _check_unchanged(model: tf.keras.Model, before: list[NDArray[Any]]) -> None:
+    """Refuse a model whose training changed non-trainable state (it holds exact statistics of
+    the training batches, outside the DP guarantee: BatchNormalization's moving averages)."""
+    after = model.non_trainable_variables
+    changed = [
+        v.name
+        for v, old in zip(after, before, strict=True)
+        if not np.array_equal(v.numpy(), old, equal_nan=True)
+    ]
+    if len(after) != len(before) or changed:
+        raise TrainingError(
+            "training changed non-trainable weights "
+            f"({', '.join(changed) or 'their number'}); they would hold exact statistics of "
+            "the training data, which the DP guarantee does not cover"
+        )
+
+
+def _secret_seeds(noise_seed: int | None) -> tuple[int, int, int]:
+    """Seeds of the batch sampling, the DP-SGD noise and the statistics' noise: from the OS,
+    or all derived from `noise_seed` (which voids the guarantee)."""
     root = np.random.SeedSequence(secrets.randbits(128) if noise_seed is None else noise_seed)
-    sample, noise = root.spawn(2)
-    return int(sample.generate_state(1, np.uint64)[0]), int(
-        noise.generate_state(1, np.uint32)[0] & 0x7FFFFFFF
+    sample, noise, stats = root.spawn(3)
+    return (
+        int(sample.generate_state(1, np.uint64)[0]),
+        int(noise.generate_state(1, np.uint32)[0] & 0x7FFFFFFF),
+        int(stats.generate_state(1, np.uint64)[0]),
     )
 
 

@@ -1,6 +1,7 @@
 """`secure-maas train` and `secure-maas privacy` as a user runs them, in a child process, on both
-databases: a DP model published with its guarantee, a non-private one marked so, a run killed
-mid-training that publishes nothing yet stays counted, and a membership check stored."""
+databases: a DP model published with its guarantee, non-private ones (--no-dp, --noise-seed)
+marked so and allowed only where the registration allows them, a run killed mid-training that
+publishes nothing yet stays counted, and a membership check stored."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def env(settings: Settings, cli_env: dict[str, str]) -> dict[str, str]:
 def instance(settings: Settings, env: dict[str, str]) -> Iterator[Engine]:
     engine = initialised(settings)
     result = run_cli(
-        "dataset", "register", "wine", "--source", "sklearn:wine", "--epsilon-budget", "5", env=env
-    )
+        "dataset", "register", "wine", "--source", "sklearn:wine", "--epsilon-budget", "5",
+        "--allow-non-private", env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     yield engine
     engine.dispose()
@@ -81,8 +83,12 @@ def test_train_publishes_a_dp_version_then_attack_stores_its_results(
     assert 1.99 <= dp["epsilon"] <= 2.0 and dp["delta"] == 1e-5
     assert dp["steps"] == 6 and dp["batch_size"] == 64 and dp["clip_norm"] == 1.0
     assert dp["noise_multiplier"] > 0 and "poisson" in dp["accountant"]
-    assert "(2, 1e-05)-DP for each training example" in dp["statement"]
-    assert "NOT covered by the DP guarantee" in dp["statement"]  # wine is standardised
+    assert "(2, 1e-05)-DP for each example of the training split" in dp["statement"]
+    assert "covering the whole model" in dp["statement"]
+    # wine has no public range: its statistics are a DP release, composed into ε
+    assert dp["preprocessing"] == "dp-standardize" and dp["stats_noise_multiplier"] == 8.0
+    assert "released by the Gaussian mechanism" in dp["statement"]
+    assert "Training-set size:" in dp["statement"]  # the operator sees n; callers do not
 
     ledger = report(env)
     assert ledger["finished"] == 1 and ledger["spent_epsilon_rdp"] == pytest.approx(
@@ -136,6 +142,45 @@ def test_no_dp_is_marked_non_private_and_outside_the_budget(
     )
     assert refused.returncode == 2 and "--no-dp takes no" in refused.stderr
     assert len(runs(instance)) == 1
+
+
+def test_a_fixed_noise_seed_publishes_a_non_private_model_and_reserves_nothing(
+    instance: Engine, env: dict[str, str]
+) -> None:
+    trained = ok(
+        "train", "--dataset", "wine", "--model-name", "wine-seeded", "--target-epsilon", "1",
+        "--noise-seed", "7", *QUICK, env=env,
+    )  # fmt: skip
+    assert "will carry NO guarantee" in trained.stdout
+    assert "privacy: NONE (trained with a fixed --noise-seed" in trained.stdout
+    shown = json.loads(ok("models", "show", "wine-seeded:1", "--format", "json", env=env).stdout)
+    assert shown[0]["privacy"] == "non-private" and set(shown[0]["dp"].values()) == {None}
+    ledger = report(env)
+    assert ledger["non_private"] == 1 and ledger["spent_epsilon_rdp"] == 0.0
+    (run,) = runs(instance)
+    assert not run.dp and run.epsilon is None and run.config["noise_seed_fixed"]
+
+
+def test_runs_without_a_guarantee_are_refused_unless_the_registration_allows_them(
+    instance: Engine, env: dict[str, str]
+) -> None:
+    ok(
+        "dataset", "register", "bc", "--source", "sklearn:breast_cancer",
+        "--epsilon-budget", "2", env=env,
+    )  # fmt: skip
+    for extra in (["--no-dp"], ["--target-epsilon", "1", "--noise-seed", "3"]):
+        refused = run_cli(
+            "train", "--dataset", "bc", "--model-name", "bc-x", *extra, *QUICK, env=env
+        )
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "without --allow-non-private" in refused.stderr
+    exact = run_cli(
+        "train", "--dataset", "bc", "--model-name", "bc-x", "--target-epsilon", "1",
+        "--preprocessing", "standardize", *QUICK, env=env,
+    )  # fmt: skip
+    assert exact.returncode == 1 and "no DP guarantee covers" in exact.stderr
+    assert versions(instance) == 0
+    assert [run.status for run in runs(instance)] == ["refused", "refused"]
 
 
 def test_a_killed_run_publishes_nothing_and_its_epsilon_stays_counted(

@@ -85,3 +85,26 @@ def versions(engine: Engine) -> int:
 
 def datasets(engine: Engine) -> int:
     return count(engine, RegisteredDataset)
+
+
+def reserve_in_child(
+    database_url: str, keys_dir: str, dataset: str, noise: float, barrier: Any, out: Any
+) -> None:
+    """A second process's reservation, started at once with its rival through `barrier`;
+    puts "reserved" or "refused" on `out` (a multiprocessing queue)."""
+    from pathlib import Path
+
+    from secure_maas.training import ledger
+
+    engine = create_engine(database_url)
+    keys = KeyringAuditKeys(Keyring.open(Path(keys_dir)))
+    run_plan = plan(noise)
+    engine.connect().close()  # connect before the race, not during it
+    barrier.wait(timeout=120)
+    try:
+        ledger.reserve(engine, keys, dataset, run_plan, actor=f"process-{noise}")
+        out.put("reserved")
+    except ledger.BudgetExceeded:
+        out.put("refused")
+    finally:
+        engine.dispose()

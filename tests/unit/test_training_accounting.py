@@ -132,3 +132,55 @@ def test_auto_suggestion_uses_public_quantities_and_meets_the_target() -> None:
     steps = round(1437 / s.batch_size) * s.epochs
     assert accounting.rdp_epsilon(s.noise_multiplier, s.batch_size / 1437, steps, DELTA) <= 3.0
     assert auto.auto_batch_size(40) == 20 and auto.auto_batch_size(10**6) == 8192
+
+
+# --------------------------------------------------------------------------- the whole artifact
+
+
+def test_the_statistics_release_is_composed_into_every_figure() -> None:
+    z = 8.0
+    whole = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z), direct_event()])
+    report = accounting.epsilon(SIGMA, Q, STEPS, DELTA, stats_noise_multiplier=z)
+    rdp = dp_accounting.rdp.RdpAccountant().compose(whole).get_epsilon(DELTA)
+    pld = dp_accounting.pld.PLDAccountant().compose(whole).get_epsilon(DELTA)
+    assert report.epsilon_rdp == pytest.approx(rdp, rel=1e-12)
+    assert report.epsilon_pld == pytest.approx(pld, rel=1e-9)
+    assert report.stats_noise_multiplier == z
+    alone = accounting.epsilon(SIGMA, Q, STEPS, DELTA)
+    assert report.epsilon > alone.epsilon and alone.stats_noise_multiplier is None
+    # The ledger composes runs by their RDP curves: this one must include the release.
+    curve = dp_accounting.rdp.RdpAccountant(list(accounting.RDP_ORDERS)).compose(whole)
+    assert list(report.rdp.values) == pytest.approx(list(curve._rdp), rel=1e-12)
+    assert report.epsilon_once_per_epoch_rdp > report.epsilon
+
+
+def test_calibration_leaves_room_for_the_statistics() -> None:
+    z = 8.0
+    sigma = accounting.calibrate_noise(1.0, Q, STEPS, DELTA, stats_noise_multiplier=z)
+    report = accounting.epsilon(sigma, Q, STEPS, DELTA, stats_noise_multiplier=z)
+    assert 0.99 <= report.epsilon <= 1.0
+    assert sigma > accounting.calibrate_noise(1.0, Q, STEPS, DELTA)
+    assert accounting.stats_epsilon(z, DELTA) < 1.0
+    with pytest.raises(AccountingError, match="statistics alone"):
+        accounting.calibrate_noise(0.5, Q, STEPS, DELTA, stats_noise_multiplier=2.0)
+    with pytest.raises(AccountingError, match="noise multiplier must be positive"):
+        accounting.epsilon(SIGMA, Q, STEPS, DELTA, stats_noise_multiplier=0.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "delta"),
+    [
+        (1, 1e-5),
+        (569, 1e-5),
+        (10_000, 1e-5),
+        (10_001, 1e-6),
+        (60_000, 1e-6),
+        (99_999, 1e-6),
+        (100_000, 1e-6),
+        (100_001, 1e-7),
+        (2_500_000, 1e-8),
+    ],
+)
+def test_default_delta_is_a_power_of_ten_below_one_over_n(n, delta) -> None:
+    assert accounting.default_delta(n) == delta
+    assert accounting.default_delta(n) < 1 / n

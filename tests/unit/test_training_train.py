@@ -234,3 +234,49 @@ def test_unknown_architectures_and_options_are_refused(small_digits) -> None:
     cancer = load_dataset("sklearn:breast_cancer")
     with pytest.raises(ArchitectureError, match="image-shaped"):
         train.train(cancer, "cnn", noise_multiplier=1.0, batch_size=32, epochs=1)
+
+
+def test_batch_normalisation_is_refused_for_dp_on_every_path() -> None:
+    inputs = tf.keras.Input((6,), name=architectures.INPUT_NAME)
+    x = tf.keras.layers.BatchNormalization(name="bn")(inputs)
+    logits = tf.keras.layers.Dense(3, name=architectures.LOGITS_NAME)(x)
+    model = tf.keras.Model(inputs, tf.keras.layers.Softmax(name="probabilities")(logits))
+    for path in ("auto", "per-example"):
+        with pytest.raises(TrainingError, match="BatchNormalization stores exact statistics"):
+            train.make_dp_trainer(
+                model,
+                l2_norm_clip=1.0,
+                noise_multiplier=1.0,
+                batch_size=4,
+                optimizer="sgd",
+                learning_rate=0.1,
+                path=path,
+            )
+
+
+def test_training_that_changes_non_trainable_weights_is_refused(tiny_model) -> None:
+    """The guard after every DP run: non-trainable state must not move (it would hold exact
+    statistics of the batches, as BatchNormalization's moving averages do)."""
+    model = tiny_model
+    model.get_layer("dense_0").trainable = False
+    frozen = train._non_trainable_values(model)
+    assert frozen
+    trainer, _ = train.make_dp_trainer(
+        model, l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=5, optimizer="sgd",
+        learning_rate=1.0,
+    )  # fmt: skip
+    x, y = tiny_batch()
+    trainer.train_on_batch(x, y, sample_weight=np.full(5, 0.2, np.float32))
+    train._check_unchanged(model, frozen)  # frozen weights stay frozen under DP-SGD
+    model.non_trainable_variables[0].assign_add(tf.ones_like(frozen[0]))
+    with pytest.raises(TrainingError, match="changed non-trainable weights"):
+        train._check_unchanged(model, frozen)
+
+
+def test_exact_statistics_and_stray_statistics_noise_are_refused_with_dp() -> None:
+    cancer = load_dataset("sklearn:breast_cancer")
+    with pytest.raises(TrainingError, match="no DP guarantee covers"):
+        train.train(cancer, "mlp", noise_multiplier=1.0, preprocessing="standardize", epochs=1)
+    digits = load_dataset("sklearn:digits")
+    with pytest.raises(TrainingError, match="dp-standardize only"):
+        train.train(digits, "mlp", noise_multiplier=1.0, stats_noise_multiplier=4.0, epochs=1)
