@@ -16,6 +16,7 @@ from secure_maas.cli.recording import admin_change, os_event, record_in, record_
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
+from secure_maas.registry.publish import DP_FIELDS
 from secure_maas.timeutil import isoformat
 
 
@@ -134,21 +135,8 @@ def show(app: AppContext, ref: str, fmt: str) -> None:
         for row in versions:
             data = version_row(model, row, labels.get(row.version, []))
             data["signature"] = row.signature
-            data["dp"] = {
-                key: getattr(row, f"dp_{key}")
-                for key in (
-                    "epsilon",
-                    "delta",
-                    "noise_multiplier",
-                    "clip_norm",
-                    "batch_size",
-                    "sampling_rate",
-                    "epochs",
-                    "steps",
-                    "accountant",
-                    "statement",
-                )
-            }
+            data["dataset_fingerprint"] = row.dataset_fingerprint
+            data["dp"] = {key: getattr(row, f"dp_{key}") for key in DP_FIELDS}
             rows.append(data)
     if fmt == "json":
         emit(rows, [], fmt)

@@ -43,6 +43,7 @@ from secure_maas.keys import Keyring
 from secure_maas.registry import catalog
 from secure_maas.registry.artifacts import open_version
 from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.disclosure import public_guarantee
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import DP_FIELDS
 from secure_maas.registry.signature import InvalidModelData, ServingSignature
@@ -89,7 +90,6 @@ class ModelFacts:
     privacy: str
     dp: Mapping[str, Any] | None  # epsilon, delta, noise_multiplier, ... for a DP model
     dataset_name: str | None
-    dataset_fingerprint: str | None
     plaintext_bytes: int
     created_at: datetime
     created_by: str
@@ -105,11 +105,12 @@ class ModelFacts:
         return None if value is None else float(value)
 
     def guarantee(self) -> dict[str, Any]:
-        """The privacy guarantee and provenance, as the metadata endpoints report it."""
+        """The privacy guarantee and provenance, as the metadata endpoints report it: what the
+        guarantee is and covers, never the data's fingerprint or size (`disclosure`)."""
         return {
             "privacy": self.privacy,
-            "dp": dict(self.dp) if self.dp is not None else None,
-            "dataset": {"name": self.dataset_name, "fingerprint": self.dataset_fingerprint},
+            "dp": public_guarantee(self.privacy, self.dp),
+            "dataset": {"name": self.dataset_name},
             "labels": list(self.labels),
             "created_at": self.created_at.isoformat(),
             "created_by": self.created_by,
@@ -562,7 +563,6 @@ def _facts(name: str, row: ModelVersion, labels: list[str]) -> ModelFacts:
         privacy=row.privacy,
         dp=dp,
         dataset_name=row.dataset_name,
-        dataset_fingerprint=row.dataset_fingerprint,
         plaintext_bytes=row.plaintext_bytes,
         created_at=row.created_at,
         created_by=row.created_by,

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from secure_maas import __version__
+from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
 
 JSON = "application/json"
 
@@ -229,9 +230,10 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Dp": {
         "type": "object",
-        "description": "Privacy guarantee and provenance: privacy, dp (epsilon, delta, "
-        "noise_multiplier, clip_norm, batch_size, sampling_rate, epochs, steps, accountant, "
-        "statement), dataset, labels, created_at, created_by",
+        "description": "Privacy guarantee and provenance: privacy, dp ("
+        + ", ".join(PUBLIC_DP_FIELDS)
+        + "; never the dataset's fingerprint, size or sampling rate), dataset (its name), "
+        "labels, created_at, created_by",
         "properties": {
             "privacy": {"type": "string"},
             "dp": {"type": ["object", "null"]},

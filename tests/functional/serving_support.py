@@ -76,7 +76,9 @@ def dp(epsilon: float) -> Provenance:
         "epochs": 3,
         "steps": 300,
         "accountant": "rdp",
-        "statement": f"({epsilon}, 1e-05)-DP",
+        "statement": f"({epsilon}, 1e-05)-DP, training-set size 3000",
+        "preprocessing": "public-range",
+        "stats_noise_multiplier": None,
     }
     return Provenance(Privacy.DP, dp=guarantee, dataset_name="synthetic", dataset_fingerprint="f0")
 

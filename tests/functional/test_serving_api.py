@@ -187,12 +187,21 @@ def test_oip_infer_json_and_binary_tensors(client: FlaskClient, instance: Instan
 def test_metadata_carries_the_dp_guarantee(client: FlaskClient, instance: Instance) -> None:
     alice = instance.headers("alice")
     for path in ("/v1/models/digits/metadata", "/v2/models/digits"):
-        extra = client.get(path, headers=alice).json["secure_maas"]
+        answer = client.get(path, headers=alice)
+        extra = answer.json["secure_maas"]
         assert extra["privacy"] == "dp"
         assert extra["dp"]["epsilon"] == 2.0 and extra["dp"]["delta"] == 1e-5
-        for key in ("noise_multiplier", "clip_norm", "sampling_rate", "epochs", "accountant"):
+        for key in ("noise_multiplier", "clip_norm", "epochs", "steps", "accountant"):
             assert extra["dp"][key] is not None, key
-        assert extra["dataset"]["name"] == "synthetic"
+        assert extra["dp"]["preprocessing"] == {
+            "kind": "public-range",
+            "covered": True,
+            "stats_noise_multiplier": None,
+        }
+        # The guarantee, never the data: no fingerprint, size, sampling rate or batch size.
+        assert extra["dataset"] == {"name": "synthetic"}
+        for hidden in ("fingerprint", "sampling_rate", "batch_size", "3000", "0.01"):
+            assert hidden not in answer.get_data(as_text=True), hidden
         assert "stable" in extra["labels"]
 
 
