@@ -26,7 +26,6 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -34,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import AuditKeys, Decision
+from secure_maas.audit import AuditEvent, AuditKeys, Decision
 from secure_maas.db.session import write_scope
 from secure_maas.errors import SecureMaasError
 from secure_maas.registry.store import NAME_PATTERN
@@ -44,7 +43,6 @@ from secure_maas.training.accounting import default_delta
 from secure_maas.training.datasets import (
     Dataset,
     DatasetError,
-    fingerprint_v1,
     load_dataset,
     parse_feature_ranges,
     with_declared_ranges,
@@ -162,15 +160,11 @@ def register_dataset(
                 check_budget(float(owner.epsilon_budget or 0.0), owner.delta, data.n)
             seen = session.get(DatasetIdentity, data.identity)
             if seen is not None:
-                first = session.get(RegisteredDataset, seen.dataset_id)
-                first_owner = budget_owner(session, first) if first is not None else None
-                if (
-                    first is None
-                    or first_owner is None
-                    or owner is None
-                    or first_owner.id != owner.id
-                ):
-                    refusal = _duplicate(name, first.name if first is not None else "?", owner)
+                first = session.execute(
+                    sa.select(RegisteredDataset).where(RegisteredDataset.id == seen.dataset_id)
+                ).scalar_one()
+                if owner is None or budget_owner(session, first).id != owner.id:
+                    refusal = _duplicate(name, first.name, owner)
                     events.record(
                         session,
                         keys,
@@ -231,7 +225,7 @@ def _duplicate(name: str, existing: str, owner: RegisteredDataset | None) -> Dup
 
 def _duplicate_event(
     name: str, source: str, data: Dataset, refusal: DuplicateData, actor: str
-) -> Any:
+) -> AuditEvent:
     return events.event(
         AdminAction.DATASET_REGISTER,
         actor,
@@ -244,7 +238,7 @@ def _duplicate_event(
 
 def _register_event(
     row: RegisteredDataset, owner: RegisteredDataset | None, data: Dataset, actor: str
-) -> Any:
+) -> AuditEvent:
     if owner is None:
         budget = f"budget ε={row.epsilon_budget:g}, δ={row.delta:g}"
     else:
@@ -316,11 +310,7 @@ def load_registered(row: RegisteredDataset) -> Dataset:
     before identities existed are checked against their order-dependent v1 fingerprint.
     """
     data = load_dataset(row.source, label_column=row.label_column)
-    found = (
-        data.fingerprint
-        if row.identity is not None
-        else fingerprint_v1(data.x.astype("float64"), data.y, data.classes)
-    )
+    found = data.fingerprint if row.identity is not None else data.fingerprint_v1
     if found != row.fingerprint:
         raise DataChanged(
             f"dataset {row.name!r} changed since it was registered: {row.source} now has "

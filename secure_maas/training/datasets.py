@@ -84,6 +84,8 @@ class Dataset:
     value_range: ValueRange | None = None
     value_range_declared: bool = False
     identity: str = ""
+    # The order-dependent v1 fingerprint, to check datasets registered before v2.
+    fingerprint_v1: str = ""
     # Key of the record-local split (a registered dataset's own); None: PUBLIC_SPLIT_KEY.
     split_key: bytes | None = None
 
@@ -662,4 +664,5 @@ def _make(
         feature_names=feature_names,
         value_range=ranges,
         identity=identity(x),
+        fingerprint_v1=fingerprint_v1(x, y, classes),
     )

@@ -201,8 +201,11 @@ def test_a_dataset_registered_before_identities_still_trains_on_its_v1_fingerpri
     engine: Engine, settings: Settings
 ) -> None:
     migrate.upgrade(engine, "0005")
-    wine = load_dataset("sklearn:wine")
-    legacy = fingerprint_v1(wine.x.astype(np.float64), wine.y, wine.classes)
+    from sklearn.datasets import load_wine
+
+    raw = load_wine()  # the float64 values parsed at registration, as v1 hashed them
+    legacy = fingerprint_v1(raw.data, raw.target, ("class_0", "class_1", "class_2"))
+    assert load_dataset("sklearn:wine").fingerprint_v1 == legacy
     with engine.begin() as connection:
         connection.execute(
             sa.text(
