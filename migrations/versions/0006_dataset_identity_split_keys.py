@@ -7,7 +7,11 @@ it shares (`budget_owner_id`, with `epsilon_budget` and `delta` then NULL), whet
 a DP guarantee may use it (`allow_non_private`, false for existing rows: fail closed) and the
 public value ranges declared at registration. `dataset_identities` holds each identity once.
 `model_versions` gains the preprocessing a DP guarantee covers and the noise multiplier of its
-statistics' release.
+statistics' release. A version published as DP before this revision whose preprocessing no
+guarantee covers (exact standardisation: what `auto` meant for every dataset without a public
+range) is relabelled `non-private`, since its label was not true; one scaled by a public range
+(digits) or not at all keeps its label and gets its preprocessing recorded. A downgrade leaves
+the relabelled versions non-private.
 
 Revision ID: 0006
 Revises: 0005
@@ -83,6 +87,55 @@ def upgrade() -> None:
     with op.batch_alter_table("model_versions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("dp_preprocessing", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("dp_stats_noise_multiplier", sa.Float(), nullable=True))
+    _relabel_uncovered_dp_versions(connection)
+
+
+#: Bundled datasets with a public value range before this revision (what `auto` scaled by it).
+PUBLIC_RANGE_SOURCES = ("sklearn:digits",)
+
+
+def _relabel_uncovered_dp_versions(connection: sa.Connection) -> None:
+    models = sa.table("models", sa.column("id", ID), sa.column("name", sa.String))
+    versions = sa.table(
+        "model_versions",
+        sa.column("id", ID),
+        sa.column("model_id", ID),
+        sa.column("version", sa.Integer),
+        sa.column("privacy", sa.String),
+        sa.column("dp_preprocessing", sa.String),
+    )
+    runs = sa.table(
+        "training_runs",
+        sa.column("dataset_id", ID),
+        sa.column("model_name", sa.String),
+        sa.column("model_version", sa.Integer),
+        sa.column("status", sa.String),
+        sa.column("config", sa.JSON),
+    )
+    datasets = sa.table("datasets", sa.column("id", ID), sa.column("source", sa.Text))
+    found = connection.execute(
+        sa.select(versions.c.id, runs.c.config, datasets.c.source)
+        .select_from(versions)
+        .join(models, models.c.id == versions.c.model_id)
+        .outerjoin(
+            runs,
+            (runs.c.model_name == models.c.name)
+            & (runs.c.model_version == versions.c.version)
+            & (runs.c.status == "finished"),
+        )
+        .outerjoin(datasets, datasets.c.id == runs.c.dataset_id)
+        .where(versions.c.privacy == "dp", versions.c.dp_preprocessing.is_(None))
+    ).all()
+    for version_id, config, source in found:
+        asked = (config or {}).get("preprocessing", "auto")
+        if asked == "auto":
+            asked = "public-range" if source in PUBLIC_RANGE_SOURCES else "standardize"
+        change: dict[str, str] = (
+            {"dp_preprocessing": asked}
+            if asked in ("public-range", "none")
+            else {"privacy": "non-private"}
+        )
+        connection.execute(versions.update().where(versions.c.id == version_id).values(**change))
 
 
 def downgrade() -> None:

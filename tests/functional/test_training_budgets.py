@@ -236,3 +236,58 @@ def test_a_dataset_registered_before_identities_still_trains_on_its_v1_fingerpri
             assert count.scalar_one() == 1
     finally:
         other.dispose()
+
+
+def test_dp_versions_whose_preprocessing_was_not_covered_lose_their_label(engine: Engine) -> None:
+    """Before 0006, `auto` standardised every dataset without a public range with exact
+    statistics, and the model was still labelled DP: the upgrade relabels those non-private
+    and records the covered preprocessing of the others."""
+    migrate.upgrade(engine, "0005")
+    now = "2026-11-28 00:00:00"
+    with engine.begin() as connection:
+        for i, (source, dataset) in enumerate((("sklearn:wine", "wine"), ("sklearn:digits", "d"))):
+            connection.execute(
+                sa.text(
+                    "INSERT INTO datasets (id, name, source, fingerprint, n, feature_shape, "
+                    "classes, epsilon_budget, delta, created_by, created_at) VALUES "
+                    "(:id, :name, :source, 'f', 10, '[1]', '[\"a\", \"b\"]', 5, 1e-5, 'o', :now)"
+                ),
+                {"id": i + 1, "name": dataset, "source": source, "now": now},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO models (id, name, created_at, created_by) "
+                    "VALUES (:id, :name, :now, 'o')"
+                ),
+                {"id": i + 1, "name": f"{dataset}-dp", "now": now},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO model_versions (model_id, version, status, artifact_path, "
+                    "plaintext_sha256, ciphertext_digest, size_bytes, plaintext_bytes, "
+                    "publisher_key_id, service_key_id, signature, privacy, dp_epsilon, "
+                    "created_at, created_by) VALUES (:id, 1, 'active', 'x', 'p', 'c', 1, 1, "
+                    "'pub', 'svc', '{}', 'dp', 1.0, :now, 'o')"
+                ),
+                {"id": i + 1, "now": now},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO training_runs (dataset_id, model_name, status, dp, arch, "
+                    "batch_size, epochs, steps, seed, test_fraction, config, model_version, "
+                    "created_by, started_at) VALUES (:id, :model, 'finished', true, 'mlp', 8, "
+                    "1, 1, 0, 0.2, '{\"preprocessing\": \"auto\"}', 1, 'o', :now)"
+                ),
+                {"id": i + 1, "model": f"{dataset}-dp", "now": now},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        labels = dict(
+            connection.execute(
+                sa.text(
+                    "SELECT m.name, v.privacy || '/' || COALESCE(v.dp_preprocessing, '-') "
+                    "FROM model_versions v JOIN models m ON m.id = v.model_id"
+                )
+            ).all()
+        )
+    assert labels == {"wine-dp": "non-private/-", "d-dp": "dp/public-range"}
