@@ -17,7 +17,7 @@ Epochs are shown as the whole number of passes the operator asked for.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from secure_maas.registry.models import Privacy
@@ -61,16 +61,21 @@ def round_to(value: float, digits: int = SIGNIFICANT) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
+def _maybe(value: Any, rounding: Callable[[float], float]) -> float | None:
+    return None if value is None else rounding(float(value))
+
+
 def public_dp(dp: Mapping[str, Any]) -> dict[str, Any]:
-    """The caller's view of a DP guarantee (`dp`: the registry's DP fields)."""
-    epsilon = round_up(float(dp["epsilon"]))
-    delta = float(dp["delta"])
+    """The caller's view of a DP guarantee (`dp`: the registry's DP fields; a field the
+    publisher did not give is None)."""
+    epsilon = _maybe(dp.get("epsilon"), round_up)
+    delta = _maybe(dp.get("delta"), float)
     preprocessing = dp.get("preprocessing") or "none"
     stats = dp.get("stats_noise_multiplier")
     return {
         "epsilon": epsilon,
         "delta": delta,
-        "noise_multiplier": round_to(float(dp["noise_multiplier"])),
+        "noise_multiplier": _maybe(dp.get("noise_multiplier"), round_to),
         "clip_norm": dp.get("clip_norm"),
         "epochs": None if dp.get("epochs") is None else round(float(dp["epochs"])),
         "steps": dp.get("steps"),
@@ -78,15 +83,20 @@ def public_dp(dp: Mapping[str, Any]) -> dict[str, Any]:
         "preprocessing": {
             "kind": preprocessing,
             "covered": True,
-            "stats_noise_multiplier": None if stats is None else round_to(float(stats)),
+            "stats_noise_multiplier": _maybe(stats, round_to),
         },
         "statement": (
-            f"DP-SGD: ({epsilon:g}, {delta:g})-DP for each training example (add-or-remove-one "
+            f"DP-SGD: ({_text(epsilon)}, {_text(delta)})-DP for each training example "
+            "(add-or-remove-one "
             f"adjacency), covering the whole model: every intermediate model's weights and the "
             f"preprocessing ({_PREPROCESSING.get(preprocessing, preprocessing)}). The "
             "training-set size is treated as public by the analysis and is not published."
         ),
     }
+
+
+def _text(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
 
 
 def public_guarantee(privacy: str, dp: Mapping[str, Any] | None) -> dict[str, Any] | None:

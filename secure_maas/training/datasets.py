@@ -51,6 +51,8 @@ FINGERPRINT_FORMAT = "secure-maas/dataset-fingerprint/v2"
 FINGERPRINT_FORMAT_V1 = "secure-maas/dataset-fingerprint/v1"
 IDENTITY_FORMAT = "secure-maas/dataset-identity/v1"
 SPLIT_CONTEXT = b"secure-maas/split/v1"
+#: How a run's split was drawn, recorded with the run so a later check can redraw it.
+SPLIT_METHOD = SPLIT_CONTEXT.decode()
 #: The split key of data that has none of its own (library use, not a registered dataset).
 PUBLIC_SPLIT_KEY = b"secure-maas/public-split-key"
 BUNDLED = ("digits", "breast_cancer", "wine")

@@ -29,7 +29,7 @@ from secure_maas.registry.store import ArtifactStore
 from secure_maas.timeutil import utcnow
 from secure_maas.training import attack, events
 from secure_maas.training import catalog as datasets_catalog
-from secure_maas.training.datasets import split
+from secure_maas.training.datasets import SPLIT_METHOD, split
 from secure_maas.training.models import RegisteredDataset, RunStatus, TrainingRun
 
 
@@ -84,6 +84,11 @@ def check_membership(
         dataset = session.get(RegisteredDataset, run.dataset_id)
         if dataset is None:
             raise NoTrainingRun(f"the dataset of training run {run.id} is gone")
+        if run.config.get("split") != SPLIT_METHOD:
+            raise NoTrainingRun(
+                f"{name}:{version} was trained before record-local splits; which examples it "
+                "trained on cannot be redrawn, so membership cannot be tested"
+            )
         seed_split, fraction = run.seed, run.test_fraction
         owner = datasets_catalog.budget_owner(session, dataset)
         delta = float(run.delta if run.delta is not None else owner.delta or 0.0)

@@ -48,6 +48,7 @@ from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.datasets import (
     COVERED_PREPROCESSING,
     PREPROCESSING,
+    SPLIT_METHOD,
     Dataset,
     resolve_preprocessing,
     split,
@@ -512,6 +513,7 @@ def _run_config(plan: Plan) -> dict[str, Any]:
         "stats_noise_multiplier": plan.stats_noise_multiplier,
         "clipping_path": request.clipping_path,
         "n_train": plan.n_train,
+        "split": SPLIT_METHOD,
     }
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from secure_maas.config import Settings
 from secure_maas.registry.models import ModelVersion
+from secure_maas.training.models import TrainingRun
 from tests.functional.cli import SCRIPT, run_cli
 from tests.functional.training_support import audit_rows, initialised, runs, versions
 
@@ -114,6 +115,14 @@ def test_train_publishes_a_dp_version_then_attack_stores_its_results(
         ("model:publish", "trained"),
         ("privacy:attack", "membership-inference"),
     ]
+
+    # A model trained before record-local splits cannot be attacked: its split is unknown.
+    with Session(instance) as session:
+        (run,) = session.execute(sa.select(TrainingRun)).scalars()
+        run.config = {k: v for k, v in run.config.items() if k != "split"}
+        session.commit()
+    legacy = run_cli("privacy", "attack", "wine-dp:1", env=env)
+    assert legacy.returncode == 1 and "before record-local splits" in legacy.stderr
 
 
 def test_no_dp_is_marked_non_private_and_outside_the_budget(
