@@ -54,3 +54,36 @@ def test_keys_folder_tracks_only_its_readme_and_gitignore() -> None:
     assert (ROOT / "keys" / "README.md").is_file()
     ignore = (ROOT / "keys" / ".gitignore").read_text().split()
     assert ignore[-3:] == ["*", "!.gitignore", "!README.md"] or {"*", "!README.md"} <= set(ignore)
+
+
+def readme_train_commands() -> dict[str, list[str]]:
+    """The README's `secure-maas train ...` commands, by model name, as argument lists."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("secure-maas train "):
+            args = shlex.split(line)[2:]
+            found[args[args.index("--model-name") + 1]] = args
+    return found
+
+
+def test_the_readme_trains_exactly_what_the_demo_and_the_utility_benchmark_train() -> None:
+    from secure_maas.cli.demo_cmd import MODELS
+
+    commands = readme_train_commands()
+    for item in MODELS:
+        args = commands[item.model]
+        assert args[args.index("--dataset") + 1] == item.dataset
+        for option, value in item.train.items():
+            flag = "--" + option.replace("_", "-")
+            given = args[args.index(flag) + 1]
+            if isinstance(value, tuple):
+                assert given == ",".join(map(str, value)), flag
+            elif isinstance(value, float):
+                assert float(given) == value, flag
+            else:
+                assert given == str(value), flag
+    # A figure the README calls DP must come from a model that carries the guarantee.
+    assert all("--noise-seed" not in args for args in commands.values())
