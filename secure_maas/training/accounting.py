@@ -94,20 +94,6 @@ class PrivacyReport:
         return data
 
 
-def default_delta(n: int) -> float:
-    """1e-5, or the largest power of ten at most 0.1/n for datasets over 10^4 examples.
-
-    Always below 1/n; a power of ten, so that δ tells a model's callers no more about n than
-    its order of magnitude (0.1/n itself would give n away).
-    """
-    if n < 1:
-        raise AccountingError(f"a dataset needs at least one example, got {n}")
-    exponent = math.floor(math.log10(0.1 / n))
-    while 10.0**exponent > 0.1 / n:  # floating-point edge of log10
-        exponent -= 1
-    return min(1e-5, 10.0**exponent)
-
-
 def gaussian_event(noise_multiplier: float, sampling_rate: float, steps: int) -> Any:
     """The DpEvent of `steps` Poisson-sampled Gaussian steps."""
     _check(noise_multiplier, sampling_rate, steps)

@@ -14,7 +14,7 @@ same people, which no hash can see).
 
 δ is per budget, the δ of every run on it and of their composition: it must be below 1/n (a
 mechanism with δ ≥ 1/n may publish one whole example outright), and defaults to
-`accounting.default_delta(n)`. Runs without a DP guarantee (`--no-dp`, `--noise-seed`, exact
+`default_delta(n)`. Runs without a DP guarantee (`--no-dp`, `--noise-seed`, exact
 statistics) may use a dataset only when its budget's owner was registered with
 `allow_non_private`. Nothing here imports TensorFlow.
 """
@@ -39,7 +39,6 @@ from secure_maas.errors import SecureMaasError
 from secure_maas.registry.store import NAME_PATTERN
 from secure_maas.timeutil import utcnow
 from secure_maas.training import events
-from secure_maas.training.accounting import default_delta
 from secure_maas.training.datasets import (
     Dataset,
     DatasetError,
@@ -72,6 +71,20 @@ class DuplicateData(SecureMaasError):
     def __init__(self, message: str, *, existing: str) -> None:
         super().__init__(message)
         self.existing = existing
+
+
+def default_delta(n: int) -> float:
+    """1e-5, or the largest power of ten at most 0.1/n for datasets over 10^4 examples.
+
+    Always below 1/n; a power of ten, so that δ tells a model's callers no more about n than
+    its order of magnitude (0.1/n itself would give n away).
+    """
+    if n < 1:
+        raise InvalidBudget(f"a dataset needs at least one example, got {n}")
+    exponent = math.floor(math.log10(0.1 / n))
+    while 10.0**exponent > 0.1 / n:  # floating-point edge of log10
+        exponent -= 1
+    return min(1e-5, 10.0**exponent)
 
 
 def check_dataset_name(name: str) -> str:

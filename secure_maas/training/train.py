@@ -53,6 +53,7 @@ from tensorflow_privacy.privacy.keras_models import dp_keras_model
 from secure_maas.errors import SecureMaasError
 from secure_maas.training import accounting, architectures, clipping, dpstats
 from secure_maas.training.accounting import PrivacyReport
+from secure_maas.training.catalog import default_delta
 from secure_maas.training.datasets import (
     COVERED_PREPROCESSING,
     Dataset,
@@ -203,7 +204,7 @@ def train(
                 "which no DP guarantee covers: use dp-standardize (the default without a "
                 "public range), declare public feature ranges, or train with --no-dp"
             )
-        delta = accounting.default_delta(n) if delta is None else delta
+        delta = default_delta(n) if delta is None else delta
         if not 0 < delta < 1 / n:
             raise TrainingError(f"δ must be in (0, 1/n) = (0, {1 / n:.3g}) for {n} examples")
         if target_epsilon is not None:

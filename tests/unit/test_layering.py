@@ -55,7 +55,8 @@ def test_cli_starts_without_tensorflow() -> None:
         "from click.testing import CliRunner; "
         "r = CliRunner().invoke(cli, ['--help']); "
         "assert r.exit_code == 0, r.output; "
-        "heavy = [m for m in ('tensorflow', 'keras', 'flask') if m in sys.modules]; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'flask', 'dp_accounting', 'sklearn', "
+        "'scipy') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     result = subprocess.run(
