@@ -4,6 +4,11 @@ Callers build an `AuditEvent`; the chain gives it a sequence number, a time if i
 audit key id and its MAC, and returns the stored `AuditRecord`. Events are checked when built, so
 a malformed event is a bug found at the call site rather than a failed write later. Raw request
 bodies and tokens have no field here on purpose: only the SHA-256 of the body is kept.
+
+Text fields never store a raw control character: they are escaped here, when the event is built
+(`audit.text.escape_controls`), so no writer can forget it and a reader's terminal or log
+pipeline never meets a forged line or an escape sequence. The stored, escaped text is what the
+MAC covers; the canonical encoding is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from secure_maas.actions import is_known
+from secure_maas.audit.text import escape_controls
 from secure_maas.errors import SecureMaasError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,9 +77,15 @@ def to_microseconds(moment: datetime) -> int:
     return (moment - EPOCH) // MICROSECOND
 
 
-def _check_text(name: str, value: str | None, limit: int | None) -> None:
+def _checked_text(name: str, value: str | None, limit: int) -> str | None:
+    """A name-like field (actor, model, request id...) as a plain, escaped `str`.
+
+    NUL and invalid Unicode are refused: these fields come from checked names, so either is a
+    bug at the call site. Other control characters are escaped; the limit applies to what is
+    stored.
+    """
     if value is None:
-        return
+        return None
     if not isinstance(value, str):
         raise InvalidAuditEvent(f"{name} must be a string, not {type(value).__name__}")
     if "\x00" in value:
@@ -82,8 +94,24 @@ def _check_text(name: str, value: str | None, limit: int | None) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidAuditEvent(f"{name} is not valid Unicode text") from exc
-    if limit is not None and len(value) > limit:
+    stored = escape_controls(str.__str__(value))
+    if len(stored) > limit:
         raise InvalidAuditEvent(f"{name} is longer than {limit} characters")
+    return stored
+
+
+def _free_text(name: str, value: str | None) -> str | None:
+    """The reason: free text that may quote anything a caller sent, so it is escaped, never
+    refused (NUL and lone surrogates included): refusing it would turn a caller's bad input
+    into a failed audit write. Cut to `REASON_MAX` characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidAuditEvent(f"{name} must be a string, not {type(value).__name__}")
+    stored = escape_controls(str.__str__(value))
+    if len(stored) > REASON_MAX:
+        stored = stored[: REASON_MAX - 3] + "..."
+    return stored
 
 
 def _check_int(name: str, value: int | None) -> None:
@@ -128,8 +156,8 @@ class AuditEvent:
         if not self.actor:
             raise InvalidAuditEvent("actor must not be empty")
         for name, limit in LIMITS.items():
-            _check_text(name, getattr(self, name), limit)
-        _check_text("reason", self.reason, None)
+            object.__setattr__(self, name, _checked_text(name, getattr(self, name), limit))
+        object.__setattr__(self, "reason", _free_text("reason", self.reason))
         for name in ("model_version", "http_status", "rows"):
             _check_int(name, getattr(self, name))
         if self.body_sha256 is not None and not _SHA256_HEX.match(self.body_sha256):
@@ -141,12 +169,8 @@ class AuditEvent:
         if self.detail is not None:
             encode_detail(self.detail)
         # Plain strings from here on: the encoding accepts exactly `str`, not subclasses.
-        for name in ("action", "actor_kind", "decision", "actor", *LIMITS, "reason"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, str.__str__(value))
-        if self.reason is not None and len(self.reason) > REASON_MAX:
-            object.__setattr__(self, "reason", self.reason[: REASON_MAX - 3] + "...")
+        for name in ("action", "actor_kind", "decision"):
+            object.__setattr__(self, name, str.__str__(getattr(self, name)))
 
     @property
     def latency_us(self) -> int | None:

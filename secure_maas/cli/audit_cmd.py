@@ -2,6 +2,11 @@
 
 Review commands and `verify` only read: they work with a read-only database user and need no
 key but the audit key (`verify`). `prune` and `verify --checkpoint` append to the log.
+
+Whatever is printed for people (tables, `show`, `tail` lines, reports) is escaped
+(`audit.text.escape_controls`): records written by an older release may hold raw control
+characters, and a terminal must never receive them. JSON output is ASCII-escaped by `json.dumps`;
+CSV and JSON exports carry the stored values exactly, as MAC recomputation needs.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from secure_maas.audit.prune import plan_prune, prune
 from secure_maas.audit.query import bounds, get_event, iter_events, latest_events, list_events
 from secure_maas.audit.query import read_snapshot as snapshot
 from secure_maas.audit.stats import stats as compute_stats
+from secure_maas.audit.text import escape_controls
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit
 from secure_maas.timeutil import isoformat, parse_duration, utcnow
@@ -164,7 +170,7 @@ def tail(
     def show(records: list[AuditRecord]) -> None:
         for record in records:
             text = json.dumps(record.to_json()) if fmt == "json" else summary_line(record)
-            click.echo(text)
+            click.echo(escape_controls(text))
         sys.stdout.flush()
 
     with snapshot(engine) as connection:
@@ -208,7 +214,7 @@ def show(app: AppContext, seq: int, fmt: str) -> None:
         click.echo(json.dumps(record.to_json(), indent=2))
         return
     for name, value in flat(record).items():
-        click.echo(f"{name + ':':<14} {'-' if value is None else value}")
+        click.echo(f"{name + ':':<14} {'-' if value is None else escape_controls(str(value))}")
 
 
 @audit.command("stats")
@@ -290,12 +296,13 @@ def _echo_report(report: VerifyReport) -> None:
         )
     else:
         problem = report.problem
-        click.echo(f"TAMPERED: {problem.describe() if problem else 'unknown problem'}")
+        described = problem.describe() if problem else "unknown problem"
+        click.echo(f"TAMPERED: {escape_controls(described)}")
         click.echo(f"checked: {report.checked} events verified before it")
     anchor = report.anchor
     click.echo(f"anchor: {anchor.seq}" + (" (start of log)" if anchor.seq == 0 else " (pruned)"))
     for note in report.notes:
-        click.echo(f"note: {note}")
+        click.echo(f"note: {escape_controls(note)}")
     if report.head is not None:
         click.echo(f"head: {report.head.text()}")
 

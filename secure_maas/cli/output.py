@@ -1,4 +1,10 @@
-"""Rendering rows for people (`table`) or programs (`json`), shared by every list command."""
+"""Rendering rows for people (`table`) or programs (`json`), shared by every list command.
+
+A table cell may hold text a caller chose (a model name, an audit reason, possibly stored raw by
+an older release): it is printed escaped (`audit.text.escape_controls`), so a cell can neither
+break the table's lines nor send escape sequences to the terminal. JSON is ASCII-escaped by
+`json.dumps` already.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+
+from secure_maas.audit.text import escape_controls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,4 +46,4 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> No
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else escape_controls(str(value))

@@ -3,6 +3,12 @@
 Every error a caller sees is `{"error": "<message>"}` with the right status, as TF Serving
 answers; a 401 carries `WWW-Authenticate: Bearer`. Nothing else reaches a caller: an unexpected
 exception is logged with its traceback and answered with a fixed 500 message.
+
+A message often quotes what the caller sent (a model name, a signature name, a JSON key), and
+it is also the audit reason of the request and what a client prints. So every message is
+escaped here, where all of them pass (`audit.text.escape_controls`: no raw control, format or
+separator character ever leaves), whatever the code that built it did; code that quotes a
+caller's value uses `audit.text.quote` so the value also stays unambiguous.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from collections.abc import Mapping
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from secure_maas.audit.text import escape_controls
+
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An answer other than success; `message` is safe to show to the caller."""
+    """An answer other than success; `message` is safe to show to the caller (escaped)."""
 
     def __init__(
         self,
@@ -27,6 +35,7 @@ class ApiError(Exception):
         reason_code: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message = escape_controls(message)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -65,7 +74,8 @@ def unavailable(message: str = "service unavailable") -> ApiError:
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    response = jsonify({"error": message})
+    """`{"error": message}` with `status`: the one place an error body is made."""
+    response = jsonify({"error": escape_controls(message)})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

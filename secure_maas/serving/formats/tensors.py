@@ -7,7 +7,8 @@ must fit the dtype and numbers the floating type; NaN and Infinity are refused u
 allows them (the JSON decoder refuses the `NaN`/`Infinity` tokens, and a literal such as `1e999`
 that overflows to infinity is caught after conversion). These are TF Serving's rules
 (`json_tensor.cc`), except that it accepts NaN tokens always. Every refusal is a `BadRequest`
-that says where in the body the problem is.
+that says where in the body the problem is; a name or key the caller sent appears in it escaped
+(`shown`, `audit.text.quote`), never with its raw control characters.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from secure_maas.audit.text import escape_controls, quote
 from secure_maas.errors import SecureMaasError
 from secure_maas.registry.signature import TensorSpec
 
@@ -26,6 +28,8 @@ Array = npt.NDArray[Any]
 Buffer = bytes | bytearray | memoryview
 Locate = Callable[[tuple[int, ...]], str]
 
+#: How much of a caller's name or key an error message shows.
+SHOWN_CHARS = 80
 _NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
 _ALLOWED: dict[str, frozenset[type]] = {
     "b": frozenset({bool}),
@@ -86,9 +90,20 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise BadRequest(f"JSON Parse error: duplicate key {key!r} in an object")
+                raise BadRequest(f"JSON Parse error: duplicate key {quoted(key)} in an object")
             seen.add(key)
     return found
+
+
+def shown(text: str) -> str:
+    """A caller's name or key as a message lists it: escaped, cut at `SHOWN_CHARS`."""
+    text = escape_controls(text)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def quoted(text: str) -> str:
+    """A caller's value as a message quotes it: `"..."`, escaped, cut at `SHOWN_CHARS`."""
+    return quote(text, limit=SHOWN_CHARS)
 
 
 def json_type(value: object) -> str:

@@ -36,8 +36,10 @@ from secure_maas.serving.formats.tensors import (
     check_shape,
     decode_json,
     preview,
+    quoted,
     read_tensor,
     shape_text,
+    shown,
 )
 
 __all__ = [
@@ -105,7 +107,7 @@ def parse_predict(
     if not isinstance(name, str):
         raise BadRequest("'signature_name' key must be a string value")
     if name not in ("", DEFAULT_SIGNATURE):
-        raise BadRequest(f'Serving signature name: "{name}" not found in signature def')
+        raise BadRequest(f"Serving signature name: {quoted(name)} not found in signature def")
     if "instances" in document and "inputs" in document:
         raise BadRequest("expecting only one of 'inputs' or 'instances' keys to exist, not both")
     if "instances" in document:
@@ -146,7 +148,8 @@ def _rows(instances: object, signature: ServingSignature, allow_nan: bool) -> di
         if not _is_named(item):
             raise BadRequest(f"expecting an object but got {preview(item)} at item {index}")
         if set(item) != wanted:
-            missing, extra = sorted(wanted - set(item)), sorted(set(item) - wanted)
+            missing = sorted(wanted - set(item))
+            extra = [shown(key) for key in sorted(set(item) - wanted)]
             detail = "; ".join(
                 part
                 for part in (
@@ -199,7 +202,7 @@ def _columns(value: object, signature: ServingSignature, allow_nan: bool) -> dic
     for spec in specs:
         if spec.name not in value:
             raise BadRequest(f"Missing named input: {spec.name} in 'inputs' object")
-    extra = sorted(set(value) - set(signature.input_names))
+    extra = [shown(key) for key in sorted(set(value) - set(signature.input_names))]
     if extra:
         raise BadRequest(
             f"unknown input(s) in 'inputs' object: {', '.join(extra)}; the model takes "
