@@ -7,10 +7,11 @@ sequence number (`after`), which stays correct while writers append, unlike offs
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,31 +20,38 @@ from sqlalchemy.sql import ColumnElement
 
 from secure_maas.audit.events import AuditRecord
 from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
-from secure_maas.timeutil import parse_duration
+from secure_maas.audit.text import quote
+from secure_maas.timeutil import as_utc, parse_duration
 
 STREAM_ROWS = 1_000
-_RELATIVE = re.compile(r"^\d+\s*[smhdw]$")
+#: A relative time: ASCII digits and a unit (`\d` would take Arabic-Indic digits too).
+_RELATIVE = re.compile(r"[0-9]+[ \t]*[smhdw]")
 
 #: Every column of an event, in `AuditRecord` field order.
 RECORD_COLUMNS = (*CANONICAL_COLUMNS, "mac", "encoding")
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
-    """A point in time from `1h`, `30m`, `7d` (that long before `now`) or an ISO 8601 date or
-    time; a time without an offset is taken as UTC, a bare date as its midnight UTC."""
-    text = text.strip()
-    if _RELATIVE.match(text):
-        return now - parse_duration(text)
+    """A point in time from `1h`, `30m`, `7d` (that long before `now`, at most 100 years) or an
+    ISO 8601 date or time in the years 1 to 9999 once in UTC; a time without an offset is taken
+    as UTC, a bare date as its midnight UTC. ASCII only; anything else is a `ValueError` whose
+    message shows the accepted forms (never an `OverflowError`: callers answer it with 400)."""
+    text = text.strip(string.whitespace)
+    if _RELATIVE.fullmatch(text):
+        try:
+            return now - parse_duration(text)
+        except OverflowError:
+            raise ValueError(f"{quote(text, limit=40)} reaches before the year 1") from None
     try:
+        if not text.isascii():
+            raise ValueError("not ASCII")
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
-            f"{text!r} is neither a duration (1h, 30m, 7d) nor an ISO date "
+            f"{quote(text, limit=40)} is neither a duration (1h, 30m, 7d) nor an ISO date "
             "(2026-11-28, 2026-11-28T10:00:00Z)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    return as_utc(moment)
 
 
 @contextmanager

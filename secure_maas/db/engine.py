@@ -1,9 +1,10 @@
 """Engine creation with the settings each backend needs to be safe under concurrency.
 
-SQLite (the embedded default): WAL so readers never block the writer, foreign keys on, a busy
-timeout instead of immediate `database is locked` errors, `synchronous=FULL` so a committed audit
-event survives power loss, and explicit `BEGIN` so SQLAlchemy's transactions are real ones
-(the stdlib driver otherwise defers them; `begin_immediate` relies on this).
+SQLite (the embedded default): the database file created 0600 (its `-wal` and `-shm` files
+follow it), WAL so readers never block the writer, foreign keys on, a busy timeout instead of
+immediate `database is locked` errors, `synchronous=FULL` so a committed audit event survives
+power loss, and explicit `BEGIN` so SQLAlchemy's transactions are real ones (the stdlib driver
+otherwise defers them; `begin_immediate` relies on this).
 PostgreSQL: psycopg 3, a connect timeout so an unreachable server fails fast, TCP keepalives and
 a TCP user timeout so a connection whose server vanished mid-query (a cut cable, a failed-over
 host: no reset ever arrives) errors within seconds instead of the kernel's minutes, and pre-ping
@@ -13,6 +14,7 @@ so a pool recovers by itself after the database returns.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import threading
 import time
@@ -61,6 +63,8 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             # var/ holds the database and the store: private to the service's user.
             os.makedirs(path.parent, mode=0o700, exist_ok=True)
         engine = sa.create_engine(parsed, **kwargs)
+        if path is not None:
+            event.listen(engine, "do_connect", functools.partial(_create_private, path))
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -70,6 +74,24 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         **kwargs.pop("connect_args", {}),
     }
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+
+
+def _create_private(path: Path, *_connect: Any) -> None:
+    """Before each SQLite connection: create the database file `path` private to the service's
+    user unless it exists (it holds the audit log, the principals and the token ids).
+
+    SQLite would create it 0644 less the umask (readable by every local user under the usual
+    022), and it gives the `-wal` and `-shm` files it makes later the main file's permissions,
+    so a main file created 0600 here, before SQLite first opens it, makes all three private.
+    An empty file is a valid empty database. An existing file is left as its owner made it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # the usual case, or another process made it first (0600 as well)
+    except OSError:
+        return  # a missing or read-only folder: SQLite's own open reports it, as it always did
+    os.close(fd)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ DATATYPES = {
 }
 _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+#: The header's value: ASCII digits (`str.isdigit()` also takes `²`, which `int()` refuses),
+#: few enough for `int()` (it refuses more than 4300) and far more than any body holds; spaces
+#: and tabs around them are HTTP's optional whitespace.
+_LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")
 
 
 def datatype_of(dtype: str | np.dtype[Any]) -> str:
@@ -156,13 +161,13 @@ def _split(body: Buffer | str, header_length: int | str | None) -> tuple[Buffer 
     if isinstance(body, str):
         body = body.encode("utf-8")
     view = memoryview(body)
-    text = str(header_length).strip()
-    if not text.isdigit() or not 0 < int(text) <= len(view):
+    match = _LENGTH.fullmatch(str(header_length))
+    size = int(match.group(1)) if match else 0
+    if not 0 < size <= len(view):
         raise BadRequest(
             f"{HEADER_LENGTH} must be the length in bytes of the JSON part of the body "
             f"(1 to {len(view)}), got {preview(str(header_length))}"
         )
-    size = int(text)
     return view[:size], view[size:]
 
 

@@ -7,17 +7,25 @@
     GET /admin/audit/verify
         -> the verification report of the whole chain (`intact`, `bad_seq`, `reason`, ...)
 
-`since`/`until` take what `secure-maas audit list` takes (`1h`, `7d`, an ISO date or time). An
-unknown parameter is refused: a typo must not silently widen the answer. Each of these requests
-is itself audited, after its answer is read, so a page never holds its own event.
+The access decision comes first: a caller without `audit:read` gets 403 (audited as a deny)
+whatever its query says, so `audit list --decision deny` shows every such attempt and a 400
+never tells it which parameters exist. Then the query is checked: `since`/`until` take what
+`secure-maas audit list` takes (`1h`, `7d`, an ISO date or time; at most 100 years back, years
+1 to 9999), numbers are ASCII digits in range, `actor`/`model`/`action` are printable text no
+longer than the log's own column, and an unknown or repeated parameter is refused: a typo must
+not silently widen the answer. Each of these requests is itself audited, after its answer is
+read, so a page never holds its own event.
 """
 
 from __future__ import annotations
+
+import re
 
 from flask import Blueprint, Response, jsonify, request
 
 from secure_maas.actions import Action
 from secure_maas.audit import AuditFilter, Decision, parse_time, verify_database
+from secure_maas.audit.events import LIMITS
 from secure_maas.audit.query import list_events, read_snapshot
 from secure_maas.serving.errors import ApiError
 from secure_maas.serving.pipeline import Call, guarded
@@ -28,24 +36,40 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 PARAMETERS = ("since", "until", "actor", "model", "action", "decision", "after", "limit")
+#: A whole number as a query gives it: ASCII digits only (`str.isdigit()` takes `²` too), and
+#: few enough of them for `int()` (it refuses more than 4300).
+_WHOLE = re.compile(r"[0-9]{1,19}")
 
 
 def _number(name: str, low: int, high: int, default: int | None) -> int | None:
     text = request.args.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    if not _WHOLE.fullmatch(text) or not low <= int(text) <= high:
         raise ApiError(400, f"{name} must be a whole number in {low}..{high}")
     return int(text)
 
 
-def _filter(call: Call) -> AuditFilter:
+def _text(name: str) -> str | None:
+    """A text filter: printable (a control character, NUL included, matches no event and
+    PostgreSQL refuses NUL in a query) and no longer than the column it is compared with."""
+    text = request.args.get(name)
+    if text is not None and (not text.isprintable() or len(text) > LIMITS[name]):
+        raise ApiError(400, f"{name} must be printable text of at most {LIMITS[name]} characters")
+    return text
+
+
+def _check_parameters() -> None:
     unknown = sorted(set(request.args) - set(PARAMETERS))
     if unknown:
         raise ApiError(400, f"unknown parameter {shown(unknown[0])!r}: use {', '.join(PARAMETERS)}")
     for name in PARAMETERS:
         if len(request.args.getlist(name)) > 1:
             raise ApiError(400, f"parameter {name!r} is given more than once")
+
+
+def _filter(call: Call) -> AuditFilter:
+    _check_parameters()
     moments = {}
     for name in ("since", "until"):
         text = request.args.get(name)
@@ -59,9 +83,9 @@ def _filter(call: Call) -> AuditFilter:
     return AuditFilter(
         since=moments["since"],
         until=moments["until"],
-        actor=request.args.get("actor"),
-        model=request.args.get("model"),
-        action=request.args.get("action"),
+        actor=_text("actor"),
+        model=_text("model"),
+        action=_text("action"),
         decision=decision,
     )
 
@@ -69,10 +93,10 @@ def _filter(call: Call) -> AuditFilter:
 @bp.get("/audit")
 @guarded(Action.AUDIT_READ, api=Api.ADMIN)
 def audit(call: Call) -> Response:
+    call.authorize()
     audit_filter = _filter(call)
     after = _number("after", 0, 2**63 - 1, None)
     limit = _number("limit", 1, MAX_LIMIT, DEFAULT_LIMIT) or DEFAULT_LIMIT
-    call.authorize()
     with read_snapshot(call.services.engine) as connection:
         records = list_events(connection, audit_filter, after=after, limit=limit)
     next_after = records[-1].seq if len(records) == limit else None
@@ -83,8 +107,8 @@ def audit(call: Call) -> Response:
 @bp.get("/audit/verify")
 @guarded(Action.AUDIT_READ, api=Api.ADMIN)
 def verify(call: Call) -> Response:
+    call.authorize()
     if request.args:
         raise ApiError(400, "this endpoint takes no parameters")
-    call.authorize()
     report = verify_database(call.services.engine, call.services.audit_keys, jobs=1)
     return jsonify(report.to_json())

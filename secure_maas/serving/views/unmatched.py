@@ -1,50 +1,114 @@
-"""Paths under /v1/models/ and /v2/models/ that name no endpoint: `../../etc/passwd`, a name
-with a slash, an unknown verb, a POST where only GET is routed. They go through the pipeline
-like any model request (a caller without a token gets 401, and every one is audited), then get
-TF Serving's "Malformed request" 404, which says nothing about any model. Other unknown paths
-get the plain JSON 404 (or 405), unaudited: they touch nothing.
+"""Every answer under /v1/models and /v2/models is audited, those of Flask's routing included.
+
+Routing answers some requests under these prefixes before any view runs: a path that names no
+endpoint (`../../etc/passwd`, a name with a slash, an unknown verb), a method the path is not
+routed for, OPTIONS (Flask's automatic answer), and a path with empty segments
+(`/v1/models//digits`, which werkzeug's `merge_slashes` redirects with a 308). Each of these is
+held back from the router (`_hold`) and answered here through the pipeline like any model
+request: a caller without a token gets 401, and every answer is audited, GET, HEAD and OPTIONS
+as `model:metadata` and any other method as `model:predict`. The answers:
+
+- a path that names no endpoint, or a GET or POST where only the other is routed: TF Serving's
+  "Malformed request" 404, which says nothing about any model;
+- another method (PUT, DELETE, PATCH, ...) where the path is routed: 405 with `Allow`;
+- OPTIONS where the path is routed: 200 with `Allow`;
+- empty segments: the 308 to the path with merged slashes.
+
+A path is under a prefix when it is with its slashes merged (`//v1//models/x` is). Other unknown
+paths get the plain JSON 404 (or 405) of the generic error handler, unaudited: they touch
+nothing.
+
+What the app never sees, so cannot audit: gunicorn answers a request line longer than
+`limit_request_line` (414), a header longer than `limit_request_field_size` or more headers
+than `limit_request_fields` (431 Request Header Fields Too Large), and a request it cannot parse
+(400: a control character in a header, an unreadable Content-Length) before calling the app;
+see `gunicorn_app.DEFAULTS`. The development server (werkzeug over `http.server`) answers 414
+and 431 itself too, for lines over 64 KiB and more than 100 headers.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+import re
+
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 from secure_maas.actions import Action
-from secure_maas.serving.errors import ApiError, error_response
+from secure_maas.serving.errors import ApiError
 from secure_maas.serving.pipeline import Call, guarded
 from secure_maas.serving.refs import Api, malformed_message
 
-MODEL_PREFIXES = ("/v1/models/", "/v2/models/")
+MODEL_PREFIXES = ("/v1/models", "/v2/models")
+_SLASHES = re.compile(r"/{2,}")
+#: Methods whose wrong path is TF Serving's "Malformed request" 404 (HEAD is GET's).
+_API_METHODS = frozenset({"GET", "HEAD", "POST"})
+_READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _malformed(call: Call) -> Response:
-    call.reason = f"no endpoint at {request.path[:200]!r}"
-    raise ApiError(404, malformed_message(request.method, request.path), reason_code="malformed")
+class HeldRouting(HTTPException):
+    """The answer Flask's routing would have given a request under a model prefix (None: the
+    automatic OPTIONS answer), raised instead of it so that the pipeline gives it."""
+
+    code = 404
+
+    def __init__(self, routing: HTTPException | None) -> None:
+        super().__init__()
+        self.routing = routing
 
 
-_GUARDED = {
-    ("GET", Api.TFSERVING): guarded(Action.MODEL_METADATA, api=Api.TFSERVING)(_malformed),
-    ("POST", Api.TFSERVING): guarded(Action.MODEL_PREDICT, api=Api.TFSERVING)(_malformed),
-    ("GET", Api.OIP): guarded(Action.MODEL_METADATA, api=Api.OIP)(_malformed),
-    ("POST", Api.OIP): guarded(Action.MODEL_PREDICT, api=Api.OIP)(_malformed),
+def under_model_prefix(path: str) -> bool:
+    """Whether `path`, its slashes merged, is /v1/models, /v2/models or below them."""
+    merged = _SLASHES.sub("/", path)
+    return merged in MODEL_PREFIXES or merged.startswith(tuple(p + "/" for p in MODEL_PREFIXES))
+
+
+def _routing_answer(call: Call, routing: HTTPException | None) -> Response:
+    method, path = request.method, request.path
+    if isinstance(routing, RequestRedirect):
+        # Nothing is served: the caller is sent to the path it meant, where it is decided on.
+        call.allowed = True
+        call.reason = f"empty path segments: redirected to {_SLASHES.sub('/', path)[:200]!r}"
+        return Response(status=routing.code, headers={"Location": routing.new_url})
+    if routing is None:
+        call.allowed = True  # the methods the path takes: nothing about any model
+        options: Response = current_app.make_default_options_response()
+        call.reason = f"OPTIONS: {options.headers.get('Allow', '')}"
+        return options
+    if isinstance(routing, MethodNotAllowed) and method not in _API_METHODS:
+        allowed = ", ".join(sorted(routing.valid_methods or ()))
+        call.reason = f"method {method[:32]!r} not allowed at {path[:200]!r}"
+        raise ApiError(405, "method not allowed", headers={"Allow": allowed} if allowed else None)
+    call.reason = f"no endpoint at {path[:200]!r}"
+    raise ApiError(404, malformed_message(method, path), reason_code="malformed")
+
+
+_VIEWS = {
+    (action, api): guarded(action, api=api)(_routing_answer)
+    for action in (Action.MODEL_METADATA, Action.MODEL_PREDICT)
+    for api in (Api.TFSERVING, Api.OIP)
 }
 
 
 def register(app: Flask) -> None:
-    """Install the handler of routing 404s and 405s (more specific than the generic one)."""
+    """Hold back routing's answers under the model prefixes and give them through the
+    pipeline (see the module docstring)."""
 
-    @app.errorhandler(NotFound)
-    @app.errorhandler(MethodNotAllowed)
-    def _unrouted(error: HTTPException) -> Response:
-        path = request.path
-        method = "GET" if request.method == "HEAD" else request.method
-        if request.url_rule is None and path.startswith(MODEL_PREFIXES):
-            api = Api.TFSERVING if path.startswith("/v1/") else Api.OIP
-            view = _GUARDED.get((method, api))
-            if view is not None:
-                return view()
-        if isinstance(error, MethodNotAllowed):
-            allowed = ", ".join(sorted(error.valid_methods or ()))
-            return error_response(405, "method not allowed", {"Allow": allowed} if allowed else {})
-        return error_response(404, "not found")
+    @app.before_request
+    def _hold() -> None:
+        # Routing ran when the request context was pushed; its exception is raised only when
+        # the view is dispatched, after every before_request hook (request ids and timing
+        # included), so the pipeline runs with everything it needs.
+        routing = request.routing_exception
+        if routing is None and request.method != "OPTIONS":
+            return
+        if under_model_prefix(request.path):
+            request.routing_exception = HeldRouting(routing)
+
+    @app.errorhandler(HeldRouting)
+    def _answer(error: HeldRouting) -> Response:
+        action = (
+            Action.MODEL_METADATA if request.method in _READING_METHODS else Action.MODEL_PREDICT
+        )
+        api = Api.OIP if _SLASHES.sub("/", request.path).startswith("/v2/") else Api.TFSERVING
+        return _VIEWS[(action, api)](routing=error.routing)
