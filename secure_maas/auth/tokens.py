@@ -24,12 +24,15 @@ from secure_maas.db.state import bump
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.policy.directory import get_principal
-from secure_maas.policy.errors import NotFound
-from secure_maas.policy.rules import check_role_name
+from secure_maas.policy.errors import InvalidRule, NotFound
+from secure_maas.policy.rules import check_local_name, check_role_name
 from secure_maas.timeutil import format_duration, utcnow
 
 ALGORITHM = "EdDSA"
 ROLES_CLAIM = "roles"
+#: The clock skew a verifier forgives at most (`exp`, `iat`, `nbf`): a token is accepted until
+#: `exp` plus this, so revocation and `token list --active` must cover that long too.
+MAX_LEEWAY = timedelta(seconds=30)
 
 
 class TokenError(SecureMaasError):
@@ -60,7 +63,8 @@ def issue(
     actor: str,
     now: datetime | None = None,
 ) -> Issued:
-    """Sign a token for the enabled principal `subject` and record its `jti`.
+    """Sign a token for the enabled local principal `subject` and record its `jti` (an
+    external subject's tokens come from its identity provider, never from here).
 
     `ttl` must lie within 1 s and `settings.max_token_ttl`; `roles`, when given, must be roles
     `subject` holds (the token then carries only those).
@@ -70,6 +74,10 @@ def issue(
             f"token lifetime {format_duration(ttl)} is outside 1s.."
             f"{format_duration(settings.max_token_ttl)} (SECURE_MAAS_MAX_TOKEN_TTL)"
         )
+    try:
+        check_local_name(subject)
+    except InvalidRule as exc:
+        raise TokenError(str(exc)) from None
     principal = get_principal(session, subject)
     if principal.disabled:
         raise TokenError(f"principal {subject!r} is disabled: enable it first")
@@ -133,19 +141,22 @@ def revoke(
     return row, True
 
 
+def could_verify(moment: datetime) -> sa.ColumnElement[bool]:
+    """Rows of tokens that a verifier may still accept at `moment`: unrevoked, and not past
+    `exp` plus the leeway (`Verifier` refuses only once `moment > exp + leeway`)."""
+    return sa.and_(IssuedToken.revoked_at.is_(None), IssuedToken.expires_at >= moment - MAX_LEEWAY)
+
+
 def revoke_subject(
     session: Session, subject: str, *, actor: str, now: datetime | None = None
 ) -> list[IssuedToken]:
-    """Revoke every unexpired, unrevoked token of `subject`; returns those revoked."""
+    """Revoke every token of `subject` that could still verify (expired ones still inside the
+    verifier's leeway included); returns those revoked."""
     moment = now or utcnow()
     rows = list(
         session.scalars(
             sa.select(IssuedToken)
-            .where(
-                IssuedToken.subject == subject,
-                IssuedToken.revoked_at.is_(None),
-                IssuedToken.expires_at > moment,
-            )
+            .where(IssuedToken.subject == subject, could_verify(moment))
             .order_by(IssuedToken.id)
         )
     )
@@ -165,21 +176,24 @@ def list_tokens(
     subject: str | None = None,
     now: datetime | None = None,
 ) -> list[IssuedToken]:
-    """Issued tokens, newest first; `active` keeps those neither expired nor revoked."""
+    """Issued tokens, newest first; `active` keeps those that could still verify (what
+    `revoke_subject` would revoke)."""
     query = sa.select(IssuedToken).order_by(IssuedToken.id.desc())
     if subject is not None:
         query = query.where(IssuedToken.subject == subject)
     if active:
-        query = query.where(
-            IssuedToken.revoked_at.is_(None), IssuedToken.expires_at > (now or utcnow())
-        )
+        query = query.where(could_verify(now or utcnow()))
     return list(session.scalars(query))
 
 
 def status(row: IssuedToken, now: datetime) -> str:
+    """`revoked`; `active` before `exp`; `leeway` past `exp` but still accepted (clock skew);
+    `expired` once past `exp` plus the leeway."""
     if row.revoked_at is not None:
         return "revoked"
-    return "expired" if row.expires_at <= now else "active"
+    if row.expires_at > now:
+        return "active"
+    return "leeway" if row.expires_at >= now - MAX_LEEWAY else "expired"
 
 
 def revoked_ids(session: Session) -> frozenset[str]:

@@ -8,6 +8,10 @@ missing `exp`, `iat`, `sub`, `iss`, `aud` or `jti`; from another issuer or for a
 expired, or with `iat`/`nbf` in the future (beyond the leeway, at most 30 s); living longer than
 `max_token_ttl`; revoked; or for a principal that is unknown (local tokens) or disabled.
 
+An external provider's `sub` is namespaced by issuer (`auth.external`): it never names a local
+principal, and a local token never names an external subject. Only an admin's link lets an
+external subject speak for a local principal (`Directory.resolve`).
+
 `InvalidToken` says "invalid token" and nothing else; its `reason` is for logs and the audit
 log. The token is never logged or stored: the cache is keyed by its SHA-256.
 
@@ -34,6 +38,7 @@ from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 from sqlalchemy.engine import Engine
 
+from secure_maas.auth.external import external_name
 from secure_maas.auth.keyset import (
     JwksFileKeys,
     KeyringKeys,
@@ -43,19 +48,19 @@ from secure_maas.auth.keyset import (
 )
 from secure_maas.auth.models import TOKENS_SCOPE
 from secure_maas.auth.principal import Principal
-from secure_maas.auth.tokens import ROLES_CLAIM, revoked_ids
+from secure_maas.auth.tokens import MAX_LEEWAY, ROLES_CLAIM, revoked_ids
 from secure_maas.config import Settings
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.db.watch import POLL_INTERVAL_S, Watcher
 from secure_maas.errors import SecureMaasError
 from secure_maas.policy.directory import Directory, load_directory
+from secure_maas.policy.errors import InvalidRule
 from secure_maas.policy.models import PRINCIPALS_SCOPE
-from secure_maas.policy.rules import PRINCIPAL_NAME, ROLE_NAME
+from secure_maas.policy.rules import PRINCIPAL_NAME, ROLE_NAME, is_external
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_BYTES = 8192
-MAX_LEEWAY = timedelta(seconds=30)
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud", "jti")
 REFUSED_HEADERS = ("crit", "b64", "jku", "jwk", "x5u", "x5c")
 MAX_JTI = 64
@@ -273,39 +278,53 @@ class Verifier:
 
     def _principal(self, claims: dict[str, Any], key: VerificationKey, expires: float) -> Principal:
         subject: str = claims["sub"]
-        known = self._state.directory.get(subject)
-        if known is not None and known.disabled:
+        directory = self._state.directory
+        claim_roles: tuple[str, ...] = ()
+        name: str | None = None
+        if key.external:
+            try:
+                name = external_name(key.issuer, subject)
+            except InvalidRule:
+                raise InvalidToken("claim sub is too long for an external subject") from None
+            identity = directory.resolve(name)
+            claim_roles = self._external_roles(claims)
+        else:
+            if is_external(subject):
+                raise InvalidToken("a local token for an external subject")
+            identity = directory.resolve(subject)
+        if identity is None:
+            raise InvalidToken("unknown principal")
+        if identity.disabled:
             raise InvalidToken("principal disabled")
-        if not key.external:
-            if known is None:
-                raise InvalidToken("unknown principal")
+        if key.external:
+            roles = tuple(sorted({*identity.roles, *claim_roles}))
+        else:
             narrowed = claims.get(ROLES_CLAIM)
             if narrowed is None:
-                roles = known.roles
+                roles = identity.roles
             elif isinstance(narrowed, list) and all(isinstance(r, str) for r in narrowed):
-                roles = tuple(r for r in known.roles if r in narrowed)
+                roles = tuple(r for r in identity.roles if r in narrowed)
             else:
                 raise InvalidToken("claim roles is not a list of names")
-        else:
-            held = set(known.roles if known is not None else ())
-            held.update(self._external_roles(claims))
-            roles = tuple(sorted(held))
         return Principal(
-            subject=subject,
+            subject=identity.subject,
             roles=roles,
             issuer=key.issuer,
             token_id=claims["jti"],
             expires_at=datetime.fromtimestamp(expires, UTC),
             external=key.external,
+            external_subject=name,
+            claim_roles=claim_roles,
         )
 
-    def _external_roles(self, claims: dict[str, Any]) -> list[str]:
+    def _external_roles(self, claims: dict[str, Any]) -> tuple[str, ...]:
+        """The roles the configured claim names (none when no claim is configured)."""
         path = self._settings.external_roles_claim
         if path is None:
-            return []
+            return ()
         value = _claim_path(claims, path)
         if isinstance(value, str):
             value = value.split()
         if not isinstance(value, list):
-            return []
-        return [r for r in value if isinstance(r, str) and ROLE_NAME.match(r)]
+            return ()
+        return tuple(sorted({r for r in value if isinstance(r, str) and ROLE_NAME.match(r)}))

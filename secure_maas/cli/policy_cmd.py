@@ -19,7 +19,7 @@ from secure_maas.policy import directory, grants, sync
 from secure_maas.policy.errors import InvalidRule
 from secure_maas.policy.evaluate import Caller, ModelFacts, RequestFacts
 from secure_maas.policy.index import CompiledPolicy, rules_for
-from secure_maas.policy.rules import Effect, Quota, Rule, Window
+from secure_maas.policy.rules import Effect, Quota, Rule, Window, is_external
 from secure_maas.registry import catalog
 from secure_maas.timeutil import isoformat, utcnow
 
@@ -63,7 +63,9 @@ def _quotas(requests: tuple[str, ...], rows: tuple[str, ...]) -> tuple[Quota, ..
 def scope_options(func: F) -> F:
     """--subject/--model/--version/--label/--action/--deny: what a rule is about."""
     options = [
-        click.option("--subject", help="user:NAME, role:NAME or '*'."),
+        click.option(
+            "--subject", help="user:NAME, role:NAME or '*' (external: user:ext:<alias>:<sub>)."
+        ),
         click.option("--model", default="*", show_default=True, help="Model name or glob."),
         click.option("--version", type=int, help="Only this version of the model."),
         click.option("--label", help="Only the version with this label (e.g. stable)."),
@@ -193,7 +195,11 @@ def _facts(session: Session, ref_text: str | None) -> tuple[ModelFacts | None, s
 
 
 @policy.command("explain")
-@click.option("--subject", required=True, help="A principal name (its current roles are used).")
+@click.option(
+    "--subject",
+    required=True,
+    help="A principal name, or an external one, ext:<alias>:<sub> (its current roles are used).",
+)
 @click.option(
     "--model", "model_ref", help="NAME, NAME:VERSION or NAME@LABEL (none for audit:read)."
 )
@@ -212,20 +218,25 @@ def explain(
     """
     notes = []
     with session_scope(session_factory(app.engine())) as session:
-        found = directory.find_principal(session, subject)
-        if found is None:
-            notes.append(f"no principal {subject!r}: judged as user:{subject} with no roles")
-            roles: tuple[str, ...] = ()
-        else:
-            roles = found.role_names
-            if found.disabled:
-                notes.append(f"{subject} is disabled: every token of it is refused anyway")
+        identity = directory.load_directory(session).resolve(subject)
         model, note = _facts(session, model_ref)
         compiled = CompiledPolicy(grants.load_rules(session))
+    if identity is None:
+        notes.append(f"no principal {subject!r}: judged as user:{subject} with no roles")
+        caller = Caller(subject)
+    else:
+        caller = Caller(identity.subject, identity.roles, also=identity.names[1:])
+        if identity.linked_to is not None:
+            notes.append(f"{subject} is linked to {identity.linked_to}: judged as both names")
+        if is_external(subject):
+            notes.append("roles its identity provider's claim would add are not known here")
+        if identity.disabled:
+            notes.append(f"{subject} is disabled: every token of it is refused anyway")
+    roles = caller.roles
     if note:
         notes.append(note)
     facts = RequestFacts(rows=rows, now=utcnow())
-    result = compiled.explain(Caller(subject, roles), Action(action), model, facts)
+    result = compiled.explain(caller, Action(action), model, facts)
     decision = result.decision
     checks = [{**rule_row(c.rule), "matched": c.matched, "why": c.why} for c in result.checks]
     if fmt == "json":
@@ -246,9 +257,8 @@ def explain(
         return
     verdict = "ALLOW" if decision.allowed else "DENY"
     click.echo(f"{verdict}: {decision.reason}")
-    click.echo(
-        f"subject user:{subject}, roles: {','.join(roles) or '-'}; at {isoformat(facts.now)}"
-    )
+    names = ", ".join(f"user:{name}" for name in caller.names)
+    click.echo(f"subject {names}, roles: {','.join(roles) or '-'}; at {isoformat(facts.now)}")
     for line in notes:
         click.echo(f"note: {line}")
     if decision.quotas:

@@ -1,4 +1,5 @@
-"""`secure-maas principal`: the users and services that tokens are issued to, and their roles."""
+"""`secure-maas principal`: the users and services that tokens are issued to, their roles, and
+the external identities an admin links to them."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import click
 
 from secure_maas.actions import AdminAction
 from secure_maas.auth import tokens
+from secure_maas.auth.external import external_name
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change
+from secure_maas.config import env_name
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import directory, grants
 from secure_maas.policy.index import rules_for
@@ -86,7 +89,8 @@ def list_principals(app: AppContext, fmt: str) -> None:
 @format_option
 @click.pass_obj
 def show(app: AppContext, name: str, fmt: str) -> None:
-    """Show NAME: status, roles, the rules naming it or its roles, and its active tokens.
+    """Show NAME: status, roles, the rules naming it or its roles, its active tokens and the
+    external subjects linked to it.
 
     \b
     Example:
@@ -102,6 +106,9 @@ def show(app: AppContext, name: str, fmt: str) -> None:
         ]
         data["active_tokens"] = [
             t.jti for t in tokens.list_tokens(session, active=True, subject=name)
+        ]
+        data["external_subjects"] = [
+            link.external_subject for link in directory.list_links(session, name)
         ]
     if fmt == "json":
         emit([data], [], fmt)
@@ -193,4 +200,83 @@ def role_remove(app: AppContext, name: str, role_name: str) -> None:
             f"{name} no longer holds {role_name}" if changed else f"{name} did not hold {role_name}"
         )
         change.note(text, code="role-remove", principal=name, role=role_name)
+    click.echo(text)
+
+
+def _external(app: AppContext, subject: str) -> str:
+    """`ext:<alias>:SUBJECT` for the configured external identity provider."""
+    issuer = app.settings.external_issuer
+    if issuer is None:
+        raise click.UsageError(
+            f"no external identity provider is configured ({env_name('external_issuer')})"
+        )
+    return external_name(issuer, subject)
+
+
+external_option = click.option(
+    "--external-subject",
+    "subject",
+    required=True,
+    help="The `sub` claim of the external identity provider's tokens (as the provider sends it).",
+)
+
+
+@principal.command("external-name")
+@click.argument("subject")
+@click.pass_obj
+def show_external_name(app: AppContext, subject: str) -> None:
+    """Print the principal name of SUBJECT (a `sub` of the external identity provider).
+
+    External subjects are namespaced by issuer, ext:<alias>:<sub>: never a local principal.
+    Rules name them as user:ext:<alias>:<sub>; `principal add` of that name gives them roles
+    or, with --disabled, refuses their tokens.
+
+    \b
+    Example:
+        secure-maas policy grant --subject "user:$(secure-maas principal external-name bob)" \\
+            --model digits --action model:predict
+    """
+    click.echo(_external(app, subject))
+
+
+@principal.command("link")
+@click.argument("name")
+@external_option
+@click.pass_obj
+def link(app: AppContext, name: str, subject: str) -> None:
+    """Let the external subject --external-subject speak for the local principal NAME.
+
+    Its tokens then get exactly NAME's roles and grants (and those naming the external subject
+    itself), count against NAME's quotas and are refused when NAME is disabled; the audit log
+    records NAME with the external subject beside it. Undo with `principal unlink`.
+
+    \b
+    Example:
+        secure-maas principal link alice --external-subject 248289761001
+    """
+    external = _external(app, subject)
+    with admin_change(app, AdminAction.PRINCIPAL_CHANGE) as change:
+        changed = directory.link(change.session, name, external, actor=change.actor)
+        text = f"linked {external} to {name}" if changed else f"{external} was already linked"
+        change.note(
+            text, code="link" if changed else "unchanged", principal=name, external=external
+        )
+    click.echo(text)
+
+
+@principal.command("unlink")
+@external_option
+@click.pass_obj
+def unlink(app: AppContext, subject: str) -> None:
+    """Remove the link of the external subject --external-subject (applies within a second).
+
+    \b
+    Example:
+        secure-maas principal unlink --external-subject 248289761001
+    """
+    external = _external(app, subject)
+    with admin_change(app, AdminAction.PRINCIPAL_CHANGE) as change:
+        local = directory.unlink(change.session, external)
+        text = f"unlinked {external} from {local}"
+        change.note(text, code="unlink", principal=local, external=external)
     click.echo(text)

@@ -94,10 +94,16 @@ def issue(app: AppContext, subject: str, ttl: timedelta, roles: tuple[str, ...])
 
 @token.command("revoke")
 @click.argument("jti", required=False)
-@click.option("--subject", help="Revoke every active token of this principal instead.")
+@click.option(
+    "--subject",
+    help="Revoke every token of this principal that could still verify (see `list --active`).",
+)
 @click.pass_obj
 def revoke(app: AppContext, jti: str | None, subject: str | None) -> None:
     """Revoke the token JTI, or every active token of --subject (refused within a second).
+
+    Active means the service could still accept it: unrevoked and not past its expiry plus the
+    verifier's clock leeway (30 s), so a token that expired a moment ago is revoked too.
 
     \b
     Example:
@@ -134,12 +140,19 @@ def token_row(row: IssuedToken) -> dict[str, Any]:
 
 
 @token.command("list")
-@click.option("--active", is_flag=True, help="Only tokens neither expired nor revoked.")
+@click.option(
+    "--active",
+    is_flag=True,
+    help="Only tokens the service could still accept: unrevoked, not past expiry + 30 s leeway.",
+)
 @click.option("--subject", help="Only this principal's tokens.")
 @format_option
 @click.pass_obj
 def list_tokens(app: AppContext, active: bool, subject: str | None, fmt: str) -> None:
     """List issued tokens by jti, newest first (the tokens themselves are never stored).
+
+    Status is active, leeway (past its expiry, still accepted within the verifier's clock
+    leeway), expired or revoked.
 
     \b
     Example:

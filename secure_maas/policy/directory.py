@@ -1,14 +1,19 @@
-"""Principals and roles in the database, and the snapshot of them that token checks read.
+"""Principals, roles and links in the database, and the snapshot of them token checks read.
 
 Every change bumps the `principals` counter in the same transaction, so verifiers (which keep a
-`Directory` snapshot) see a disabled principal or a removed role within a second. Functions take
-the caller's session and never commit: the CLI records the audit event in the same transaction.
+`Directory` snapshot) see a disabled principal, a removed role or a removed link within a
+second. Functions take the caller's session and never commit: the CLI records the audit event in
+the same transaction.
+
+An external subject (`ext:<alias>:<sub>`) is its own principal, never a local one; it may have a
+row (for roles, or to disable it) and an admin may link it to one local principal, whose
+identity it then takes (`Directory.resolve`, the one place that rule is written).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,8 +21,15 @@ from sqlalchemy.orm import Session, selectinload
 
 from secure_maas.db.state import bump
 from secure_maas.policy.errors import Conflict, NotFound
-from secure_maas.policy.models import PRINCIPALS_SCOPE, Principal, Role
-from secure_maas.policy.rules import check_description, check_principal_name, check_role_name
+from secure_maas.policy.models import PRINCIPALS_SCOPE, Principal, PrincipalLink, Role
+from secure_maas.policy.rules import (
+    check_description,
+    check_external_name,
+    check_local_name,
+    check_principal_name,
+    check_role_name,
+    is_external,
+)
 from secure_maas.timeutil import utcnow
 
 
@@ -29,18 +41,60 @@ class PrincipalState:
     roles: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Whom a principal name speaks for.
+
+    `subject` is the name decisions, quotas and the audit log use: the name itself, or the local
+    principal an external name is linked to. `names` are every name rules may call it by (the
+    subject first); `roles` those of every row involved; `disabled` is true when any of those
+    rows is disabled (or a link points at a principal that is gone): fail closed.
+    """
+
+    subject: str
+    names: tuple[str, ...]
+    roles: tuple[str, ...]
+    disabled: bool
+    linked_to: str | None = None
+
+
 @dataclass(frozen=True)
 class Directory:
-    """Every principal by name, as of one read; immutable, shared between threads."""
+    """Every principal by name, and every link, as of one read; immutable, shared by threads.
+
+    `links` maps an external subject to the local principal it is linked to.
+    """
 
     principals: Mapping[str, PrincipalState]
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> PrincipalState | None:
         return self.principals.get(name)
 
+    def resolve(self, name: str) -> Identity | None:
+        """The identity of `name`; None for a local name with no row (an unknown principal).
+
+        An external name always resolves: to itself with the roles of its row if it has one,
+        or, once linked, to the local principal (with both rows' roles, rules for both names).
+        """
+        own = self.principals.get(name)
+        if not is_external(name):
+            if own is None:
+                return None
+            return Identity(name, (name,), own.roles, own.disabled)
+        roles = set(own.roles if own is not None else ())
+        disabled = own is not None and own.disabled
+        local = self.links.get(name)
+        if local is None:
+            return Identity(name, (name,), tuple(sorted(roles)), disabled)
+        target = self.principals.get(local)
+        disabled = disabled or target is None or target.disabled
+        roles.update(target.roles if target is not None else ())
+        return Identity(local, (local, name), tuple(sorted(roles)), disabled, local)
+
 
 def load_directory(session: Session) -> Directory:
-    """Read every principal with its roles in two queries."""
+    """Read every principal with its roles, and every link, in three queries."""
     states: dict[str, tuple[bool, list[str]]] = {
         name: (bool(disabled), [])
         for name, disabled in session.execute(sa.select(Principal.name, Principal.disabled))
@@ -50,9 +104,13 @@ def load_directory(session: Session) -> Directory:
     )
     for principal, role in memberships:
         states[principal][1].append(role)
-    return Directory(
-        {name: PrincipalState(disabled, tuple(roles)) for name, (disabled, roles) in states.items()}
+    links = session.execute(
+        sa.select(PrincipalLink.external_subject, Principal.name).join(PrincipalLink.principal)
     )
+    principals = {
+        name: PrincipalState(disabled, tuple(roles)) for name, (disabled, roles) in states.items()
+    }
+    return Directory(principals, {external: local for external, local in links})
 
 
 def list_principals(session: Session) -> list[Principal]:
@@ -163,3 +221,60 @@ def take_role(
     session.flush()
     bump(session, PRINCIPALS_SCOPE)
     return principal, True
+
+
+def list_links(session: Session, local: str | None = None) -> list[PrincipalLink]:
+    """Links (of the principal `local`, if given), by external subject."""
+    query = sa.select(PrincipalLink).join(PrincipalLink.principal)
+    if local is not None:
+        query = query.where(Principal.name == local)
+    return list(session.scalars(query.order_by(PrincipalLink.external_subject)))
+
+
+def link(
+    session: Session, local: str, external: str, *, actor: str, now: datetime | None = None
+) -> bool:
+    """Let the external subject `external` speak for the local principal `local`.
+
+    Returns whether anything changed; an external subject linked to another principal is a
+    `Conflict` (unlink it first): a link is never moved silently.
+    """
+    check_local_name(local)
+    check_external_name(external)
+    principal = get_principal(session, local)
+    existing = session.scalars(
+        sa.select(PrincipalLink).where(PrincipalLink.external_subject == external)
+    ).one_or_none()
+    if existing is not None:
+        if existing.principal_id == principal.id:
+            return False
+        raise Conflict(
+            f"{external} is linked to {existing.principal.name}: "
+            f"unlink it first (`secure-maas principal unlink`)"
+        )
+    session.add(
+        PrincipalLink(
+            external_subject=external,
+            principal_id=principal.id,
+            created_at=now or utcnow(),
+            created_by=actor,
+        )
+    )
+    session.flush()
+    bump(session, PRINCIPALS_SCOPE)
+    return True
+
+
+def unlink(session: Session, external: str) -> str:
+    """Remove the link of `external`; returns the local principal it spoke for."""
+    check_external_name(external)
+    existing = session.scalars(
+        sa.select(PrincipalLink).where(PrincipalLink.external_subject == external)
+    ).one_or_none()
+    if existing is None:
+        raise NotFound(f"{external} is not linked to any principal")
+    local = existing.principal.name
+    session.delete(existing)
+    session.flush()
+    bump(session, PRINCIPALS_SCOPE)
+    return local

@@ -25,7 +25,11 @@ from secure_maas.policy.rules import ANY_MODEL, ANY_SUBJECT, Effect, Quota, Rule
 
 
 class Requester(Protocol):
-    """Who asks: a verified token's principal (see `secure_maas.auth`) or a test's stand-in."""
+    """Who asks: a verified token's principal (see `secure_maas.auth`) or a test's stand-in.
+
+    `names` are every principal name rules may call it by, `subject` first: an external
+    subject linked to a local principal answers to both (see `directory.Identity`).
+    """
 
     @property
     def subject(self) -> str: ...
@@ -33,13 +37,22 @@ class Requester(Protocol):
     @property
     def roles(self) -> tuple[str, ...]: ...
 
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A plain `Requester`, for `explain` from the CLI and for tests."""
+    """A plain `Requester`, for `explain` from the CLI and for tests; `also` are its other
+    names (a linked external subject)."""
 
     subject: str
     roles: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.subject, *self.also)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +91,9 @@ class Decision:
 
 
 def subject_keys(requester: Requester) -> tuple[str, ...]:
-    """Every rule subject that applies to `requester`: `*`, its user and its roles."""
-    return (ANY_SUBJECT, f"user:{requester.subject}", *(f"role:{r}" for r in requester.roles))
+    """Every rule subject that applies to `requester`: `*`, its user names and its roles."""
+    users = (f"user:{name}" for name in requester.names)
+    return (ANY_SUBJECT, *users, *(f"role:{r}" for r in requester.roles))
 
 
 def describe_target(action: Action, model: ModelFacts | None, requester: Requester) -> str:

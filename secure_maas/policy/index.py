@@ -83,7 +83,9 @@ class CompiledPolicy:
         for rule in self.rules:
             for action in rule.actions:
                 self._buckets.setdefault((rule.subject, action), _Bucket()).add(rule)
-        self._cache: dict[tuple[str, tuple[str, ...], Action, str | None], _Candidates] = {}
+        self._cache: dict[
+            tuple[tuple[str, ...], tuple[str, ...], Action, str | None], _Candidates
+        ] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -96,7 +98,7 @@ class CompiledPolicy:
         facts: RequestFacts,
     ) -> Decision:
         """Default deny; a matching deny wins; else every matching allow allows."""
-        key = (principal.subject, principal.roles, action, None if model is None else model.name)
+        key = (principal.names, principal.roles, action, None if model is None else model.name)
         candidates = self._cache.get(key)
         if candidates is None:
             candidates = self._candidates(principal, action, model)

@@ -1,4 +1,7 @@
-"""Access-control tables: principals, roles, membership, rules and quota counters.
+"""Access-control tables: principals, roles, membership, links, rules and quota counters.
+
+A link (`principal_links`) lets an external subject (`ext:<alias>:<sub>`) speak for a local
+principal; only an admin makes one, and it goes with its principal.
 
 Rules keep their subject and model pattern as text (a rule may name a role or an external
 subject that has no row yet); `rule_key`, a digest of everything that identifies a rule, is
@@ -65,6 +68,22 @@ class Principal(Base):
     @property
     def role_names(self) -> tuple[str, ...]:
         return tuple(sorted(role.name for role in self.roles))
+
+
+class PrincipalLink(Base):
+    """An external subject an admin linked to a local principal (at most one per subject)."""
+
+    __tablename__ = "principal_links"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    external_subject: Mapped[str] = mapped_column(sa.String(128), unique=True, nullable=False)
+    principal_id: Mapped[int] = mapped_column(
+        IdType, sa.ForeignKey("principals.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_by: Mapped[str] = mapped_column(sa.String(128), nullable=False)
+
+    principal: Mapped[Principal] = relationship()
 
 
 class AccessRule(Base):

@@ -4,7 +4,9 @@ A `Rule` is immutable and checked when built, so every other module (the index, 
 file loader) can trust its fields. Names follow one grammar each:
 
 - principal: letters, digits and `._@:|+-`, up to 128 (external subjects may be e-mail
-  addresses or `provider|id`);
+  addresses or `provider|id`); names beginning `ext:` are reserved for subjects of an external
+  identity provider, `ext:<alias>:<sub>` (alias: lower-case letters and digits), so no local
+  principal can ever be named like one;
 - role: letters, digits and `._-`, up to 64;
 - model pattern: a registry model name, or a glob of one (`*`, `?`, `[...]`), up to 64.
 
@@ -29,6 +31,8 @@ from secure_maas.policy.errors import InvalidRule
 from secure_maas.timeutil import isoformat
 
 PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:|+\-]{0,127}$")
+EXTERNAL_PREFIX = "ext:"
+EXTERNAL_NAME = re.compile(r"^ext:[a-z0-9]{1,32}:[A-Za-z0-9][A-Za-z0-9._@:|+\-]*$")
 ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9._\-*?\[\]!]{1,64}$")
 LABEL_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
@@ -57,12 +61,41 @@ WINDOW_ORDER = {Window.MINUTE: 0, Window.HOUR: 1, Window.DAY: 2}
 
 
 def check_principal_name(name: object) -> str:
+    """A local principal's name or a well-formed external one (`ext:<alias>:<sub>`)."""
     if not isinstance(name, str) or not PRINCIPAL_NAME.match(name):
         raise InvalidRule(
             f"invalid principal name {name!r}: letters, digits and ._@:|+- (up to 128), "
             "starting with a letter or digit"
         )
+    if is_external(name) and not EXTERNAL_NAME.match(name):
+        raise InvalidRule(
+            f"invalid principal name {name!r}: names beginning ext: are external subjects, "
+            "ext:<alias>:<sub> (see `secure-maas principal external-name`)"
+        )
     return name
+
+
+def is_external(name: str) -> bool:
+    """Whether `name` is in the external subjects' namespace (never a local principal)."""
+    return name.startswith(EXTERNAL_PREFIX)
+
+
+def check_external_name(name: object) -> str:
+    """An external subject's name, `ext:<alias>:<sub>`."""
+    checked = check_principal_name(name)
+    if not is_external(checked):
+        raise InvalidRule(f"{checked!r} is not an external subject (ext:<alias>:<sub>)")
+    return checked
+
+
+def check_local_name(name: object) -> str:
+    """A principal name that may hold local tokens and links: never an external one."""
+    checked = check_principal_name(name)
+    if is_external(checked):
+        raise InvalidRule(
+            f"{checked!r} is an external subject: its tokens come from its identity provider"
+        )
+    return checked
 
 
 def check_role_name(name: object) -> str:
