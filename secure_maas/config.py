@@ -49,6 +49,7 @@ class Settings:
     external_jwks: Path | None = None
     external_roles_claim: str | None = None
     max_body_bytes: int = 8 * MIB
+    body_timeout: timedelta = timedelta(seconds=5)
     cache_bytes: int = 2 * GIB
     batch_max_size: int = 64
     batch_max_wait_us: int = 2000
@@ -114,6 +115,19 @@ def _parse_ttl(text: str) -> timedelta:
     return ttl
 
 
+def _duration_between(low: timedelta, high: timedelta) -> Callable[[str], timedelta]:
+    """A parser of durations (`5`, `5s`, `1m`) bounded to `low`..`high`."""
+
+    def parse(text: str) -> timedelta:
+        duration = parse_duration(text)
+        if not low <= duration <= high:
+            shown = f"{format_duration(low)}..{format_duration(high)}"
+            raise ValueError(f"{text!r} is outside {shown}")
+        return duration
+
+    return parse
+
+
 def _parse_claim(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_:/.\-]+", text) or ".." in text or text.startswith("."):
         raise ValueError(f"{text!r} is not a claim name (a dotted path such as realm_access.roles)")
@@ -163,6 +177,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "external_jwks": _parse_path,
     "external_roles_claim": _parse_claim,
     "max_body_bytes": _bytes_between(KIB, GIB),
+    "body_timeout": _duration_between(timedelta(seconds=1), timedelta(minutes=5)),
     "cache_bytes": _bytes_between(MIB, 1 << 40),
     "batch_max_size": _int_between(1, 4096),
     "batch_max_wait_us": _int_between(0, 1_000_000),

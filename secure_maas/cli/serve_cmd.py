@@ -76,6 +76,12 @@ def _preflight(app: AppContext) -> None:
     help="Longest wait for batch-mates in microseconds (default: SECURE_MAAS_BATCH_MAX_WAIT_US).",
 )
 @click.option(
+    "--access-log",
+    is_flag=True,
+    help="Under gunicorn, log each request to standard error (method, path without its query "
+    "string, status, size, time); the development server always logs them at INFO.",
+)
+@click.option(
     "--graceful-timeout",
     type=click.IntRange(1, 3600),
     default=30,
@@ -92,6 +98,7 @@ def serve(
     threads: int,
     batch_max_size: int | None,
     batch_max_wait_us: int | None,
+    access_log: bool,
     graceful_timeout: int,
 ) -> None:
     """Serve the TF Serving and Open Inference Protocol APIs over HTTP.
@@ -99,7 +106,8 @@ def serve(
     Binds 127.0.0.1 by default: put a TLS-terminating reverse proxy in front to expose it.
     Without --workers this is the development server (one process, threaded); with
     --workers N --threads M it runs under gunicorn, each worker its own app after the fork,
-    and SIGTERM drains in-flight requests before the workers stop.
+    and SIGTERM drains in-flight requests before the workers stop. Logs never hold a query
+    string (tokens sent as ?access_token= stay out of them).
 
     \b
     Example:
@@ -107,9 +115,12 @@ def serve(
         secure-maas serve --workers 4 --threads 8 --port 8501   # production (gunicorn)
     """
     settings = _settings(app, batch_max_size, batch_max_wait_us)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from secure_maas.audit.text import EscapingFormatter
+
+    # Log lines quote what callers sent (paths, names): never a raw control character.
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     _preflight(app)
     if workers is None:
         _development(settings, host, port, preload)
@@ -123,6 +134,8 @@ def serve(
         "graceful_timeout": graceful_timeout,
         "loglevel": settings.log_level.lower(),
     }
+    if access_log:
+        options["accesslog"] = "-"
     click.echo(
         f"secure-maas: gunicorn on http://{_bind(host, port)} "
         f"({workers} workers x {threads} threads)",
@@ -138,7 +151,7 @@ def _bind(host: str, port: int) -> str:
 def _development(settings: Settings, host: str, port: int, preload: tuple[str, ...]) -> None:
     from werkzeug.serving import run_simple
 
-    from secure_maas.serving.app import close_app, create_app
+    from secure_maas.serving.app import close_app, create_app, development_handler
 
     flask_app = create_app(settings, preload=preload)
 
@@ -152,7 +165,8 @@ def _development(settings: Settings, host: str, port: int, preload: tuple[str, .
         err=True,
     )
     try:
-        run_simple(host, port, flask_app, threaded=True, use_reloader=False, use_debugger=False)
+        run_simple(host, port, flask_app, threaded=True, use_reloader=False, use_debugger=False,
+                   request_handler=development_handler(settings))  # fmt: skip
     except KeyboardInterrupt:
         pass
     finally:

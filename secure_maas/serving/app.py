@@ -4,27 +4,44 @@ No app exists at import time. `create_app` builds the process's `Services` (engi
 policy, audit writer, model cache, metrics) unless it is given one, registers the one JSON
 error handler and the blueprints, and gives every response an `X-Request-Id` (the caller's,
 when plain and short enough, else a fresh one; the same id is in the request's audit event).
-`close_app(app)` releases what the app built: gunicorn calls it when a worker exits, the
-development server when it stops.
+A request whose body was declared but not read in full gets its connection closed after the
+answer (nothing waits for the unread rest). `close_app(app)` releases what the app built:
+gunicorn calls it when a worker exits, the development server when it stops.
+
+`redact_queries` is the one rule for what of a request target may be logged: the path, never
+the query string (a token sent as `?access_token=` must not land in a log); the development
+server's request handler (`development_handler`) and gunicorn's loggers apply it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from flask import Flask, Response, g, request
+from werkzeug.serving import WSGIRequestHandler
 
+from secure_maas.audit.text import escape_controls
 from secure_maas.config import Settings, load_settings
 from secure_maas.serving.errors import register_error_handler
 from secure_maas.serving.headers import REQUEST_ID_HEADER, request_id
+from secure_maas.serving.pipeline import BODY_READ, CLOSE_CONNECTION, DEADLINES, BodyDeadlines
 from secure_maas.serving.services import Services
 from secure_maas.serving.views import admin, oip, ops, platform, tfserving, unmatched
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "secure_maas"
+#: Methods the metrics name; any other (a client may send any token) is counted as "other", so
+#: a caller cannot grow the number of metric series without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: A query string in a log line: from the `?` that follows a path up to the next space or quote.
+_QUERY = re.compile(r"(?<=[^\s\"'])\?[^\s\"']*")
+#: The terminal colours werkzeug puts around its request lines.
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def create_app(
@@ -46,6 +63,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SECURE_MAAS_OWNS_SERVICES"] = owned
     app.extensions[EXTENSION] = services
+    app.extensions[DEADLINES] = BodyDeadlines()
     register_error_handler(app)
     unmatched.register(app)
     for blueprint in (tfserving.bp, platform.bp, oip.bp, admin.bp, ops.bp):
@@ -76,8 +94,19 @@ def _install_request_hooks(app: Flask, services: Services) -> None:
         endpoint = rule.endpoint if rule is not None else "unmatched"
         started = g.get("started")
         elapsed = time.perf_counter() - started if started is not None else 0.0
-        metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
+        method = request.method if request.method in HTTP_METHODS else "other"
+        metrics.observe_request(endpoint, method, response.status_code, elapsed)
+        if _body_left_unread():
+            request.environ[CLOSE_CONNECTION] = True
         return response
+
+
+def _body_left_unread() -> bool:
+    """Whether the request declared a body that was not read in full."""
+    if request.environ.get(BODY_READ):
+        return False
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return bool(request.content_length) or chunked
 
 
 def services_of(app: Flask) -> Services:
@@ -87,6 +116,33 @@ def services_of(app: Flask) -> Services:
 
 
 def close_app(app: Flask) -> None:
-    """Release what `create_app` built for `app` (nothing when its services were given)."""
+    """Release what `create_app` built for `app` (its services only when it owns them)."""
+    deadlines = app.extensions.get(DEADLINES)
+    if isinstance(deadlines, BodyDeadlines):
+        deadlines.close()
     if app.config.get("SECURE_MAAS_OWNS_SERVICES"):
         services_of(app).close()
+
+
+def redact_queries(text: str) -> str:
+    """`text` (a log line, a request line) with every query string removed: `GET
+    /v1/models?access_token=x HTTP/1.1` becomes `GET /v1/models HTTP/1.1`."""
+    return _QUERY.sub("", text)
+
+
+class DevelopmentRequestHandler(WSGIRequestHandler):
+    """The development server's handler: its log lines (requests, bad request lines) have
+    their query strings removed, and werkzeug's terminal colours, which a log file would keep
+    as raw escape sequences."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        text = _COLOURS.sub("", message % args if args else message)
+        super().log(type, "%s", escape_controls(redact_queries(text)))
+
+
+def development_handler(settings: Settings) -> type[DevelopmentRequestHandler]:
+    """The handler for `settings`: a connection whose socket stays silent for the body timeout
+    plus 10 s is dropped (each connection has its own thread there; the body's own deadline is
+    the pipeline's, see `BodyDeadlines`)."""
+    seconds = settings.body_timeout.total_seconds() + 10
+    return type("DevelopmentRequestHandler", (DevelopmentRequestHandler,), {"timeout": seconds})

@@ -21,6 +21,7 @@ _STATUS_TEXT = {
     401: "No bearer token, a malformed Authorization header, or a refused token",
     403: "The access policy does not allow this request (why is in the audit log only)",
     404: "No such model or version, or one the caller may not see (the same answer)",
+    408: "The body did not arrive within SECURE_MAAS_BODY_TIMEOUT",
     413: "The body is over SECURE_MAAS_MAX_BODY_BYTES",
     415: "The body's content type is not JSON",
     429: "Over quota; Retry-After says when to try again",
@@ -130,7 +131,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         add(path, "post", _operation(
             "TF Serving predict: row (instances -> predictions) or columnar "
             "(inputs -> outputs) format", "TF Serving", _ok("PredictResponse"),
-            action="model:predict", errors=(400, 415, 429), body="PredictRequest",
+            action="model:predict", errors=(400, 408, 415, 429), body="PredictRequest",
             path_params=params,
         ))  # fmt: skip
     add("/v1/models", "get", _operation(
@@ -162,7 +163,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         add(path, "post", _operation(
             "OIP inference (JSON, or JSON then binary tensors with "
             "Inference-Header-Content-Length)", "Open Inference Protocol",
-            _ok("InferResponse"), action="model:predict", errors=(400, 429),
+            _ok("InferResponse"), action="model:predict", errors=(400, 408, 429),
             body="InferRequest", path_params=params,
         ))  # fmt: skip
     audit_query = tuple(

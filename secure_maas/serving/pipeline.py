@@ -1,36 +1,49 @@
 """The one request pipeline: every guarded view runs through it, in this order.
 
-1. body size limit (413), before anything is parsed or verified;
+1. a declared body size over the limit (413), before anything is parsed or verified;
 2. bearer token (401 with `WWW-Authenticate`; a malformed header is a 401 too);
 3. the model the URL names, resolved from the registry copy without loading weights (404);
 4. visibility: a caller who may neither do the action nor `model:list` on that version gets the
    404 of a model that does not exist, word for word (invariant 1); one who may list it but
    never do the action gets 403 here, before its body is read, so 400 messages cannot tell it
    the model's signature;
-5. the body, parsed and checked against the signature (415, 400);
+5. the body: its content type (415), then the body itself, read only now, for a caller allowed
+   to proceed: at most `max_body_bytes` whether it has a Content-Length or is chunked (413),
+   all of it within `body_timeout` (408), then parsed and checked against the signature (400);
 6. the access decision with the real row count (403: a generic message; why goes to audit);
 7. the quota (429 with `Retry-After`), consumed only for predictions;
 8. the model call, and the response.
+
+Steps 1-4 use the request line and headers only: nobody gets a thread to wait on its body
+before it is known to be allowed to send one, and a request refused before its body was read
+closes its connection (`CLOSE_CONNECTION`), so the unread rest is never waited for either.
 
 Views declare their action with `@guarded(Action...)` and receive a `Call`, whose methods are
 the steps (`model`, `parse`, `predict`, `authorize`, `visible`); the order above is all they can
 do, and a view that answers without an allowing decision gets a 500, never a pass. Every
 outcome, 2xx or error, is an audit event committed before the response is returned; if that
-write fails the answer is 503 (fail closed). Unreadable state (database, keys) is a 503; an
-unexpected exception a 500 with a fixed message. No traceback ever reaches a caller.
+write fails the answer is 503 (fail closed). The event's `body_sha256` is the digest of the
+whole body as received, and there is none when the body was not read in full (refused before
+it, over the limit, late or cut short): a digest of a part would claim what was not sent.
+Unreadable state (database, keys) is a 503; an unexpected exception a 500 with a fixed
+message. No traceback ever reaches a caller.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import heapq
+import itertools
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import IO, Protocol, TypeVar
 
 from flask import Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from secure_maas.actions import Action
 from secure_maas.audit import ActorKind, AuditEvent, AuditUnavailable, body_digest
@@ -57,6 +70,15 @@ from secure_maas.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+#: WSGI environ keys: the body was read in full (`BODY_READ`); the server should close the
+#: connection after this answer (`CLOSE_CONNECTION`, honoured by our gunicorn worker; the
+#: development server closes every connection anyway).
+BODY_READ = "secure_maas.body_read"
+CLOSE_CONNECTION = "secure_maas.close_connection"
+#: Where the app keeps its `BodyDeadlines`.
+DEADLINES = "secure_maas.body_deadlines"
+#: Bytes asked of the server's body stream at a time.
+READ_STEP = 64 * 1024
 FORBIDDEN = "permission denied"
 UNAVAILABLE = "service unavailable"
 INTERNAL = "internal error"
@@ -126,25 +148,13 @@ class Call:
 
     # -- steps 1-2: what every guarded request goes through -------------------------------
 
-    def read_body(self) -> None:
-        """Step 1: refuse a body over the limit before reading it; otherwise read and hash it."""
+    def check_length(self) -> None:
+        """Step 1: refuse a declared body over the limit (a header: refusing costs nothing)."""
         limit = self.services.settings.max_body_bytes
-        too_large = ApiError(413, f"request body too large: the limit is {limit} bytes")
         length = request.content_length
         if length is not None and length > limit:
             self.reason = f"Content-Length {length} is over {limit}"
-            raise too_large
-        try:
-            data = request.get_data(cache=True)  # MAX_CONTENT_LENGTH bounds chunked bodies too
-        except RequestEntityTooLarge:
-            self.reason = f"body over {limit} bytes"
-            raise too_large from None
-        if len(data) > limit:
-            self.reason = f"body of {len(data)} bytes is over {limit}"
-            raise too_large
-        self.body = data
-        if data:
-            self.body_sha256 = body_digest(data)
+            raise self._too_large()
 
     def authenticate(self) -> Principal:
         """Step 2: the principal of the bearer token (401 otherwise; 503 if it cannot be
@@ -205,18 +215,60 @@ class Call:
     # -- step 5: the body ------------------------------------------------------------------
 
     def parse(self, parser: Callable[[bytes], ParsedT], content_types: frozenset[str]) -> ParsedT:
-        """Step 5: the body parsed by `parser` (415 for another content type, 400 if bad)."""
+        """Step 5: the body, read now, parsed by `parser` (415 for another content type, 400 if
+        bad)."""
         try:
             check_content_type(request.mimetype, content_types)
         except ApiError:
             self.reason = f"content type {request.mimetype[:64]!r}"
             raise
+        self.read_body()
         try:
             parsed = parser(self.body)
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
         self.rows = parsed.rows
         return parsed
+
+    def read_body(self) -> None:
+        """The whole body, now that the caller may send it, and its digest: 413 past
+        `max_body_bytes` (a chunked body is read up to one byte past it, never served cut),
+        408 unless all of it arrives within `body_timeout`, 400 if it ends early or its
+        framing is broken."""
+        settings = self.services.settings
+        limit, seconds = settings.max_body_bytes, settings.body_timeout.total_seconds()
+        environ = request.environ
+        length = request.content_length
+        if length is None and not environ.get("wsgi.input_terminated"):
+            environ[BODY_READ] = True  # neither a length nor a framing the server ends: none
+            return
+        wanted = limit + 1 if length is None else length
+        watch = _watch(environ, seconds)
+        try:
+            data, failure = read_up_to(environ["wsgi.input"], wanted)
+        finally:
+            late = watch is not None and watch.cancel()
+        if late:
+            environ[CLOSE_CONNECTION] = True  # the socket no longer reads: no next request
+        if len(data) > limit:
+            self.reason = f"body without Content-Length over {limit} bytes"
+            raise self._too_large()
+        if failure is not None or (length is not None and len(data) < length):
+            expected = "unknown" if length is None else str(length)
+            if late:
+                self.reason = f"body not received within {seconds:g} s: {len(data)} of {expected}"
+                raise ApiError(
+                    408,
+                    f"request body not received within {seconds:g} seconds",
+                    reason_code="body_timeout",
+                )
+            cause = f" ({type(failure).__name__})" if failure is not None else ""
+            self.reason = f"body cut short{cause}: {len(data)} of {expected} bytes"
+            raise ApiError(400, "request body incomplete or malformed", reason_code="bad_body")
+        environ[BODY_READ] = True
+        self.body = data
+        if data:
+            self.body_sha256 = body_digest(data)
 
     # -- steps 6-8: decision with rows, quota, model call ------------------------------------
 
@@ -308,6 +360,10 @@ class Call:
         self.reason = decision.reason
         return ApiError(403, FORBIDDEN)
 
+    def _too_large(self) -> ApiError:
+        limit = self.services.settings.max_body_bytes
+        return ApiError(413, f"request body too large: the limit is {limit} bytes")
+
     def _missing(self, code: str = "not_found") -> ApiError:
         return ApiError(404, self._not_found or "not found", reason_code=code)
 
@@ -316,7 +372,7 @@ class Call:
     def run(self, view: Callable[..., Response], arguments: dict[str, object]) -> Response:
         """Run `view` through the pipeline; returns its response only once it is audited."""
         try:
-            self.read_body()
+            self.check_length()
             self.authenticate()
             response = view(self, **arguments)
             if not self.allowed:
@@ -378,6 +434,7 @@ class Call:
             rows=self.rows,
             body_sha256=self.body_sha256,
             request_id=self.request_id,
+            detail=principal.audit_detail() if principal is not None else None,
         )
 
 
@@ -402,3 +459,111 @@ def guarded(action: Action, *, api: Api) -> Callable[[View], View]:
         return run
 
     return decorate
+
+
+# -- reading a body under a deadline -----------------------------------------------------------
+
+
+def read_up_to(stream: IO[bytes], wanted: int) -> tuple[bytes, Exception | None]:
+    """Up to `wanted` bytes of `stream` (fewer where it ends), and the exception that stopped
+    the reading early, if one did."""
+    pieces: list[bytes] = []
+    got = 0
+    try:
+        while got < wanted:
+            piece = stream.read(min(READ_STEP, wanted - got))
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+    except Exception as exc:  # each server raises its own for a broken or cut body
+        return b"".join(pieces), exc
+    return b"".join(pieces), None
+
+
+def _watch(environ: dict[str, object], seconds: float) -> Watch | None:
+    """A deadline on the request's socket, where the server tells which it is (gunicorn and
+    the development server do; without one, the proxy's body timeout is the only bound)."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    deadlines = current_app.extensions.get(DEADLINES)
+    if not isinstance(sock, socket.socket) or not isinstance(deadlines, BodyDeadlines):
+        return None
+    return deadlines.watch(sock, seconds)
+
+
+class Watch:
+    """One request's deadline; `cancel()` says whether it had already passed."""
+
+    def __init__(self, sock: socket.socket, owner: BodyDeadlines) -> None:
+        self.sock = sock
+        self.owner = owner
+        self.active = True
+        self.expired = False
+
+    def cancel(self) -> bool:
+        """Stop watching; whether the deadline passed first (the socket then reads no more)."""
+        return self.owner.cancel(self)
+
+
+class BodyDeadlines:
+    """Cuts off request bodies that are late: at a body's deadline the read side of its socket
+    is shut down, so a read blocked in whatever stream the server gives the app returns at
+    once, with what had arrived. One thread per process, started on first use.
+
+    Socket timeouts cannot do this: a server's body stream (gunicorn's, or the development
+    server's buffered file) makes as many socket reads as it takes to fill one read call, each
+    with the timeout afresh, so a client sending a byte just inside it would hold a thread for
+    as long as it liked; and a timed-out buffered file refuses every later read.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, sock: socket.socket, seconds: float) -> Watch:
+        """Shut `sock`'s read side in `seconds` unless the returned watch is cancelled first."""
+        watch = Watch(sock, self)
+        with self._condition:
+            if self._closed:  # the app is closing: the server's own limits still hold
+                watch.active = False
+                return watch
+            entry = (time.monotonic() + seconds, next(self._order), watch)
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="secure-maas-body-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0][2] is watch:  # the thread sleeps until a later deadline: wake it
+                self._condition.notify()
+        return watch
+
+    def cancel(self, watch: Watch) -> bool:
+        with self._condition:
+            watch.active = False
+            return watch.expired
+
+    def close(self) -> None:
+        """Stop the thread (watches still open are left alone)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        with self._condition:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and (not self._heap[0][2].active or self._heap[0][0] <= now):
+                    _, _, watch = heapq.heappop(self._heap)
+                    if watch.active:
+                        watch.active, watch.expired = False, True
+                        with contextlib.suppress(OSError):  # closed by the server or the peer
+                            watch.sock.shutdown(socket.SHUT_RD)
+                wait = self._heap[0][0] - now if self._heap else None
+                self._condition.wait(wait)
