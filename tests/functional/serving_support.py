@@ -168,6 +168,19 @@ def database_url(request: pytest.FixtureRequest, tmp: Path) -> Iterator[str]:
         connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
+def prepared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, prefix: str
+) -> Iterator[Instance]:
+    """The serving tests' instance on the database `request.param` names, for a module-scoped
+    fixture parametrized sqlite/postgresql: `yield from prepared(request, factory, "name")`."""
+    tmp = tmp_path_factory.mktemp(f"{prefix}-{request.param}")
+    urls = database_url(request, tmp)
+    made = prepare(tmp, next(urls))
+    yield made
+    made.engine.dispose()
+    next(urls, None)
+
+
 def prepare(tmp: Path, url: str) -> Instance:
     """Keys, schema, models, principals, rules and tokens of the serving tests."""
     settings = Settings(

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import pytest
 
 from secure_maas.audit import AuditRecord
-from tests.functional.serving_support import Instance, by_request, database_url, prepare, server
+from tests.functional.serving_support import Instance, by_request, prepared, server
 from tests.system.support import GUNICORN
 
 INFER = "/v2/models/digits/infer"
@@ -37,12 +37,7 @@ ROW = [0.1, -0.2, 0.3, 0.4]
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"bad-input-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "bad-input")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.functional.serving_support import Instance, database_url, prepare, server
+from tests.functional.serving_support import Instance, prepared, server
 
 SECRET = "eyJzZWNyZXQiOiJ0b2tlbiJ9.c2VjcmV0.c2lnbmF0dXJl"
 
@@ -30,12 +30,7 @@ SECRET = "eyJzZWNyZXQiOiJ0b2tlbiJ9.c2VjcmV0.c2lnbmF0dXJl"
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"logs-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "logs")
 
 
 def status_of(url: str) -> int:

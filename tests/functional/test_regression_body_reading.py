@@ -36,9 +36,8 @@ from tests.functional.serving_support import (
     BODY_LIMIT,
     Instance,
     by_request,
-    database_url,
     models,
-    prepare,
+    prepared,
     server,
 )
 
@@ -63,12 +62,7 @@ class Configured(Instance):
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"body-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "body")
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,7 @@ from tests.functional.cli import run_cli
 from tests.functional.serving_support import (
     Instance,
     by_request,
-    database_url,
-    prepare,
+    prepared,
     server,
 )
 
@@ -57,12 +56,7 @@ def printed_safely(output: str) -> None:
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"log-injection-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "log-injection")
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,7 @@ from tests.functional.serving_support import (
     Instance,
     Served,
     by_request,
-    database_url,
-    prepare,
+    prepared,
     server,
 )
 from tests.system.support import GUNICORN
@@ -46,12 +45,7 @@ PROBES = 8  # requests on fresh connections, so both workers are asked
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"leeway-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "leeway")
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ from tests.functional.serving_support import (
     BODY_LIMIT,
     Instance,
     by_request,
-    database_url,
     events,
     models,
-    prepare,
+    prepared,
 )
 
 X = np.random.default_rng(11).normal(size=(5, 4)).astype(np.float32)
@@ -38,12 +37,7 @@ PREDICT = "/v1/models/digits:predict"
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"serving-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "serving")
 
 
 @pytest.fixture(scope="module")

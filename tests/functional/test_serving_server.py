@@ -32,9 +32,8 @@ from tests.functional.serving_support import (
     BODY_LIMIT,
     Instance,
     by_request,
-    database_url,
     models,
-    prepare,
+    prepared,
     server,
 )
 
@@ -47,12 +46,7 @@ B = np.random.default_rng(23).normal(size=(4, 2)).astype(np.float32)
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp(f"server-{request.param}")
-    urls = database_url(request, tmp)
-    made = prepare(tmp, next(urls))
-    yield made
-    made.engine.dispose()
-    next(urls, None)
+    yield from prepared(request, tmp_path_factory, "server")
 
 
 @pytest.fixture(scope="module")
