@@ -26,9 +26,9 @@ from werkzeug.serving import WSGIRequestHandler
 
 from secure_maas.audit.text import escape_controls
 from secure_maas.config import Settings, load_settings
+from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, DEADLINES, BodyDeadlines
 from secure_maas.serving.errors import register_error_handler
 from secure_maas.serving.headers import REQUEST_ID_HEADER, request_id
-from secure_maas.serving.pipeline import BODY_READ, CLOSE_CONNECTION, DEADLINES, BodyDeadlines
 from secure_maas.serving.services import Services
 from secure_maas.serving.views import admin, oip, ops, platform, tfserving, unmatched
 

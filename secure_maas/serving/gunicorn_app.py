@@ -55,7 +55,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-
 
 from secure_maas.config import Settings
 from secure_maas.serving.app import redact_queries
-from secure_maas.serving.pipeline import CLOSE_CONNECTION
+from secure_maas.serving.bodies import CLOSE_CONNECTION
 
 #: Seconds a connection has to send its whole request head once it is accepted (or, kept
 #: alive, once it sends the first byte of its next request).
