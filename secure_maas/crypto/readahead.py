@@ -10,7 +10,10 @@ the work is the same as reading in line (bench/crypto.py measures both).
 
 The reader never runs more than `DEPTH` chunks ahead, so the memory cost is `DEPTH` chunk
 buffers, and it stops and is joined before `read_ahead` returns, whatever happened: nothing
-touches the source or the digest after the caller's `with` block.
+touches the source or the digest after the caller's `with` block. A buffer is never larger
+than the longest chunk actually read nor than what is left in the source: the lengths come
+from an artifact's header before anything in it is authenticated, and a tiny file whose
+header claims 64 MiB chunks must not cost 64 MiB buffers (issue 15.4).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from secure_maas.crypto.framing import Source, read_exact
+from secure_maas.crypto.framing import InvalidArtifact, Source, read_exact
 
 DEPTH = 3
 
@@ -37,7 +40,7 @@ def read_ahead(
     where it happened, so a caller sees every earlier chunk first, exactly as reading in line.
     """
     lengths = _Lengths(count, length, last_length)
-    views = [memoryview(bytearray(max(length, last_length))) for _ in range(min(DEPTH, count))]
+    views = [memoryview(bytearray(size)) for size in buffer_sizes(src, count, length, last_length)]
     free: queue.SimpleQueue[int] = queue.SimpleQueue()
     ready: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     stop = threading.Event()
@@ -52,6 +55,8 @@ def read_ahead(
                     return
                 view = views[slot][:length]
                 read_exact(src, view, "body")
+                if len(view) < length:  # the source ended within this chunk: truncated here
+                    raise InvalidArtifact("truncated", "body truncated")
                 observe(view)
                 ready.put(slot)
         except BaseException as exc:  # handed to the caller's thread, raised there
@@ -74,6 +79,18 @@ def read_ahead(
         stop.set()
         free.put(-1)  # wakes a reader waiting for a free buffer; it then sees `stop`
         thread.join()
+
+
+def buffer_sizes(src: Source, count: int, length: int, last_length: int) -> list[int]:
+    """The sizes of the buffers `read_ahead` allocates: one per chunk in flight (at most
+    `DEPTH`), each the longest chunk that will be read (`last_length` alone when there is one
+    chunk), and never more than the source still holds: a chunk the source cannot hold fails
+    as truncated when its turn comes, so a bigger buffer would only serve a lying header."""
+    position = src.tell()
+    left = max(0, src.seek(0, 2) - position)
+    src.seek(position)
+    longest = last_length if count <= 1 else max(length, last_length)
+    return [min(longest, left)] * min(DEPTH, count)
 
 
 class _Lengths:

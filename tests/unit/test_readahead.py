@@ -1,16 +1,18 @@
 """Reading an artifact's chunks ahead on a second thread: same bytes, same order, same errors
-as reading in line, bounded memory, and no thread or read left behind."""
+as reading in line, bounded memory (by the source, not by claimed lengths: issue 15.4), and no
+thread or read left behind."""
 
 from __future__ import annotations
 
 import io
 import os
 import threading
+import tracemalloc
 
 import pytest
 
 from secure_maas.crypto import InvalidArtifact
-from secure_maas.crypto.readahead import DEPTH, read_ahead
+from secure_maas.crypto.readahead import DEPTH, buffer_sizes, read_ahead
 
 
 def _alive() -> list[str]:
@@ -65,4 +67,30 @@ def test_chunk_lengths_are_not_materialised() -> None:
     """A file of a billion 1-byte chunks must not cost a billion-entry list up front."""
     with read_ahead(io.BytesIO(b"abc"), 10**9, 1, 1, lambda v: None) as it:
         assert [bytes(next(it)) for _ in range(3)] == [b"a", b"b", b"c"]
+    assert not _alive()
+
+
+def test_buffers_are_bounded_by_the_source_and_the_chunks_read() -> None:
+    source = io.BytesIO(b"x" * 300)
+    source.seek(100)
+    assert buffer_sizes(source, 5, 64 << 20, 64 << 20) == [200] * DEPTH
+    assert source.tell() == 100  # sizing does not move the reader
+    assert buffer_sizes(source, 1, 64 << 20, 26) == [26]  # one chunk: only its length
+    assert buffer_sizes(source, 2, 64, 10) == [64, 64]
+    assert buffer_sizes(source, 0, 64, 64) == []
+
+
+def test_three_claimed_64_mib_chunks_in_a_tiny_source_cost_no_64_mib_buffers() -> None:
+    """Before issue 15.4 this allocated three 64 MiB buffers to read 100 bytes."""
+    data = os.urandom(100)
+    got: list[bytes] = []
+    tracemalloc.start()
+    try:
+        reading = read_ahead(io.BytesIO(data), 3, 64 << 20, 64 << 20, lambda v: None)
+        with pytest.raises(InvalidArtifact) as caught, reading as it:
+            got.extend(bytes(chunk) for chunk in it)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.code == "truncated" and got == [] and peak < 256 << 10
     assert not _alive()
