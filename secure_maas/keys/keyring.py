@@ -43,7 +43,7 @@ from secure_maas.crypto import (
     load_secret,
 )
 from secure_maas.errors import SecureMaasError
-from secure_maas.keys.permissions import FOLDER_MODE, check_folder, check_private_file
+from secure_maas.keys.permissions import FOLDER_MODE, check_folder, read_key_file
 from secure_maas.keys.records import (
     MANIFEST_NAME,
     KeyKind,
@@ -86,9 +86,9 @@ def _key_id(kind: KeyKind, fingerprint: str) -> str:
 
 
 def _require_folder(folder: Path) -> None:
-    if not folder.exists():
+    if not folder.exists() and not folder.is_symlink():
         raise KeyringError(f"keys folder {folder} does not exist: run `secure-maas keys init`")
-    if not folder.is_dir():
+    if not folder.is_dir() and not folder.is_symlink():
         raise KeyringError(f"keys folder {folder} is not a folder")
     check_folder(folder)
 
@@ -103,7 +103,7 @@ def _algorithm(kind: KeyKind, *, pq: bool) -> Algorithm:
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -138,12 +138,14 @@ class Keyring:
         `pq` makes a missing service key the post-quantum hybrid (ML-KEM-768 + X25519), for
         models stored for years; it does not touch a service key that already exists.
         """
+        if folder.is_symlink():
+            check_folder(folder)  # refused, naming the fix: never chmod through a link
         if folder.exists() and not folder.is_dir():
             raise KeyringError(f"keys folder {folder} is a file, not a folder")
         tightened = False
         if not folder.exists():
             folder.mkdir(mode=FOLDER_MODE, parents=True)
-        elif (folder.stat().st_mode & 0o077) != 0:
+        elif (folder.stat().st_mode & 0o077) != 0 and folder.stat().st_uid == os.geteuid():
             # init is the one command that may fix the folder: a fresh clone has it at 0755.
             os.chmod(folder, FOLDER_MODE)
             tightened = True
@@ -193,21 +195,22 @@ class Keyring:
         keys = [r for r in self._records if r.kind is kind and r.usable]
         return sorted(keys, key=lambda r: r.status is not KeyStatus.ACTIVE)
 
-    def _file(self, name: str | None, record: KeyRecord, what: str) -> Path:
+    def _read(self, name: str | None, record: KeyRecord, *, private: bool) -> tuple[Path, bytes]:
+        """The file's path and bytes: one open, no link, checked on the descriptor read."""
         if name is None:
-            raise KeyringError(f"key {record.id} has no {what} file")
+            raise KeyringError(f"key {record.id} has no {'private' if private else 'public'} file")
         path = self.folder / name
-        if not path.is_file():
-            raise KeyringError(f"{path} is missing (listed in {self.folder / MANIFEST_NAME})")
-        return path
-
-    def _read_private(self, record: KeyRecord) -> tuple[Path, bytes]:
-        path = self._file(record.private_file, record, "private")
-        check_private_file(path)
         try:
-            return path, path.read_bytes()
+            return path, read_key_file(self.folder, name, private=private)
+        except FileNotFoundError:
+            raise KeyringError(
+                f"{path} is missing (listed in {self.folder / MANIFEST_NAME})"
+            ) from None
         except OSError as exc:
             raise KeyringError(f"cannot read {path}: {exc.strerror}") from exc
+
+    def _read_private(self, record: KeyRecord) -> tuple[Path, bytes]:
+        return self._read(record.private_file, record, private=True)
 
     def _mismatch(self, path: Path) -> InvalidKey:
         return InvalidKey(f"{path} does not match the fingerprint in {self.folder / MANIFEST_NAME}")
@@ -233,8 +236,8 @@ class Keyring:
     def public_key(self, key_id: str) -> PublicKey:
         """Load a public key and check it against its recorded fingerprint."""
         record = self.get(key_id)
-        path = self._file(record.public_file, record, "public")
-        key = load_public(record.algorithm, path.read_bytes(), name=str(path))
+        path, data = self._read(record.public_file, record, private=False)
+        key = load_public(record.algorithm, data, name=str(path))
         if key.fingerprint != record.fingerprint:
             raise self._mismatch(path)
         return key

@@ -16,6 +16,7 @@ from typing import Any
 from secure_maas.atomic import atomic_write
 from secure_maas.crypto import Algorithm
 from secure_maas.errors import SecureMaasError
+from secure_maas.keys.permissions import read_key_file
 from secure_maas.timeutil import isoformat, parse_isoformat
 
 MANIFEST_NAME = "keyring.json"
@@ -108,16 +109,20 @@ class ManifestError(SecureMaasError):
 
 
 def read_manifest(folder: Path) -> list[KeyRecord]:
-    """The records of `folder`'s manifest; an absent manifest is an empty keyring."""
+    """The records of `folder`'s manifest; an absent manifest is an empty keyring.
+
+    Read as the key files are (`read_key_file`): the manifest says which keys are trusted, so
+    a link or a file others can write is refused like a loose private key.
+    """
     path = folder / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_key_file(folder, MANIFEST_NAME, private=False)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
     try:
-        document = json.loads(text)
+        document = json.loads(data.decode("utf-8"))
         if document.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"unknown format {document.get('format')!r}")
         return [KeyRecord.from_json(item) for item in document["keys"]]
