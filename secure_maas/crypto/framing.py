@@ -4,6 +4,9 @@ This module reads and writes the frame around the ciphertext: magic, length-pref
 JSON blocks, and the arithmetic that says how long the body must be. Reading checks every length
 the file claims against the file's real size before anything is allocated or decrypted, and
 accepts each block only in its one canonical encoding.
+
+Two formats are read: v2 (`MAGIC`, what `seal` writes), whose header also holds the data key's
+commitment, and v1 (`MAGIC_V1`), whose header does not; `Header.format` says which a file is.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from typing import Any, Protocol, TypeVar
 
 from secure_maas.errors import SecureMaasError
 
-MAGIC = b"SMAAS\x00v1"
-FORMAT_VERSION = 1
+MAGIC_V1 = b"SMAAS\x00v1"
+MAGIC = b"SMAAS\x00v2"
+FORMAT_V1 = 1
+FORMAT_VERSION = 2
+MAGICS = {FORMAT_V1: MAGIC_V1, FORMAT_VERSION: MAGIC}
+COMMITMENT_BYTES = 32
 BODY_SUITE = "AES-256-GCM-STREAM"
 KEM_X25519 = "HPKE(DHKEM-X25519,HKDF-SHA256,AES-256-GCM)"
 KEM_MLKEM768_X25519 = "HPKE(MLKEM768-X25519,HKDF-SHA256,AES-256-GCM)"
@@ -31,10 +38,14 @@ COPY_BYTES = 1 << 20
 MAX_BLOCK = {"header": 1 << 20, "keyblock": 64 << 10, "trailer": 4 << 10}
 _MAX_NAME = 256
 _MAX_CHUNKS = 1 << 32
-_HEADER_FIELDS = frozenset(
+_HEADER_FIELDS_V1 = frozenset(
     {"body_suite", "chunk_size", "format", "metadata", "model", "nonce_prefix"}
     | {"plaintext_length", "plaintext_sha256", "version"}
 )
+_HEADER_FIELDS = {
+    FORMAT_V1: _HEADER_FIELDS_V1,
+    FORMAT_VERSION: _HEADER_FIELDS_V1 | {"key_commitment"},
+}
 U32 = struct.Struct(">I")
 T = TypeVar("T")
 
@@ -68,7 +79,12 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Header:
-    """The identity of an artifact; authenticated by the chunk AAD and the signature."""
+    """The identity of an artifact; authenticated by the chunk AAD and the signature.
+
+    `key_commitment` (v2) binds the header, and so the signature, to one data key: AES-GCM
+    alone does not, and the keyblock that carries the key is outside the signature. A v1
+    header has none (None), and its plaintext digest stands in for it on every open.
+    """
 
     model: str
     version: int
@@ -77,6 +93,12 @@ class Header:
     plaintext_sha256: str
     chunk_size: int
     nonce_prefix: bytes = field(repr=False)
+    key_commitment: bytes | None = field(default=None, repr=False)
+
+    @property
+    def format(self) -> int:
+        """2 for a header that commits to its data key, 1 for a legacy one."""
+        return FORMAT_V1 if self.key_commitment is None else FORMAT_VERSION
 
     @property
     def chunk_count(self) -> int:
@@ -87,10 +109,10 @@ class Header:
         return self.plaintext_length + TAG_BYTES * self.chunk_count
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        fields = {
             "body_suite": BODY_SUITE,
             "chunk_size": self.chunk_size,
-            "format": FORMAT_VERSION,
+            "format": self.format,
             "metadata": self.metadata,
             "model": self.model,
             "nonce_prefix": b64(self.nonce_prefix),
@@ -98,6 +120,9 @@ class Header:
             "plaintext_sha256": self.plaintext_sha256,
             "version": self.version,
         }
+        if self.key_commitment is not None:
+            fields["key_commitment"] = b64(self.key_commitment)
+        return fields
 
 
 @dataclass(frozen=True)
@@ -123,17 +148,21 @@ class Prelude:
 
 def read_prelude(src: Source, max_plaintext: int | None) -> Prelude:
     """Read magic, header and keyblock, then seek to the trailer and back, so that a length
-    claim the file cannot back (a truncated file, a header claiming 100 GB) fails here."""
+    claim the file cannot back (a truncated file, a header claiming 100 GB, a block longer
+    than the file) fails here, before anything of that length is allocated."""
     if not src.seekable():
         raise ValueError("artifacts are read from seekable sources (files, BytesIO)")
     start = src.tell()
     size = src.seek(0, 2) - start
     src.seek(start)
-    if size < len(MAGIC) or read_bytes(src, len(MAGIC), "magic") != MAGIC:
-        raise InvalidArtifact("bad_magic", "bad magic: not a secure-maas v1 artifact")
-    header_bytes = _read_block(src, "header")
-    header = _parse_header(header_bytes)
-    keyblock_bytes = _read_block(src, "keyblock")
+    magic = read_bytes(src, len(MAGIC), "magic") if size >= len(MAGIC) else b""
+    formats = [number for number, known in MAGICS.items() if known == magic]
+    if not formats:
+        raise InvalidArtifact("bad_magic", "bad magic: not a secure-maas v1 or v2 artifact")
+    end = start + size
+    header_bytes = _read_block(src, "header", end)
+    header = _parse_header(header_bytes, formats[0])
+    keyblock_bytes = _read_block(src, "keyblock", end)
     kem_suite, key_id, wrapped = _parse_keyblock(keyblock_bytes)
     length, body = header.plaintext_length, header.body_length
     if max_plaintext is not None and length > max_plaintext:
@@ -228,16 +257,24 @@ def wipe(buffer: bytearray | mmap.mmap) -> None:
             piece[:] = zeros[: len(piece)]
 
 
-def _parse_header(data: bytes) -> Header:
+def _parse_header(data: bytes, format_version: int) -> Header:
+    """The header of a `format_version` artifact (the magic's): the header must say the same."""
     fields = _parse_block(data, "header")
     code = "malformed_header"
     if (
-        _get(fields, "format", int, code) != FORMAT_VERSION
+        _get(fields, "format", int, code) != format_version
         or fields.get("body_suite") != BODY_SUITE
     ):
-        raise InvalidArtifact("unsupported_format", "unsupported format or body suite")
-    if set(fields) != _HEADER_FIELDS:
-        raise InvalidArtifact(code, f"header fields {sorted(fields)[:20]} are not the v1 set")
+        reason = f"unsupported format or body suite (the magic says v{format_version})"
+        raise InvalidArtifact("unsupported_format", reason)
+    if set(fields) != _HEADER_FIELDS[format_version]:
+        reason = f"header fields {sorted(fields)[:20]} are not the v{format_version} set"
+        raise InvalidArtifact(code, reason)
+    commitment = None
+    if format_version != FORMAT_V1:
+        commitment = _unb64(fields["key_commitment"], code, "key_commitment")
+        if len(commitment) != COMMITMENT_BYTES:
+            raise InvalidArtifact(code, "key_commitment is not 32 bytes")
     digest = _get(fields, "plaintext_sha256", str, code)
     if len(digest) != 64 or digest.strip("0123456789abcdef"):
         raise InvalidArtifact(code, "plaintext_sha256 is not 64 lowercase hex digits")
@@ -249,6 +286,7 @@ def _parse_header(data: bytes) -> Header:
         plaintext_sha256=digest,
         chunk_size=_get(fields, "chunk_size", int, code),
         nonce_prefix=_unb64(fields["nonce_prefix"], code, "nonce_prefix"),
+        key_commitment=commitment,
     )
     if not (name_ok(header.model) and version_ok(header.version)):
         raise InvalidArtifact(code, "model name or version out of range")
@@ -296,10 +334,14 @@ def _parse_block(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _read_block(src: Source, what: str) -> bytes:
+def _read_block(src: Source, what: str, end: int) -> bytes:
+    """A length-prefixed block that ends before `end` (the source's end): a length the file
+    cannot hold is refused as truncated before a buffer of that length is allocated."""
     length = U32.unpack(read_bytes(src, 4, f"{what} length"))[0]
     if length > MAX_BLOCK[what]:
         raise InvalidArtifact(f"malformed_{what}", f"{what} of {length} bytes over the limit")
+    if length > end - src.tell():
+        raise InvalidArtifact("truncated", f"{what} truncated")
     return read_bytes(src, length, what)
 
 

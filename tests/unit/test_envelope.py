@@ -1,4 +1,4 @@
-"""Sealed artifacts: round trips, every refusal with its reason, rewrap, and the v1 vectors."""
+"""Sealed artifacts: round trips, every refusal with its reason, rewrap, and the v1/v2 vectors."""
 
 from __future__ import annotations
 
@@ -190,7 +190,8 @@ def test_default_chunk_size_and_layout(keys: dict[str, PrivateKey]) -> None:
     header_start, header_end = parts["header"]
     assert artifact[header_start:header_end] == canonical(parts["header_json"])
     assert parts["header_json"]["body_suite"] == "AES-256-GCM-STREAM"
-    assert parts["header_json"]["format"] == 1
+    assert parts["header_json"]["format"] == 2 and artifact[:8] == b"SMAAS\x00v2"
+    assert len(base64.b64decode(parts["header_json"]["key_commitment"])) == 32
     assert open_blob(keys, artifact).plaintext == data
 
 
@@ -384,7 +385,10 @@ def test_non_canonical_blocks_are_refused(keys: dict[str, PrivateKey], blob: byt
     refused(keys, respaced, "malformed_header")
     extra = replace_block(blob, "trailer", lambda t: t.update(extra=1))
     refused(keys, extra, "malformed_trailer")
-    refused(keys, replace_block(blob, "header", lambda h: h.update(format=2)), "unsupported_format")
+    refused(keys, replace_block(blob, "header", lambda h: h.update(format=3)), "unsupported_format")
+    # A v1 header behind the v2 magic (or the reverse) is neither format.
+    refused(keys, replace_block(blob, "header", lambda h: h.update(format=1)), "unsupported_format")
+    refused(keys, b"SMAAS\x00v1" + blob[8:], "unsupported_format")
 
 
 def test_buffer_is_unmapped_when_a_late_chunk_fails(
@@ -584,10 +588,14 @@ def test_post_quantum_service_key_round_trips_through_pem() -> None:
 
 
 # --- known-answer vectors (tests/unit/vectors; see make_vectors.py) ---------------------------
+# v2 is what `seal` writes; v1 is the legacy format, still opened (with its plaintext digest).
 
 
-def _vectors() -> dict[str, Any]:
-    return dict(json.loads((VECTORS / "envelope-v1.json").read_text()))
+def _vectors(format_version: int = 2) -> dict[str, Any]:
+    return dict(json.loads((VECTORS / f"envelope-v{format_version}.json").read_text()))
+
+
+_CASES = [(number, case) for number in (1, 2) for case in _vectors(number)["artifacts"]]
 
 
 def _vector_keys() -> dict[str, PrivateKey]:
@@ -599,8 +607,8 @@ def _vector_keys() -> dict[str, PrivateKey]:
     }
 
 
-@pytest.mark.parametrize("case", _vectors()["artifacts"], ids=lambda case: case["name"])
-def test_vector_opens_to_the_known_plaintext(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("format_version", "case"), _CASES, ids=[c["name"] for _, c in _CASES])
+def test_vector_opens_to_the_known_plaintext(format_version: int, case: dict[str, Any]) -> None:
     keys = _vector_keys()
     data = (VECTORS / case["file"]).read_bytes()
     opened = open_artifact(
@@ -611,13 +619,14 @@ def test_vector_opens_to_the_known_plaintext(case: dict[str, Any]) -> None:
     assert opened.plaintext.hex() == case["plaintext_hex"]
     assert opened.ciphertext_digest == case["ciphertext_digest"]
     assert opened.header.metadata == case["metadata"]
+    assert opened.header.format == format_version and data[:8] == b"SMAAS\x00v%d" % format_version
     start, end = layout(data)["header"]
     assert data[start:end].hex() == case["header_hex"]
     assert hashlib.sha256(data[start:end]).hexdigest() == case["header_sha256"]
 
 
-@pytest.mark.parametrize("case", _vectors()["artifacts"], ids=lambda case: case["name"])
-def test_vector_reseals_to_the_same_bytes(case: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("format_version", "case"), _CASES, ids=[c["name"] for _, c in _CASES])
+def test_vector_reseals_to_the_same_bytes(format_version: int, case: dict[str, Any]) -> None:
     """With the data key and nonce prefix fixed, everything but the HPKE keyblock is fixed:
     header encoding, nonce derivation, chunk encryption, digests and the Ed25519 signature."""
     keys = _vector_keys()
@@ -629,7 +638,7 @@ def test_vector_reseals_to_the_same_bytes(case: dict[str, Any]) -> None:
         recipient_key_id=case["service_key_id"], signer=keys["pub-vector"],
         signer_key_id="pub-vector", chunk_size=case["chunk_size"],
         data_key=bytes.fromhex(case["data_key_hex"]),
-        nonce_prefix=bytes.fromhex(case["nonce_prefix_hex"]),
+        nonce_prefix=bytes.fromhex(case["nonce_prefix_hex"]), format_version=format_version,
     )  # fmt: skip
     fresh, known = out.getvalue(), (VECTORS / case["file"]).read_bytes()
     fresh_parts, known_parts = layout(fresh), layout(known)
@@ -641,6 +650,17 @@ def test_vector_reseals_to_the_same_bytes(case: dict[str, Any]) -> None:
 def test_vector_chunk_nonce(case: dict[str, Any]) -> None:
     nonce = envelope._chunk_nonce(bytes.fromhex(case["prefix_hex"]), case["index"], case["last"])
     assert nonce.hex() == case["nonce_hex"] and len(nonce) == 12
+
+
+@pytest.mark.parametrize("case", _vectors(2)["artifacts"], ids=lambda case: case["name"])
+def test_vector_key_derivations(case: dict[str, Any]) -> None:
+    """v2's HKDF-SHA256 derivations of the body key and the key commitment, pinned."""
+    data_key = bytes.fromhex(case["data_key_hex"])
+    header = inspect_artifact(io.BytesIO((VECTORS / case["file"]).read_bytes())).header
+    assert header.key_commitment is not None
+    assert header.key_commitment.hex() == case["key_commitment_hex"]
+    assert envelope._commitment(data_key).hex() == case["key_commitment_hex"]
+    assert envelope._body_key(header, data_key).hex() == case["body_key_hex"]
 
 
 def test_vector_key_fingerprints_are_stable() -> None:

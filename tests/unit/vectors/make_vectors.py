@@ -3,10 +3,12 @@
     .venv/bin/python tests/unit/vectors/make_vectors.py
 
 Running this is a FORMAT CHANGE, never a way to make a failing test pass. The vectors pin the
-v1 byte layout (`secure_maas/crypto/envelope.py`): if `test_envelope.py`'s vector tests fail,
-the code changed the format, and artifacts already in stores would no longer open. Regenerate
-only together with a new format version (new magic, new `FORMAT_VERSION`) and a migration path
-for old artifacts, and say so in the commit.
+byte layouts (`secure_maas/crypto/envelope.py`) of v2, what `seal` writes (envelope-v2.json,
+`v2-*.sealed`), and of v1, the legacy format still opened (envelope-v1.json, the other
+`*.sealed`; v1 files must never change again). If `test_envelope.py`'s vector tests fail, the
+code changed a format, and artifacts already in stores would no longer open. Regenerate only
+together with a new format version (new magic, new `FORMAT_VERSION`) and a migration path for
+old artifacts, and say so in the commit.
 
 Everything here is deterministic: test-only keys are read from the `*.pem` files (generated
 once, when missing), and each artifact's data key, nonce prefix and plaintext derive from its
@@ -24,11 +26,11 @@ import json
 from pathlib import Path
 
 from secure_maas.crypto import Algorithm, PrivateKey, generate, load_private
-from secure_maas.crypto.envelope import _chunk_nonce, _seal
+from secure_maas.crypto.envelope import _body_key, _chunk_nonce, _commitment, _seal
 from secure_maas.crypto.framing import U32, canonical
 
 HERE = Path(__file__).resolve().parent
-VECTORS = HERE / "envelope-v1.json"
+FORMATS = {1: ("envelope-v1.json", ""), 2: ("envelope-v2.json", "v2-")}  # json, file prefix
 KEYS = {
     "svc-vector-x25519": (Algorithm.X25519, "test-only-service-x25519.pem"),
     "svc-vector-mlkem768-x25519": (Algorithm.MLKEM768_X25519, "test-only-service-mlkem.pem"),
@@ -69,16 +71,24 @@ def split(blob: bytes) -> tuple[bytes, bytes, bytes]:
 
 def main() -> None:
     keys = load_keys()
+    for format_version, (json_name, prefix) in FORMATS.items():
+        write_format(keys, format_version, HERE / json_name, prefix)
+
+
+def write_format(
+    keys: dict[str, PrivateKey], format_version: int, vectors_path: Path, prefix: str
+) -> None:
     artifacts = []
-    for name, key_id, length, chunk_size, model, version, metadata in CASES:
+    for case_name, key_id, length, chunk_size, model, version, metadata in CASES:
+        name = prefix + case_name
         plaintext = derive("plaintext", name, length)
-        data_key, prefix = derive("data-key", name, 32), derive("nonce-prefix", name, 7)
+        data_key, nonce_prefix = derive("data-key", name, 32), derive("nonce-prefix", name, 7)
         out = io.BytesIO()
         info = _seal(
             plaintext, out, model=model, version=version, metadata=metadata,
             recipient=keys[key_id].public_key(), recipient_key_id=key_id,
             signer=keys["pub-vector"], signer_key_id="pub-vector", chunk_size=chunk_size,
-            data_key=data_key, nonce_prefix=prefix,
+            data_key=data_key, nonce_prefix=nonce_prefix, format_version=format_version,
         )  # fmt: skip
         blob = out.getvalue()
         path = HERE / f"{name}.sealed"
@@ -89,6 +99,12 @@ def main() -> None:
                 blob = head + old_keyblock + rest
         path.write_bytes(blob)
         header_bytes = canonical(info.header.as_dict())
+        derived = {}
+        if format_version != 1:
+            derived = {
+                "body_key_hex": _body_key(info.header, data_key).hex(),
+                "key_commitment_hex": _commitment(data_key).hex(),
+            }
         artifacts.append(
             {
                 "name": name,
@@ -101,15 +117,17 @@ def main() -> None:
                 "chunk_size": chunk_size,
                 "plaintext_hex": plaintext.hex(),
                 "data_key_hex": data_key.hex(),
-                "nonce_prefix_hex": prefix.hex(),
+                "nonce_prefix_hex": nonce_prefix.hex(),
                 "header_hex": header_bytes.hex(),
                 "header_sha256": hashlib.sha256(header_bytes).hexdigest(),
                 "plaintext_sha256": info.plaintext_sha256,
                 "ciphertext_digest": info.ciphertext_digest,
+                **derived,
             }
         )
     vectors = {
-        "about": "secure-maas sealed artifact v1 known answers; see make_vectors.py",
+        "about": f"secure-maas sealed artifact v{format_version} known answers; "
+        "see make_vectors.py",
         "keys": {
             key_id: {
                 "algorithm": alg,
@@ -129,8 +147,8 @@ def main() -> None:
             for p, i, last in NONCES
         ],
     }
-    VECTORS.write_text(json.dumps(vectors, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {len(artifacts)} artifacts and {VECTORS.name}")
+    vectors_path.write_text(json.dumps(vectors, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(artifacts)} artifacts and {vectors_path.name}")
 
 
 if __name__ == "__main__":
