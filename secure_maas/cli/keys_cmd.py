@@ -11,7 +11,9 @@ from secure_maas.actions import AdminAction
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import os_event, record_now
+from secure_maas.crypto import Algorithm
 from secure_maas.keys import InitReport, KeyKind, KeyRecord, Keyring
+from secure_maas.keys.keyring import is_kem_downgrade
 from secure_maas.timeutil import isoformat
 
 COLUMNS = ["id", "kind", "algorithm", "status", "created_at", "fingerprint"]
@@ -98,31 +100,61 @@ def check(app: AppContext) -> None:
     help="Which kind of key to rotate.",
 )
 @PQ_OPTION
+@click.option(
+    "--classical",
+    is_flag=True,
+    help="Make the new service key classical X25519, even replacing a post-quantum one.",
+)
 @click.pass_obj
-def rotate(app: AppContext, kind: str, pq: bool) -> None:
+def rotate(app: AppContext, kind: str, pq: bool, classical: bool) -> None:
     """Make a new active key of KIND; the old one is kept to decrypt and verify.
 
-    After rotating the service key, run `secure-maas models rewrap`.
+    A new service key is of the same family as the one it replaces (post-quantum hybrid or
+    classical X25519): --pq moves to the hybrid, and only --classical moves back, with a
+    warning, since artifacts re-wrapped to it lose their post-quantum protection. After
+    rotating the service key, run `secure-maas models rewrap`.
 
     \b
     Example:
         secure-maas keys rotate --kind service --pq && secure-maas models rewrap
     """
+    if (pq or classical) and kind != KeyKind.SERVICE:
+        flag = "--pq" if pq else "--classical"
+        raise click.UsageError(f"{flag} applies to service keys only, not {kind} keys")
+    if pq and classical:
+        raise click.UsageError("--pq and --classical contradict each other: give one of them")
     keyring = app.keyring()
     previous = keyring.active(KeyKind(kind))
+    if classical and is_kem_downgrade(previous.algorithm, Algorithm.X25519):
+        click.echo(
+            f"warning: {previous.id} is a post-quantum hybrid key (ML-KEM-768 + X25519) and "
+            "--classical replaces it with classical X25519: models sealed or re-wrapped "
+            "(`models rewrap`) to the new key lose their post-quantum protection. To keep it, "
+            "rotate with --pq instead.",
+            err=True,
+        )
 
     def recorded(created: KeyRecord) -> None:
+        reason = f"new active {kind} key {created.id}"
+        if is_kem_downgrade(previous.algorithm, created.algorithm):
+            reason += (
+                f"; post-quantum protection dropped ({previous.algorithm} -> "
+                f"{created.algorithm}, --classical)"
+            )
         event = os_event(
             AdminAction.KEYS_ROTATE,
-            f"new active {kind} key {created.id}",
+            reason,
             previous=previous.id,
             key=created.id,
+            previous_algorithm=str(previous.algorithm),
+            algorithm=str(created.algorithm),
         )
         record_now(app, event)
 
-    record = keyring.rotate(KeyKind(kind), pq=pq, before_save=recorded)
+    record = keyring.rotate(KeyKind(kind), pq=pq, classical=classical, before_save=recorded)
     click.echo(
-        f"new active {kind} key {record.id} ({record.fingerprint}); {previous.id} kept as previous"
+        f"new active {kind} key {record.id} ({record.algorithm}, {record.fingerprint}); "
+        f"{previous.id} kept as previous"
     )
 
 

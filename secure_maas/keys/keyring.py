@@ -101,6 +101,34 @@ def _algorithm(kind: KeyKind, *, pq: bool) -> Algorithm:
     return Algorithm.MLKEM768_X25519
 
 
+def _rotated_algorithm(
+    kind: KeyKind, previous: KeyRecord, *, pq: bool, classical: bool
+) -> Algorithm:
+    """The new key's algorithm: the previous key's family unless a flag says otherwise.
+
+    A rotation must never quietly drop post-quantum protection: models re-wrapped to a
+    classical key (`models rewrap`) would lose it. So a hybrid service key is replaced by a
+    hybrid one unless `classical` asks for the downgrade explicitly.
+    """
+    if pq and classical:
+        raise KeyringError("--pq and --classical contradict each other: give one of them")
+    if kind is not KeyKind.SERVICE:
+        if pq or classical:
+            flag = "--pq" if pq else "--classical"
+            raise KeyringError(f"{flag} applies to service keys only, not {kind} keys")
+        return kind.algorithm
+    if pq:
+        return Algorithm.MLKEM768_X25519
+    if classical:
+        return Algorithm.X25519
+    return previous.algorithm
+
+
+def is_kem_downgrade(previous: Algorithm, new: Algorithm) -> bool:
+    """Whether a service key rotation from `previous` to `new` drops post-quantum protection."""
+    return previous is Algorithm.MLKEM768_X25519 and new is not Algorithm.MLKEM768_X25519
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -279,18 +307,21 @@ class Keyring:
         kind: KeyKind,
         *,
         pq: bool = False,
+        classical: bool = False,
         now: datetime | None = None,
         before_save: BeforeSave | None = None,
     ) -> KeyRecord:
         """Make a new active key of `kind`; the old one stays for decryption/verification.
 
-        `pq` (service keys only) makes the new key the post-quantum hybrid. `before_save`
+        A service key keeps the family of the key it replaces: `pq` makes the new key the
+        post-quantum hybrid, `classical` makes it X25519, even when that drops post-quantum
+        protection (see `is_kem_downgrade`); neither flag applies to other kinds. `before_save`
         (see `BeforeSave`) runs once the key files are written, before the change takes effect.
         """
-        algorithm = _algorithm(kind, pq=pq)
         with _locked(self.folder):
             self._records = read_manifest(self.folder)
             previous = self.active(kind)
+            algorithm = _rotated_algorithm(kind, previous, pq=pq, classical=classical)
             created = self._add(kind, KeyStatus.ACTIVE, now or utcnow(), algorithm)
             self._replace(previous.with_status(KeyStatus.PREVIOUS))
             self._save(before_save, created)

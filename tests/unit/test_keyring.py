@@ -216,6 +216,13 @@ def test_post_quantum_service_key(folder: Path) -> None:
     assert keyring.private_key(service.id).public_key().fingerprint == service.fingerprint
     with pytest.raises(KeyringError, match="service keys only"):
         keyring.rotate(KeyKind.JWT, pq=True)
-    classic = keyring.rotate(KeyKind.SERVICE)
+    with pytest.raises(KeyringError, match="service keys only"):
+        keyring.rotate(KeyKind.JWT, classical=True)
+    with pytest.raises(KeyringError, match="contradict"):
+        keyring.rotate(KeyKind.SERVICE, pq=True, classical=True)
+    # A rotation keeps the family (issue 15.7): only an explicit flag leaves the hybrid.
+    assert keyring.rotate(KeyKind.SERVICE).algorithm == "mlkem768-x25519"
+    classic = keyring.rotate(KeyKind.SERVICE, classical=True)
     assert classic.algorithm == "x25519"
+    assert keyring.rotate(KeyKind.SERVICE).algorithm == "x25519"
     assert keyring.rotate(KeyKind.SERVICE, pq=True).algorithm == "mlkem768-x25519"
