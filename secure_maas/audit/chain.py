@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -21,15 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from secure_maas.actions import AdminAction
 from secure_maas.audit.encoding import VERSION, canonical
-from secure_maas.audit.events import (
-    ActorKind,
-    AuditEvent,
-    AuditRecord,
-    encode_detail,
-    to_microseconds,
-)
-from secure_maas.audit.keys import AuditKeys
+from secure_maas.audit.events import ActorKind, AuditEvent, AuditRecord, encode_detail
+from secure_maas.audit.keys import AuditKeys, MissingAuditKey
 from secure_maas.audit.models import HEAD_ID, MAC_BYTES, events_table, head_table
+from secure_maas.audit.times import canonical_time
 from secure_maas.db.engine import begin_immediate, describe_error, serialised_writes
 from secure_maas.errors import SecureMaasError
 from secure_maas.timeutil import utcnow
@@ -64,13 +59,14 @@ def compute_mac(key: bytes, message: bytes, previous: bytes) -> bytes:
 def seal(
     event: AuditEvent, *, seq: int, at: datetime, key_id: str, key: bytes, previous: bytes
 ) -> AuditRecord:
-    """The stored form of `event` at position `seq`, MAC'd onto `previous`."""
-    moment = event.at or at
+    """The stored form of `event` at position `seq`, MAC'd onto `previous` (encoding `VERSION`:
+    the time enters the MAC as the canonical text the `at` column stores)."""
+    moment = (event.at or at).astimezone(UTC)
     detail = None if event.detail is None else encode_detail(event.detail)
     latency_us = event.latency_us
     values = (
         seq,
-        to_microseconds(moment),
+        canonical_time(moment),
         event.request_id,
         event.actor,
         event.actor_kind,
@@ -140,6 +136,38 @@ def read_head(connection: Connection, *, lock: bool = False) -> Head:
     return Head(int(row.seq), bytes(row.mac), row.key_id)
 
 
+def writing_key(keys: AuditKeys, head: Head) -> tuple[str, bytes]:
+    """The key to extend the chain after `head` with: never one older than the head's.
+
+    A writer whose active key is older than the key the head was written with (another process
+    rotated the audit key) reloads its keys first, so no event after a rotation point is MAC'd
+    with the key rotated out; if the head's key is still unknown or newer than every key it
+    holds (this instance's keyring copy is stale), it refuses: `AuditUnavailable`, fail closed.
+    Called with the chain's lock held.
+    """
+    key_id, key = keys.active()
+    if head.key_id is None or head.key_id == key_id:
+        return key_id, key
+    if _behind(keys, key_id, head.key_id):
+        keys.reload()
+        key_id, key = keys.active()
+        if head.key_id != key_id and _behind(keys, key_id, head.key_id):
+            raise AuditUnavailable(
+                f"the audit chain's head was written with audit key {head.key_id}, which is "
+                f"newer than this keyring's active audit key {key_id} or not in it: copy the "
+                "keyring (keys/) from the key host after `secure-maas keys rotate --kind audit`"
+            )
+    return key_id, key
+
+
+def _behind(keys: AuditKeys, mine: str, theirs: str) -> bool:
+    """Whether key `theirs` is unknown to `keys` or of a later generation than `mine`."""
+    own, other = keys.generation(mine), keys.generation(theirs)
+    if own is None:
+        raise MissingAuditKey(f"active audit key {mine} has no generation in the keyring")
+    return other is None or other.generation > own.generation
+
+
 def append_events(
     connection: Connection,
     events: Sequence[AuditEvent],
@@ -155,7 +183,7 @@ def append_events(
     not returned. Nothing is visible to anyone until the caller commits.
     """
     head = read_head(connection, lock=True)
-    key_id, key = keys.active()
+    key_id, key = writing_key(keys, head)
     seq, previous = head.seq, head.mac
     stored: list[AuditRecord] = []
     returned: list[AuditRecord] = []

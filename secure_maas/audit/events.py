@@ -24,6 +24,7 @@ from typing import Any
 
 from secure_maas.actions import is_known
 from secure_maas.audit.text import escape_controls
+from secure_maas.audit.times import canonical_time
 from secure_maas.errors import SecureMaasError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -215,12 +216,11 @@ class AuditRecord:
         return parsed if isinstance(parsed, dict) else {}
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready mapping for exports and `--format json` (time to the microsecond)."""
+        """A JSON-ready mapping for exports and `--format json`: the time is the canonical text,
+        exactly what encoding 2 MACs."""
         return {
             "seq": self.seq,
-            "time": self.at.astimezone(UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z"),
+            "time": canonical_time(self.at),
             "request_id": self.request_id,
             "actor": self.actor,
             "actor_kind": self.actor_kind,

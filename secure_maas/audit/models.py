@@ -4,6 +4,9 @@
 and part of each event's MAC, so a gap is a deleted event. `audit_head` holds the newest event's
 sequence number and MAC; every append locks that row, which serialises all writers of all
 processes and instances into one chain, and lets `verify` notice a truncated tail.
+
+`audit_events.at` is text: the canonical time text (`audit.times`), the same on both databases,
+so what is MAC'd (encoding 2), stored and compared by filters and prune is one string.
 """
 
 from __future__ import annotations
@@ -11,13 +14,35 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from secure_maas.audit.events import LIMITS
+from secure_maas.audit.times import TIME_TEXT_LENGTH, canonical_time, read_time
 from secure_maas.db.base import Base, IdType, UTCDateTime
 
 HEAD_ID = 1
 MAC_BYTES = 32
+
+
+class CanonicalTime(TypeDecorator[datetime]):
+    """An aware datetime in Python, its canonical time text in the database.
+
+    Every value bound to the column, a filter's bound included, goes through `canonical_time`,
+    so `at >= since` compares canonical texts on both databases. A stored text in another
+    form (written around the writer) is still read, so a review command shows the event;
+    `verify` refuses it and names the event.
+    """
+
+    impl = sa.String(TIME_TEXT_LENGTH)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> str | None:
+        return None if value is None else canonical_time(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else read_time(value)
 
 
 class AuditEventRow(Base):
@@ -25,7 +50,7 @@ class AuditEventRow(Base):
 
     seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=False)
     encoding: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(CanonicalTime, nullable=False, index=True)
     request_id: Mapped[str | None] = mapped_column(sa.String(LIMITS["request_id"]))
     actor: Mapped[str] = mapped_column(sa.String(LIMITS["actor"]), nullable=False, index=True)
     actor_kind: Mapped[str] = mapped_column(sa.String(16), nullable=False)

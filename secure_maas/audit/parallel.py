@@ -159,15 +159,21 @@ def _check_range(
                 if not _SNAPSHOT_ID.match(snapshot):
                     return _Outcome(False, 0, 0, (), b"")
                 connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            start = anchor
+            start, generation = anchor, 0
             if low != anchor.seq + 1:
                 before = connection.execute(
-                    sa.select(events_table.c.mac).where(events_table.c.seq == low - 1)
-                ).scalar_one_or_none()
+                    sa.select(events_table.c.mac, events_table.c.key_id).where(
+                        events_table.c.seq == low - 1
+                    )
+                ).one_or_none()
                 if before is None:
                     return _Outcome(False, 0, 0, (), b"")
-                start = Head(low - 1, bytes(before))
+                start = Head(low - 1, bytes(before.mac))
+                # The generation rule spans the cut: the previous range checks that key.
+                place = keys.generation(before.key_id)
+                generation = 0 if place is None else place.generation
             walk = ChainWalk(keys, start, None)
+            walk.generation = generation
             walk.scan(connection, low=low, high=high)
     intact = walk.problem is None and walk.next_seq == high + 1
     used = tuple(k for k, v in walk.key_cache.items() if v is not None)

@@ -51,10 +51,11 @@ class AuditStats:
 
 
 def _epoch_bucket(connection: Connection, seconds: int) -> ColumnElement[Any]:
-    at = events_table.c.at
+    at = sa.type_coerce(events_table.c.at, sa.String)  # the canonical time text
     if connection.dialect.name == "sqlite":
         return sa.cast(sa.func.strftime("%s", at), sa.BigInteger) // seconds
-    return sa.cast(sa.func.floor(sa.extract("epoch", at) / seconds), sa.BigInteger)
+    moment = sa.cast(at, sa.DateTime(timezone=True))
+    return sa.cast(sa.func.floor(sa.extract("epoch", moment) / seconds), sa.BigInteger)
 
 
 def stats(

@@ -6,6 +6,13 @@ anchor fails when the walk reaches it. Beyond each link the walk checks that seq
 contiguous from the anchor, that checkpoints name the event before them, and that the head row
 matches the last event; an `expected` head saved earlier detects a tail truncated since then.
 Everything is read in one snapshot, so verifying while writers append is consistent.
+
+Keys: each event names its key; a key verifies no event past its rotation point (recorded in
+the keyring manifest, see `audit.keys`), and along the chain the key generation never goes
+back, so a leaked old key cannot rewrite what was written after its rotation.
+Time: the stored `at` must be the canonical time text (`audit.times`) whatever the encoding:
+encoding 2 MACs that text; encoding 1 (events written before it) MACs the instant, and the
+text is checked here, so another spelling of the same instant is refused either way.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from secure_maas.actions import AdminAction
 from secure_maas.audit.chain import GENESIS_MAC, Head, read_head
-from secure_maas.audit.encoding import VERSION, canonical_v1
+from secure_maas.audit.encoding import VERSION_1, VERSION_2, canonical_v1, canonical_v2
 from secure_maas.audit.events import EPOCH, MICROSECOND, to_microseconds
-from secure_maas.audit.keys import AuditKeys
+from secure_maas.audit.keys import AuditKeys, KeyGeneration
 from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
 from secure_maas.audit.query import read_snapshot
+from secure_maas.audit.text import quote
+from secure_maas.audit.times import CANONICAL_SHAPE, is_canonical
 from secure_maas.errors import SecureMaasError
 
 FETCH_ROWS = 5_000
@@ -116,6 +125,8 @@ class ChainWalk:
         self.first_seq: int | None = None
         self.key_cache: dict[str, bytes | None] = {}
         self.problem: Problem | None = None
+        #: Generation of the key of the event before `next_seq` (0: none seen, any may follow).
+        self.generation = 0
 
     def fail(self, seq: int | None, reason: str) -> None:
         self.problem = Problem(seq, reason)
@@ -125,55 +136,83 @@ class ChainWalk:
             self.key_cache[key_id] = self.keys.get(key_id)
         return self.key_cache[key_id]
 
+    def key_generation(self, key_id: str) -> KeyGeneration | None:
+        """`key_id`'s generation and rotation point, None when it is not a usable audit key."""
+        if self.key(key_id) is None:
+            return None
+        return self.keys.generation(key_id)
+
     def run(self, rows: Iterable[Sequence[Any]]) -> None:
         """Check `rows` (selected with `chain_columns`, in seq order) until the first problem.
 
         The hot loop keeps its state in locals: this is where verification spends its time.
         """
-        compare, encode, when = hmac.compare_digest, canonical_v1, stored_microseconds
+        compare, shape = hmac.compare_digest, CANONICAL_SHAPE.fullmatch
+        encode_v2 = canonical_v2
         # One keyed HMAC state per key, copied per event: saves the key setup every time.
-        prepared: dict[str, hmac.HMAC] = {}
+        prepared: dict[str, tuple[hmac.HMAC, KeyGeneration]] = {}
         memo: dict[str, str] = {}
         checkpoint = str(AdminAction.AUDIT_CHECKPOINT)
         watch = -1 if self.expected is None else self.expected.seq
         start, next_seq, previous, checked = self.next_seq, self.next_seq, self.previous, 0
+        generation = self.generation
         try:
             for row in rows:
                 seq, key_id = row[0], row[17]
                 if seq != next_seq:
                     self._out_of_place(seq, next_seq)
                     return
-                template = prepared.get(key_id)
-                if template is None:
-                    key = self.key(key_id)
-                    if key is None:
-                        self.fail(
-                            seq, f"MAC key {key_id} is not a usable audit key in this keyring"
-                        )
+                entry = prepared.get(key_id)
+                if entry is None:
+                    entry = self._prepare(seq, key_id)
+                    if entry is None:
                         return
-                    template = prepared[key_id] = hmac.new(key, digestmod="sha256")
-                if row[18] != VERSION:
-                    self.fail(seq, f"unknown encoding version {row[18]}")
+                    prepared[key_id] = entry
+                template, place = entry
+                if place.generation < generation or (
+                    place.last_seq is not None and seq > place.last_seq
+                ):
+                    self._key_refused(seq, key_id, place, generation)
                     return
-                try:
-                    message = encode((seq, when(row[1]), *row[2:18]), memo)
-                except (TypeError, ValueError) as exc:
-                    self.fail(seq, f"a field holds a value of the wrong type ({exc})")
-                    return
+                at = row[1]
+                canonical = type(at) is str and shape(at) is not None
+                message: bytes | None
+                if row[18] == VERSION_2 and canonical:
+                    try:
+                        message = encode_v2((seq, *row[1:18]), memo)
+                    except (TypeError, ValueError) as exc:
+                        self.fail(seq, f"a field holds a value of the wrong type ({exc})")
+                        return
+                else:
+                    message = self._encode(seq, row, memo)
+                    if message is None:
+                        return
                 mac = row[19]
                 link = template.copy()
                 link.update(message)
                 link.update(previous)
                 if not compare(link.digest(), mac):
+                    reason = (
+                        "MAC does not match: the event was modified, forged or moved, or its "
+                        "MAC was altered"
+                    )
+                    if not canonical:
+                        reason += f"; its time {_shown(at)} is not the canonical UTC text"
+                    self.fail(seq, reason)
+                    return
+                if not canonical or not (row[18] == VERSION_2 or is_canonical(at)):
+                    # encoding 1 MACs the instant, not the text: the text is checked here
                     self.fail(
                         seq,
-                        "MAC does not match: the event was modified, forged or moved, or its "
-                        "MAC was altered",
+                        f"time {_shown(at)} is not the canonical UTC text "
+                        "(YYYY-MM-DDTHH:MM:SS.ffffffZ): rewritten outside the writer, which "
+                        "hides the event from time filters and moves where prune cuts",
                     )
                     return
                 if row[5] == checkpoint and not self._checkpoint_holds(row, previous):
                     return
                 previous, next_seq, checked = mac, seq + 1, checked + 1
+                generation = place.generation
                 if seq == watch:
                     self.check_expected(bytes(mac))
                     if self.problem:
@@ -183,6 +222,43 @@ class ChainWalk:
                 self.first_seq = start
             self.next_seq, self.previous = next_seq, bytes(previous)
             self.checked += checked
+            self.generation = generation
+
+    def _prepare(self, seq: int, key_id: str) -> tuple[hmac.HMAC, KeyGeneration] | None:
+        key = self.key(key_id)
+        place = None if key is None else self.keys.generation(key_id)
+        if key is None or place is None:
+            self.fail(seq, f"MAC key {key_id} is not a usable audit key in this keyring")
+            return None
+        return hmac.new(key, digestmod="sha256"), place
+
+    def _key_refused(self, seq: int, key_id: str, place: KeyGeneration, before: int) -> None:
+        if not place.covers(seq):
+            self.fail(
+                seq,
+                f"MAC key {key_id} was rotated out after seq {place.last_seq} (keyring "
+                "manifest): no later event may carry it; forged with a copy of the old key?",
+            )
+        else:
+            self.fail(
+                seq,
+                f"MAC key {key_id} (generation {place.generation}) is older than the key of "
+                f"the event before it (generation {before}): keys never go back along the chain",
+            )
+
+    def _encode(self, seq: int, row: Sequence[Any], memo: dict[str, str]) -> bytes | None:
+        """The canonical bytes of `row` under its own encoding version, or None (failed)."""
+        version = row[18]
+        try:
+            if version == VERSION_2:
+                return canonical_v2((seq, *row[1:18]), memo)
+            if version == VERSION_1:
+                return canonical_v1((seq, stored_microseconds(row[1]), *row[2:18]), memo)
+        except (TypeError, ValueError) as exc:
+            self.fail(seq, f"a field holds a value of the wrong type ({exc})")
+            return None
+        self.fail(seq, f"unknown encoding version {version}")
+        return None
 
     def scan(
         self, connection: Connection, *, low: int | None = None, high: int | None = None
@@ -282,6 +358,10 @@ def stored_microseconds(value: object) -> int:
     if moment.tzinfo is None:
         return (moment - _NAIVE_EPOCH) // MICROSECOND
     return to_microseconds(moment)
+
+
+def _shown(value: object) -> str:
+    return quote(value, limit=40) if isinstance(value, str) else repr(value)
 
 
 def _detail(text: str | None) -> dict[str, Any]:

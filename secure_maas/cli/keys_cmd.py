@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from secure_maas.actions import AdminAction
+from secure_maas.audit.rotation import rotate_audit_key
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
-from secure_maas.cli.recording import os_event, record_now
+from secure_maas.cli.recording import os_event, os_user, record_now
 from secure_maas.crypto import Algorithm
 from secure_maas.keys import InitReport, KeyKind, KeyRecord, Keyring
 from secure_maas.keys.keyring import is_kem_downgrade
@@ -133,6 +134,15 @@ def rotate(app: AppContext, kind: str, pq: bool, classical: bool) -> None:
             "rotate with --pq instead.",
             err=True,
         )
+    if kind == KeyKind.AUDIT:
+        # The rotation event and the old key's rotation point are written under the chain's
+        # lock, with the new key (secure_maas.audit.rotation).
+        created, event = rotate_audit_key(app.engine(), keyring, actor=os_user())
+        click.echo(
+            f"new active audit key {created.id} ({created.fingerprint}); {previous.id} kept "
+            f"to verify events up to seq {event.seq - 1} only"
+        )
+        return
 
     def recorded(created: KeyRecord) -> None:
         reason = f"new active {kind} key {created.id}"

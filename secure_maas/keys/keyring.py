@@ -23,8 +23,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,12 @@ LOCK_NAME = ".lock"
 #: change is never in effect unrecorded. If it raises, the change does not happen (the new key
 #: files stay unreferenced, as after a crash).
 BeforeSave = Callable[[KeyRecord], None]
+
+#: Given (the key rotated out, the new key) once the new key's files are written, a context
+#: that yields the old key's rotation point (the last audit seq it may MAC); the manifest is
+#: written inside it, and the change is void if it raises. Audit keys only: see
+#: `secure_maas.audit.rotation`, which holds the chain's lock across the manifest write.
+RotationPoint = Callable[[KeyRecord, KeyRecord], AbstractContextManager[int]]
 
 
 class KeyringError(SecureMaasError):
@@ -310,6 +316,7 @@ class Keyring:
         classical: bool = False,
         now: datetime | None = None,
         before_save: BeforeSave | None = None,
+        rotation_point: RotationPoint | None = None,
     ) -> KeyRecord:
         """Make a new active key of `kind`; the old one stays for decryption/verification.
 
@@ -317,6 +324,7 @@ class Keyring:
         post-quantum hybrid, `classical` makes it X25519, even when that drops post-quantum
         protection (see `is_kem_downgrade`); neither flag applies to other kinds. `before_save`
         (see `BeforeSave`) runs once the key files are written, before the change takes effect.
+        `rotation_point` (see `RotationPoint`) records how far the old audit key may verify.
         """
         with _locked(self.folder):
             self._records = read_manifest(self.folder)
@@ -324,7 +332,13 @@ class Keyring:
             algorithm = _rotated_algorithm(kind, previous, pq=pq, classical=classical)
             created = self._add(kind, KeyStatus.ACTIVE, now or utcnow(), algorithm)
             self._replace(previous.with_status(KeyStatus.PREVIOUS))
-            self._save(before_save, created)
+            if rotation_point is None:
+                self._save(before_save, created)
+                return created
+            with rotation_point(previous, created) as last_seq:
+                bounded = replace(previous.with_status(KeyStatus.PREVIOUS), last_seq=last_seq)
+                self._replace(bounded)
+                self._save(before_save, created)
         return created
 
     def retire(

@@ -71,6 +71,9 @@ class KeyRecord:
     public_file: str | None
     retired_at: datetime | None = None
     label: str | None = None
+    #: Audit keys rotated out: the last audit chain position (seq) this key may MAC, recorded
+    #: here, on the key host, where whoever writes the database cannot move it.
+    last_seq: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -84,6 +87,8 @@ class KeyRecord:
         data = asdict(self)
         data["created_at"] = isoformat(self.created_at)
         data["retired_at"] = isoformat(self.retired_at) if self.retired_at else None
+        if self.last_seq is None:
+            del data["last_seq"]
         return {
             key: str(value) if isinstance(value, StrEnum) else value for key, value in data.items()
         }
@@ -101,7 +106,16 @@ class KeyRecord:
             public_file=data.get("public_file"),
             retired_at=parse_isoformat(data["retired_at"]) if data.get("retired_at") else None,
             label=data.get("label"),
+            last_seq=_last_seq(data.get("last_seq")),
         )
+
+
+def _last_seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ValueError(f"last_seq must be a non-negative integer, not {value!r}")
+    return value
 
 
 class ManifestError(SecureMaasError):

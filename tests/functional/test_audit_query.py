@@ -76,13 +76,18 @@ def test_stats_group_in_the_database(migrated_engine: Engine) -> None:
 
 
 def _independent_encoding(event: dict[str, object]) -> bytes:
-    """Version 1 written from its documentation alone, as an auditor's own tool would."""
+    """Versions 1 and 2 written from their documentation alone, as an auditor's own tool would:
+    version 2 takes the exported time text as it is, version 1 its microseconds."""
     moment = datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
     latency = event["latency_ms"]
     detail = event["detail"]
+    version = event["encoding"]
+    assert version in (1, 2)
     fields: list[object] = [
         event["seq"],
-        (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
+        event["time"]
+        if version == 2
+        else (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
         *(event[name] for name in ("request_id", "actor", "actor_kind", "action", "model")),
         event["model_version"],
         *(event[name] for name in ("decision", "reason_code", "reason")),
@@ -94,7 +99,7 @@ def _independent_encoding(event: dict[str, object]) -> bytes:
         None if detail is None else json.dumps(detail, sort_keys=True, separators=(",", ":")),
         event["key_id"],
     ]
-    out = b"secure-maas/audit/1\n"
+    out = b"secure-maas/audit/%d\n" % version
     for value in fields:
         if value is None:
             out += b"~"

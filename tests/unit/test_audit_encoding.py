@@ -1,7 +1,8 @@
-"""The canonical encoding, version 1, is frozen: these known-answer vectors must never change.
+"""The canonical encodings, versions 1 and 2, are frozen: these known-answer vectors must never
+change.
 
 If one of these tests fails, an event written by an earlier release no longer verifies. Add a
-new encoding version instead of editing version 1 or these vectors.
+new encoding version instead of editing version 1, version 2 or these vectors.
 """
 
 import hashlib
@@ -10,7 +11,15 @@ import hmac
 import pytest
 
 from secure_maas.audit.chain import GENESIS_MAC, compute_mac
-from secure_maas.audit.encoding import FIELDS, UnknownEncoding, canonical, canonical_v1
+from secure_maas.audit.encoding import (
+    FIELDS,
+    FIELDS_V2,
+    VERSION,
+    UnknownEncoding,
+    canonical,
+    canonical_v1,
+    canonical_v2,
+)
 
 KEY = bytes(range(32))
 
@@ -71,6 +80,25 @@ ENCODED_2 = (
 )
 MAC_2 = "f8b2a139ff57778940786a16c0bd6c86be7ca434dec2047a0b57fcdfa306ad43"
 
+# Version 2: the same events, the time as its canonical text (what `at` stores).
+EVENT_1_V2 = (1, "2026-11-28T11:30:25.957853Z", *EVENT_1[2:])
+ENCODED_1_V2 = (
+    b"secure-maas/audit/2\n"
+    b"i1;s27:2026-11-28T11:30:25.957853Zs5:req-1s5:alices4:users13:model:predicts4:iris"
+    b"i3;s5:allows6:rule:7s17:allowed by rule 7i200;s8:10.0.0.1i1500;i4;"
+    b"s64:abababababababababababababababababababababababababababababababab~"
+    b"s18:audit-0123456789ab"
+)
+MAC_1_V2 = "6789ae0bbd24a1ff4a73ec7ba51cd5720c37ad08c48514430590f4f5f3e6d5b3"
+EVENT_2_V2 = (2, "1970-01-01T00:00:00.000000Z", *EVENT_2[2:])
+ENCODED_2_V2 = (
+    b"secure-maas/audit/2\n"
+    b"i2;s27:1970-01-01T00:00:00.000000Z~s3:bobs2:oss16:audit:checkpoint~~s4:deny~"
+    b"s24:na\xc3\xafve \xe2\x80\x94 \xc3\xbcn\xc3\xafcode \xe2\x98\x83i-1;~~~~"
+    b's14:{"head_seq":1}s18:audit-0123456789ab'
+)
+MAC_2_V2 = "702ff62aedc3b56d279edc0d9d9360456d03eeb79df172ecb787e591d3899bf7"
+
 
 def test_field_order_is_frozen() -> None:
     assert [name for name, _kind in FIELDS] == [
@@ -101,6 +129,24 @@ def test_known_answer_vectors() -> None:
     first = compute_mac(KEY, ENCODED_1, GENESIS_MAC)
     assert first.hex() == MAC_1
     assert compute_mac(KEY, ENCODED_2, first).hex() == MAC_2
+
+
+def test_known_answer_vectors_version_2() -> None:
+    assert VERSION == 2  # what new events are written with
+    assert [name for name, _kind in FIELDS_V2] == ["seq", "at"] + [n for n, _k in FIELDS[2:]]
+    assert canonical_v2(EVENT_1_V2) == ENCODED_1_V2
+    assert canonical(2, EVENT_2_V2) == ENCODED_2_V2
+    first = compute_mac(KEY, ENCODED_1_V2, GENESIS_MAC)
+    assert first.hex() == MAC_1_V2
+    assert compute_mac(KEY, ENCODED_2_V2, first).hex() == MAC_2_V2
+
+
+def test_version_2_macs_the_time_text_so_another_spelling_differs() -> None:
+    # The same instant written with an offset is another text, so another encoding and MAC.
+    other = (1, "2026-11-28T04:30:25.957853-07:00", *EVENT_1[2:])
+    assert canonical_v2(other) != ENCODED_1_V2
+    with pytest.raises(TypeError):
+        canonical_v2(EVENT_1)  # an integer time is not version 2
 
 
 def test_the_link_is_plain_hmac_sha256_over_encoding_then_previous_mac() -> None:
@@ -147,8 +193,10 @@ def test_type_confusion_would_otherwise_collide() -> None:
 def test_wrong_arity_and_unknown_versions_are_refused() -> None:
     with pytest.raises(ValueError, match="expected 18 values"):
         canonical_v1(EVENT_1[:-1])
+    with pytest.raises(ValueError, match="expected 18 values"):
+        canonical_v2(EVENT_1_V2[:-1])
     with pytest.raises(UnknownEncoding):
-        canonical(2, EVENT_1)
+        canonical(3, EVENT_1)
 
 
 def test_every_field_changes_the_encoding() -> None:
