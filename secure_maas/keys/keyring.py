@@ -336,8 +336,11 @@ class Keyring:
                 self._save(before_save, created)
                 return created
             with rotation_point(previous, created) as last_seq:
-                bounded = replace(previous.with_status(KeyStatus.PREVIOUS), last_seq=last_seq)
-                self._replace(bounded)
+                # The key rotated out, and any older one rotated before rotation points were
+                # recorded: none of them MACs anything after `last_seq`.
+                for record in self._records:
+                    if record.kind is kind and record.id != created.id and record.last_seq is None:
+                        self._replace(replace(record, last_seq=last_seq))
                 self._save(before_save, created)
         return created
 

@@ -205,3 +205,22 @@ def test_keys_rotate_kind_audit_from_the_cli_contains_a_leaked_key(
         assert f"TAMPERED: event {last_seq + 2}: MAC key {old} was rotated out" in result.stdout
     finally:
         engine.dispose()
+
+
+def test_a_rotation_also_bounds_keys_rotated_before_rotation_points_existed(
+    migrated_engine: Engine, tmp_path: Path
+) -> None:
+    folder = tmp_path / "keys"
+    Keyring.init(folder)
+    first = Keyring.open(folder).active(KeyKind.AUDIT).id
+    fill(migrated_engine, 3, keys=_keys(folder))
+    Keyring.open(folder).rotate(KeyKind.AUDIT)  # as an older release did: no rotation point
+    fill(migrated_engine, 3, keys=_keys(folder), start=3)
+    assert Keyring.open(folder).get(first).last_seq is None
+    rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")  # event 7
+    fill(migrated_engine, 3, keys=_keys(folder), start=6)
+    keyring = Keyring.open(folder)
+    assert [r.last_seq for r in keyring.records if r.kind is KeyKind.AUDIT] == [6, 6, None]
+    assert check(migrated_engine, _keys(folder)).intact
+    _forge_from(migrated_engine, 7, first, keyring.secret_key(first).material)
+    assert_bad(check(migrated_engine, _keys(folder)), 7, f"MAC key {first} was rotated out")
