@@ -135,12 +135,12 @@ def rotate(app: AppContext, kind: str, pq: bool, classical: bool) -> None:
             err=True,
         )
     if kind == KeyKind.AUDIT:
-        # The rotation event and the old key's rotation point are written under the chain's
-        # lock, with the new key (secure_maas.audit.rotation).
-        created, event = rotate_audit_key(app.engine(), keyring, actor=os_user())
+        # The event first, then the old key's rotation point, written under the chain's lock
+        # with the new key's first event (secure_maas.audit.rotation).
+        done = rotate_audit_key(app.engine(), keyring, actor=os_user())
         click.echo(
-            f"new active audit key {created.id} ({created.fingerprint}); {previous.id} kept "
-            f"to verify events up to seq {event.seq - 1} only"
+            f"new active audit key {done.key.id} ({done.key.fingerprint}); {previous.id} kept "
+            f"to verify events up to seq {done.last_seq} only"
         )
         return
 

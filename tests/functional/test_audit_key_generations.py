@@ -71,23 +71,25 @@ def _forge_from(engine: Engine, first: int, key_id: str, key: bytes) -> None:
 
 @pytest.fixture
 def rotated(migrated_engine: Engine, tmp_path: Path) -> tuple[Path, str, str]:
-    """Events 1-5 under the first audit key, the rotation (event 6, new key), events 7-10."""
+    """Events 1-5 under the first audit key, the rotation (keys:rotate, event 6, still under
+    the old key; the new key's opening checkpoint, event 7), events 8-10 under the new key."""
     folder = tmp_path / "keys"
     Keyring.init(folder)
     old = Keyring.open(folder).active(KeyKind.AUDIT).id
     fill(migrated_engine, 5, keys=_keys(folder))
-    created, record = rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")
-    assert record.seq == 6 and record.key_id == created.id
-    assert record.details == {"previous": old, "key": created.id, "last_seq": 5}
-    fill(migrated_engine, 4, keys=_keys(folder), start=5)
-    return folder, old, created.id
+    done = rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")
+    assert (done.event.seq, done.event.key_id, done.event.action) == (6, old, "keys:rotate")
+    assert (done.opening.seq, done.opening.key_id) == (7, done.key.id)
+    assert done.opening.details["last_seq"] == done.last_seq == 6
+    fill(migrated_engine, 3, keys=_keys(folder), start=5)
+    return folder, old, done.key.id
 
 
 def test_the_rotation_point_is_recorded_in_the_manifest(rotated: tuple[Path, str, str]) -> None:
     folder, old, new = rotated
     manifest = json.loads((folder / "keyring.json").read_text())
     by_id = {key["id"]: key for key in manifest["keys"]}
-    assert by_id[old]["status"] == "previous" and by_id[old]["last_seq"] == 5
+    assert by_id[old]["status"] == "previous" and by_id[old]["last_seq"] == 6
     assert by_id[new]["status"] == "active" and "last_seq" not in by_id[new]
     keys = _keys(folder)
     assert keys.generation(old) is not None and keys.generation(new) is not None
@@ -102,9 +104,9 @@ def test_an_old_key_cannot_rewrite_an_event_after_the_rotation(
     assert report.intact, report.problem
     assert report.last_seq == 10
     leaked = Keyring.open(folder).secret_key(old).material  # the attacker's copy
-    _forge_from(migrated_engine, 8, old, leaked)
+    _forge_from(migrated_engine, 9, old, leaked)
     assert_bad(
-        check(migrated_engine, _keys(folder)), 8, f"MAC key {old} was rotated out after seq 5"
+        check(migrated_engine, _keys(folder)), 9, f"MAC key {old} was rotated out after seq 6"
     )
 
 
@@ -116,8 +118,8 @@ def test_an_old_key_cannot_rewrite_the_rotation_itself(
     folder, old, new = rotated
     keyring = Keyring.open(folder)
     leaked = keyring.secret_key(old).material
-    _forge_from(migrated_engine, 6, old, leaked)
-    assert_bad(check(migrated_engine, _keys(folder)), 6, "rotated out after seq 5")
+    _forge_from(migrated_engine, 7, old, leaked)
+    assert_bad(check(migrated_engine, _keys(folder)), 7, "rotated out after seq 6")
     # What verification said before: any known key at any position, so "intact".
     unbounded = StaticAuditKeys({old: leaked, new: keyring.secret_key(new).material}, new)
     assert check(migrated_engine, unbounded).intact
@@ -141,8 +143,8 @@ def test_parallel_verification_names_the_same_event(
     folder, old, _new = rotated
     fill(migrated_engine, 20, keys=_keys(folder), start=10)
     assert check(migrated_engine, _keys(folder), jobs=3).intact
-    _forge_from(migrated_engine, 7, old, Keyring.open(folder).secret_key(old).material)
-    assert_bad(check(migrated_engine, _keys(folder), jobs=3), 7, "rotated out after seq 5")
+    _forge_from(migrated_engine, 8, old, Keyring.open(folder).secret_key(old).material)
+    assert_bad(check(migrated_engine, _keys(folder), jobs=3), 8, "rotated out after seq 6")
 
 
 def test_a_writer_created_before_the_rotation_writes_with_the_new_key(
@@ -154,11 +156,12 @@ def test_a_writer_created_before_the_rotation_writes_with_the_new_key(
     with AuditWriter(migrated_engine, _keys(folder)) as writer:  # a long-running worker
         before = [writer.append(event(i)) for i in range(3)]
         # Another process rotates (its own keyring object, as `keys rotate` would).
-        created, rotation = rotate_audit_key(migrated_engine, Keyring.open(folder), actor="a")
+        done = rotate_audit_key(migrated_engine, Keyring.open(folder), actor="a")
         after = [writer.append(event(i)) for i in range(3, 6)]
     assert [r.key_id for r in before] == [old] * 3
-    assert rotation.seq == 4
-    assert [r.key_id for r in after] == [created.id] * 3
+    assert (done.event.seq, done.opening.seq) == (4, 5)
+    assert [r.seq for r in after] == [6, 7, 8]
+    assert [r.key_id for r in after] == [done.key.id] * 3
     report = check(migrated_engine, _keys(folder))
     assert report.intact, report.problem
 
@@ -171,7 +174,7 @@ def test_an_instance_with_a_stale_keyring_copy_fails_closed_until_it_gets_the_ne
     shutil.copytree(host, copy)
     with AuditWriter(migrated_engine, _keys(copy)) as writer:
         writer.append(event(0))
-        created, _rotation = rotate_audit_key(migrated_engine, Keyring.open(host), actor="admin")
+        created = rotate_audit_key(migrated_engine, Keyring.open(host), actor="admin").key
         # The head now carries a key this instance's copy lacks: it must not write with the
         # old one (every event after the rotation point would be refused by verify).
         with pytest.raises(AuditUnavailable, match="copy the keyring"):
@@ -203,6 +206,8 @@ def test_keys_rotate_kind_audit_from_the_cli_contains_a_leaked_key(
         result = run_cli("audit", "verify", env=cli_env)
         assert result.returncode == 1
         assert f"TAMPERED: event {last_seq + 2}: MAC key {old} was rotated out" in result.stdout
+        events = json.loads(run_cli("audit", "list", "--format", "json", env=cli_env).stdout)
+        assert [e["action"] for e in events].count("keys:rotate") == 1
     finally:
         engine.dispose()
 
@@ -217,10 +222,10 @@ def test_a_rotation_also_bounds_keys_rotated_before_rotation_points_existed(
     Keyring.open(folder).rotate(KeyKind.AUDIT)  # as an older release did: no rotation point
     fill(migrated_engine, 3, keys=_keys(folder), start=3)
     assert Keyring.open(folder).get(first).last_seq is None
-    rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")  # event 7
+    rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")  # events 7 and 8
     fill(migrated_engine, 3, keys=_keys(folder), start=6)
     keyring = Keyring.open(folder)
-    assert [r.last_seq for r in keyring.records if r.kind is KeyKind.AUDIT] == [6, 6, None]
+    assert [r.last_seq for r in keyring.records if r.kind is KeyKind.AUDIT] == [7, 7, None]
     assert check(migrated_engine, _keys(folder)).intact
-    _forge_from(migrated_engine, 7, first, keyring.secret_key(first).material)
-    assert_bad(check(migrated_engine, _keys(folder)), 7, f"MAC key {first} was rotated out")
+    _forge_from(migrated_engine, 8, first, keyring.secret_key(first).material)
+    assert_bad(check(migrated_engine, _keys(folder)), 8, f"MAC key {first} was rotated out")
