@@ -2,8 +2,10 @@
 
 - `events`: `AuditEvent` (what callers record) and `AuditRecord` (what is stored).
 - `encoding`: the canonical, versioned bytes each MAC covers; never changes once shipped.
+- `times`: the one canonical time text that is MAC'd, stored and compared.
 - `chain`: one global HMAC-SHA256 chain serialised by the database; `append_now`.
 - `writer`: `AuditWriter`, group commit for request threads.
+- `keys`, `rotation`: audit keys in generations, each bounded by its rotation point.
 - `verify`, `query`, `stats`, `export`, `prune`: what auditors run.
 
 Nothing here knows of Flask or imports `cryptography`; keys come through `AuditKeys`.
@@ -23,7 +25,13 @@ from secure_maas.audit.events import (
     InvalidAuditEvent,
     body_digest,
 )
-from secure_maas.audit.keys import AuditKeys, KeyringAuditKeys, MissingAuditKey, StaticAuditKeys
+from secure_maas.audit.keys import (
+    AuditKeys,
+    KeyGeneration,
+    KeyringAuditKeys,
+    MissingAuditKey,
+    StaticAuditKeys,
+)
 from secure_maas.audit.query import AuditFilter, parse_time
 from secure_maas.audit.verify import VerifyReport, parse_head, verify, verify_database
 from secure_maas.audit.writer import AuditWriter
@@ -39,6 +47,7 @@ __all__ = [
     "Decision",
     "Head",
     "InvalidAuditEvent",
+    "KeyGeneration",
     "KeyringAuditKeys",
     "MissingAuditKey",
     "StaticAuditKeys",
