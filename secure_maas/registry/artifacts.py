@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, joinedload
 
+from secure_maas.crypto.attest import Attested, authenticate_header
 from secure_maas.crypto.envelope import (
     InvalidArtifact,
     Opened,
@@ -32,20 +33,23 @@ from secure_maas.crypto.envelope import (
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.registry.models import Model, ModelVersion
+from secure_maas.registry.signed import SignedFacts, check_row, header_facts
 from secure_maas.registry.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
-def _check_row(row: ModelVersion, checked: Verified) -> None:
+def _check_row(row: ModelVersion, checked: Verified | Attested) -> SignedFacts:
+    """The row against what was verified: digests first, then every signed fact."""
     if checked.ciphertext_digest != row.ciphertext_digest:
         raise InvalidArtifact("digest_mismatch", "ciphertext digest differs from the registry's")
     if checked.header.plaintext_sha256 != row.plaintext_sha256:
         raise InvalidArtifact("digest_mismatch", "plaintext digest differs from the registry's")
+    return check_row(row, checked.header, checked.publisher_key_id)
 
 
 @contextmanager
-def _reading(store: ArtifactStore, row: ModelVersion) -> Iterator[io.BufferedReader]:
+def reading(store: ArtifactStore, row: ModelVersion) -> Iterator[io.BufferedReader]:
     """The artifact file of `row`, open for the body of the `with`.
 
     A file that cannot be opened or read (gone, a folder, EACCES, EIO) is refused as a tampered
@@ -63,9 +67,12 @@ def _reading(store: ArtifactStore, row: ModelVersion) -> Iterator[io.BufferedRea
 
 
 def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Opened:
-    """Verify and decrypt one version into memory (the caller wipes it after loading)."""
+    """Verify and decrypt one version into memory (the caller wipes it after loading).
+
+    The row is checked against the verified header (`signed.check_row`): a row whose privacy,
+    guarantee, dataset or serving signature differs is refused like a tampered artifact."""
     private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
-    with _reading(store, row) as handle:
+    with reading(store, row) as handle:
         opened = open_artifact(
             handle,
             private_keys=private_keys,
@@ -82,10 +89,39 @@ def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> O
     return opened
 
 
+def signed_facts(
+    store: ArtifactStore,
+    keyring: Keyring,
+    row: ModelVersion,
+    *,
+    hash_body: bool = False,
+    reconcile: bool = True,
+) -> SignedFacts:
+    """The facts `row`'s publisher signed, checked against the row, without decrypting.
+
+    Needs only the trusted publishers' public keys. Without `hash_body` the body is not read
+    (the row's ciphertext digest goes into the signature check); with it the body is hashed
+    and must match the row's digest too. Raises `InvalidArtifact` (`row_mismatch` names the
+    fields that differ). With `reconcile=False` the header's facts are returned as signed,
+    without comparing the rest of the row (to show what the publisher signed)."""
+    trusted = keyring.trusted_publishers()
+    with reading(store, row) as handle:
+        attested = authenticate_header(
+            handle,
+            trusted_publishers=trusted,
+            expect_model=row.model.name,
+            expect_version=row.version,
+            ciphertext_digest=None if hash_body else row.ciphertext_digest,
+        )
+    if not reconcile:
+        return header_facts(attested.header, attested.publisher_key_id)
+    return _check_row(row, attested)
+
+
 def verify_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Verified:
     """Every check of `open_version` without keeping the plaintext (for `models verify`)."""
     private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
-    with _reading(store, row) as handle:
+    with reading(store, row) as handle:
         checked = verify_artifact(
             handle,
             private_keys=private_keys,
@@ -124,10 +160,15 @@ def _rows(session: Session, name: str | None) -> list[ModelVersion]:
 def verify_all(
     session: Session, store: ArtifactStore, keyring: Keyring, name: str | None = None
 ) -> Iterator[Finding]:
-    """Check every artifact (or those of `name`), then report files that no row references."""
+    """Check every artifact (or those of `name`), then report files that no row references.
+
+    Each row is first compared with its signed header (publisher key only, body hashed, not
+    decrypted; a difference is reported as `row_mismatch` naming the fields), then the
+    artifact is decrypted and checked whole."""
     rows = _rows(session, name)
     for row in rows:
         try:
+            signed_facts(store, keyring, row, hash_body=True)
             verify_version(store, keyring, row)
         except InvalidArtifact as exc:
             yield Finding(row.model.name, row.version, row.artifact_path, False, exc.code,

@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from secure_maas.crypto.attest import Attested, authenticate_header
 from secure_maas.crypto.envelope import (
     InvalidArtifact,
     SealInfo,
-    inspect_artifact,
+    Verified,
     seal,
     verify_artifact,
 )
@@ -98,28 +99,36 @@ def _check_written(
     keyring: Keyring,
     service_id: str,
     publisher_id: str,
-    name: str,
-    version: int,
+    info: SealInfo,
 ) -> None:
     """Read the new file back before the row is committed: a disk that lied fails here.
 
-    A publishing host that holds only the service's public key (a separate training team) can
-    check framing and signature but not decryptability; the service checks that at load time.
+    A publishing host that holds only the service's public key (a separate training team)
+    cannot decrypt, so it checks what the publisher's public key can: the framing, the name
+    and version, the signature over the header and the body as written (hashed, not
+    decrypted), and that both digests are the ones just sealed. The service checks
+    decryptability at load time.
     """
+    header = info.header
     signer = {publisher_id: keyring.public_key(publisher_id)}
     with store.open(relative) as handle:
         if keyring.get(service_id).private_file is None:
-            found = inspect_artifact(handle)
-            if (found.header.model, found.header.version) != (name, version):
-                raise InvalidArtifact("identity", "written artifact names another model")
-            return
-        verify_artifact(
-            handle,
-            private_keys={service_id: keyring.private_key(service_id)},
-            trusted_publishers=signer,
-            expect_model=name,
-            expect_version=version,
-        )
+            checked: Verified | Attested = authenticate_header(
+                handle,
+                trusted_publishers=signer,
+                expect_model=header.model,
+                expect_version=header.version,
+            )
+        else:
+            checked = verify_artifact(
+                handle,
+                private_keys={service_id: keyring.private_key(service_id)},
+                trusted_publishers=signer,
+                expect_model=header.model,
+                expect_version=header.version,
+            )
+    if checked.ciphertext_digest != info.ciphertext_digest or checked.header != header:
+        raise InvalidArtifact("digest_mismatch", "written artifact differs from what was sealed")
 
 
 def publish(
@@ -183,7 +192,7 @@ def publish(
             store.write(name, version, produce)
             written = relative
             info = sealed[0]
-            _check_written(store, relative, keyring, service.id, publisher.id, name, version)
+            _check_written(store, relative, keyring, service.id, publisher.id, info)
             dp = provenance.dp or {}
             row = ModelVersion(
                 model_id=model.id,
