@@ -10,32 +10,57 @@ import click
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
+from secure_maas.audit import ActorKind, AuditEvent
+from secure_maas.audit import Decision as AuditDecision
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change, os_event, os_user, record_in, record_now
+from secure_maas.crypto.envelope import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
-from secure_maas.errors import SecureMaasError
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import DP_FIELDS
+from secure_maas.registry.signed import SignedFacts
 from secure_maas.timeutil import isoformat
 
+#: The privacy shown for a version whose signed header could not be had or disagrees with
+#: its row (`models verify` says why).
+UNVERIFIED = "unverified"
 
-def version_row(model: Model, row: ModelVersion, labels: list[str]) -> dict[str, Any]:
+
+def _signed(app: AppContext, row: ModelVersion) -> tuple[SignedFacts | None, str | None]:
+    """The facts the publisher signed for `row` and its row checked against them: (facts,
+    None) when they agree; (the header's facts or None, the problem) otherwise."""
+    store, keyring = app.store(), app.keyring()
+    try:
+        return artifacts.signed_facts(store, keyring, row), None
+    except InvalidArtifact as exc:
+        problem = f"{exc.code}: {exc.reason}"
+    try:
+        return artifacts.signed_facts(store, keyring, row, reconcile=False), problem
+    except InvalidArtifact:
+        return None, problem
+
+
+def version_row(
+    model: Model, row: ModelVersion, labels: list[str], signed: SignedFacts | None
+) -> dict[str, Any]:
+    """One version as listed: privacy and guarantee from its signed header, never the row."""
+    dp = (signed.dp if signed is not None else None) or {}
     return {
         "name": model.name,
         "version": row.version,
         "status": row.status,
         "labels": ",".join(labels) or None,
-        "privacy": row.privacy,
-        "epsilon": row.dp_epsilon,
-        "delta": row.dp_delta,
+        "privacy": signed.privacy if signed is not None else UNVERIFIED,
+        "epsilon": dp.get("epsilon"),
+        "delta": dp.get("delta"),
         "size_bytes": row.size_bytes,
         "plaintext_sha256": row.plaintext_sha256,
         "ciphertext_digest": row.ciphertext_digest,
         "service_key_id": row.service_key_id,
         "publisher_key_id": row.publisher_key_id,
-        "dataset": row.dataset_name,
+        "dataset": signed.dataset_name if signed is not None else None,
         "created_at": isoformat(row.created_at),
         "created_by": row.created_by,
     }
@@ -53,25 +78,15 @@ def models() -> None:
 def import_model(app: AppContext, file: Path, name: str) -> None:
     """Seal an existing Keras model (.keras or .h5) as the next version of NAME.
 
-    The model is recorded as having no DP guarantee (it was trained elsewhere). The file is
-    read once, into memory, and nothing of it is written to disk but the sealed artifact. A
-    refused file (a Lambda layer, a custom class, not a Keras model) is recorded in the audit
-    log as a denied `model:publish`.
+    The model is recorded as having no DP guarantee (it was trained elsewhere).
 
     \b
     Example:
         secure-maas models import churn.keras --name churn
     """
-    from secure_maas.registry.store import check_name
-
-    check_name(name)
     from secure_maas.registry.keras_import import load_keras_file
 
-    try:
-        payload, signature = load_keras_file(file)
-    except SecureMaasError as exc:
-        _record_refused_import(app, file, name, exc)
-        raise
+    payload, signature = load_keras_file(file)
     from secure_maas.registry.publish import Provenance, publish
 
     def record(session: Session, row: ModelVersion) -> None:
@@ -101,31 +116,14 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
     )
 
 
-def _record_refused_import(app: AppContext, file: Path, name: str, refusal: Exception) -> None:
-    """Audit a refused import before the refusal is reported (never a secret: it names the
-    file and the reason, such as the Lambda layer's place in the architecture)."""
-    from secure_maas.audit import ActorKind, AuditEvent, Decision
-    from secure_maas.registry.codec import UnsafeModel
-
-    code = "unsafe-model" if isinstance(refusal, UnsafeModel) else "not-importable"
-    event = AuditEvent(
-        action=AdminAction.MODEL_PUBLISH,
-        actor=os_user(),
-        actor_kind=ActorKind.OS,
-        decision=Decision.DENY,
-        model=name,
-        reason_code=code,
-        reason=f"import of {file.name} refused: {refusal}",
-        detail={"file": file.name},
-    )
-    record_now(app, event)
-
-
 @models.command("list")
 @format_option
 @click.pass_obj
 def list_models(app: AppContext, fmt: str) -> None:
     """List every model version with its labels, status and privacy guarantee.
+
+    The guarantee is read from each artifact's signed header (no decryption); a version whose
+    header cannot be authenticated or disagrees with its registry row shows `unverified`.
 
     \b
     Example:
@@ -135,7 +133,11 @@ def list_models(app: AppContext, fmt: str) -> None:
         rows = []
         for model in catalog.list_models(session):
             labels = catalog.labels_of(model)
-            rows += [version_row(model, v, labels.get(v.version, [])) for v in model.versions]
+            for v in model.versions:
+                signed, problem = _signed(app, v)
+                rows.append(
+                    version_row(model, v, labels.get(v.version, []), None if problem else signed)
+                )
     emit(
         rows,
         ["name", "version", "status", "labels", "privacy", "epsilon", "size_bytes", "created_at"],
@@ -150,6 +152,11 @@ def list_models(app: AppContext, fmt: str) -> None:
 def show(app: AppContext, ref: str, fmt: str) -> None:
     """Show NAME (every version), NAME:VERSION or NAME@LABEL in detail.
 
+    Privacy, guarantee, dataset and serving signature are those of the signed header (checked
+    with the publisher's public key, not decrypted). A row that differs from its header, or a
+    header that cannot be authenticated, is shown as such; the command then exits 1 and the
+    refusal is audited.
+
     \b
     Example:
         secure-maas models show digits:2
@@ -163,20 +170,30 @@ def show(app: AppContext, ref: str, fmt: str) -> None:
         else:
             versions = [catalog.resolve(session, parsed, include_disabled=True)]
         rows = []
+        problems: list[tuple[int, str]] = []
         for row in versions:
-            data = version_row(model, row, labels.get(row.version, []))
-            data["signature"] = row.signature
-            data["dataset_fingerprint"] = row.dataset_fingerprint
-            data["dp"] = {key: getattr(row, f"dp_{key}") for key in DP_FIELDS}
+            signed, problem = _signed(app, row)
+            data = version_row(model, row, labels.get(row.version, []), signed)
+            data["signature"] = None if signed is None else dict(signed.signature)
+            data["dataset_fingerprint"] = None if signed is None else signed.dataset_fingerprint
+            dp = None if signed is None else signed.dp
+            data["dp"] = None if dp is None else {key: dp.get(key) for key in DP_FIELDS}
+            data["header"] = (
+                "signed header verified; the registry row agrees" if problem is None else problem
+            )
+            if problem is not None:
+                problems.append((row.version, problem))
             rows.append(data)
     if fmt == "json":
         emit(rows, [], fmt)
-        return
-    for data in rows:
-        click.echo(f"{data['name']}:{data['version']}")
-        for key, value in data.items():
-            if key not in ("name", "version"):
-                click.echo(f"  {key:18} {value if value is not None else '-'}")
+    else:
+        for data in rows:
+            click.echo(f"{data['name']}:{data['version']}")
+            for key, value in data.items():
+                if key not in ("name", "version"):
+                    click.echo(f"  {key:18} {value if value is not None else '-'}")
+    if problems:
+        _refuse_rows(app, parsed.name, problems, "models show")
 
 
 @models.command("verify")
@@ -186,7 +203,11 @@ def show(app: AppContext, ref: str, fmt: str) -> None:
 def verify(app: AppContext, name: str | None, fmt: str) -> None:
     """Check every artifact (or NAME's): signature, digests, decryptability; no TensorFlow.
 
-    Also reports files in the store that no version references. Exits 1 if anything failed.
+    Every registry row is first compared with its artifact's signed header (publisher's public
+    key only, not decrypted): a difference in privacy, guarantee, dataset, serving signature,
+    name, version, digests or publisher fails as `row_mismatch`, naming the fields. Also
+    reports files in the store that no version references. Exits 1 if anything failed; every
+    run is recorded in the audit log (`model:verify`).
 
     \b
     Example:
@@ -200,8 +221,46 @@ def verify(app: AppContext, name: str | None, fmt: str) -> None:
     rows = [f.__dict__ for f in findings]
     emit(rows, ["model", "version", "ok", "code", "reason"], fmt)
     bad = [f for f in findings if not f.ok]
+    summary = f"{len(bad)} of {len(findings)} artifacts failed verification"
+    failed = "; ".join(f"{f.model}:{f.version or '-'} {f.code}: {f.reason}" for f in bad[:20])
+    event = AuditEvent(
+        action=AdminAction.MODEL_VERIFY,
+        actor=os_user(),
+        actor_kind=ActorKind.OS,
+        decision=AuditDecision.ERROR if bad else AuditDecision.ALLOW,
+        model=name,
+        reason_code="verify_failed" if bad else "intact",
+        reason=_clip(f"{summary}: {failed}" if bad else f"{len(findings)} artifacts intact"),
+    )
+    record_now(app, event)
     if bad:
-        raise click.ClickException(f"{len(bad)} of {len(findings)} artifacts failed verification")
+        raise click.ClickException(summary)
+
+
+def _clip(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_rows(app: AppContext, name: str, problems: list[tuple[int, str]], command: str) -> None:
+    """Audit and refuse: registry rows that their signed headers do not vouch for."""
+    listed = "; ".join(f"{name}:{version} {problem}" for version, problem in problems)
+    record_now(
+        app,
+        AuditEvent(
+            action=AdminAction.MODEL_VERIFY,
+            actor=os_user(),
+            actor_kind=ActorKind.OS,
+            decision=AuditDecision.ERROR,
+            model=name,
+            model_version=problems[0][0] if len(problems) == 1 else None,
+            reason_code="row_mismatch",
+            reason=_clip(f"{command}: {listed}"),
+        ),
+    )
+    raise click.ClickException(
+        f"{listed}. The registry row is not what the publisher signed: the facts shown are the "
+        "signed header's. Run `secure-maas models verify` and restore the row or republish."
+    )
 
 
 @models.command("label")

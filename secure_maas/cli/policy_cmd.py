@@ -14,13 +14,14 @@ from secure_maas.actions import Action, AdminAction
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change
+from secure_maas.crypto.envelope import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import directory, grants, sync
 from secure_maas.policy.errors import InvalidRule
 from secure_maas.policy.evaluate import Caller, ModelFacts, RequestFacts
 from secure_maas.policy.index import CompiledPolicy, rules_for
 from secure_maas.policy.rules import Effect, Quota, Rule, Window, is_external
-from secure_maas.registry import catalog
+from secure_maas.registry import artifacts, catalog
 from secure_maas.timeutil import isoformat, utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,7 +182,10 @@ def list_rules(app: AppContext, subject: str | None, model: str | None, fmt: str
     emit([rule_row(r) for r in rules], COLUMNS, fmt)
 
 
-def _facts(session: Session, ref_text: str | None) -> tuple[ModelFacts | None, str | None]:
+def _facts(
+    app: AppContext, session: Session, ref_text: str | None
+) -> tuple[ModelFacts | None, str | None]:
+    """The model facts a rule sees: ε from the version's signed header, never from its row."""
     if ref_text is None:
         return None, None
     ref = catalog.ModelRef.parse(ref_text)
@@ -191,7 +195,15 @@ def _facts(session: Session, ref_text: str | None) -> tuple[ModelFacts | None, s
         note = f"{ref} is not in the registry: judged by name only, with no DP guarantee"
         return ModelFacts(ref.name, ref.version), note
     labels = catalog.labels_of(row.model).get(row.version, [])
-    return ModelFacts(ref.name, row.version, tuple(labels), row.dp_epsilon), None
+    try:
+        signed = artifacts.signed_facts(app.store(), app.keyring(), row)
+    except InvalidArtifact as exc:
+        note = (
+            f"{ref.name}:{row.version}: {exc.code}: {exc.reason}; judged with no DP guarantee "
+            "(serving refuses this version; run `secure-maas models verify`)"
+        )
+        return ModelFacts(ref.name, row.version, tuple(labels), None), note
+    return ModelFacts(ref.name, row.version, tuple(labels), signed.epsilon), None
 
 
 @policy.command("explain")
@@ -219,7 +231,7 @@ def explain(
     notes = []
     with session_scope(session_factory(app.engine())) as session:
         identity = directory.load_directory(session).resolve(subject)
-        model, note = _facts(session, model_ref)
+        model, note = _facts(app, session, model_ref)
         compiled = CompiledPolicy(grants.load_rules(session))
     if identity is None:
         notes.append(f"no principal {subject!r}: judged as user:{subject} with no roles")

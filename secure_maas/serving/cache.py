@@ -10,6 +10,17 @@ is verified and decrypted in memory (`registry.artifacts.open_version`), decoded
 Loaded models are kept in an LRU bounded by their plaintext bytes; a disabled version is
 dropped at once.
 
+Every fact in that copy that a decision or a caller relies on (privacy, the DP guarantee,
+dataset, serving signature) is the one the publisher signed: on each rebuild every version's
+header is authenticated with the trusted publishers' public keys (`registry.signed`; the
+body is not read, and a header is checked once per file and key), and its row is compared
+with it. A row that differs is refused at once, with a `model.refused` event (code
+`row_mismatch`, once per process and difference), exactly as a tampered artifact is at load;
+its facts stay the header's, and a copy already in memory (verified when it was loaded) keeps
+serving, as it does when its file is tampered with. A version whose header cannot be
+authenticated (file missing, unreadable, bad signature) is listed with privacy `unverified`
+and no guarantee, so no `max_epsilon` rule allows it, and loading it is refused as before.
+
 An artifact that fails verification or decoding is refused: `on_event("model.refused", ...)`
 carries the reason, the caller gets `ModelUnavailable`, and the attempt is not repeated for
 `retry_after` seconds or until the registry changes. A version already in memory keeps serving
@@ -36,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from secure_maas.crypto.envelope import InvalidArtifact
+from secure_maas.crypto.keys import PublicKey
 from secure_maas.db.session import SessionFactory, session_factory, session_scope
 from secure_maas.db.watch import POLL_INTERVAL_S, Watcher
 from secure_maas.errors import SecureMaasError
@@ -44,9 +56,9 @@ from secure_maas.registry import catalog
 from secure_maas.registry.artifacts import open_version
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.disclosure import public_guarantee
-from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, Privacy, VersionStatus
-from secure_maas.registry.publish import DP_FIELDS
+from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, VersionStatus
 from secure_maas.registry.signature import InvalidModelData, ServingSignature
+from secure_maas.registry.signed import HeaderCache, SignedFacts, header_facts, reconcile
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.batcher import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -67,6 +79,9 @@ EVENT_LOADED = "model.loaded"
 EVENT_REFUSED = "model.refused"
 EVENT_EVICTED = "model.evicted"
 EVENT_FALLBACK = "model.fallback"
+
+#: The privacy class shown for a version whose signed header could not be authenticated.
+UNVERIFIED = "unverified"
 
 OnEvent = Callable[[str, dict[str, Any]], None]
 Decoder = Callable[[memoryview], "LoadedModel"]
@@ -199,6 +214,8 @@ class _Snapshot:
     facts: dict[str, dict[int, ModelFacts]] = field(default_factory=dict)
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: dict[Key, ModelVersion] = field(default_factory=dict)
+    #: Versions whose row differs from their signed header: key -> (code, reason).
+    mismatched: dict[Key, tuple[str, str]] = field(default_factory=dict)
 
     def resolve(self, ref: ModelRef) -> ModelFacts:
         """`catalog.resolve`'s rules, on this copy of the registry."""
@@ -272,6 +289,8 @@ class ModelCache:
         self._served: dict[ModelRef, int] = {}
         self._fallbacks_reported: set[tuple[ModelRef, int]] = set()
         self._stats = CacheStats(max_bytes=max_bytes)
+        self._headers = HeaderCache()
+        self._mismatch_reported: set[tuple[Key, str]] = set()
 
     # -- resolution (no weights) -----------------------------------------------------------
 
@@ -496,12 +515,17 @@ class ModelCache:
         return entry
 
     def _reload(self, _counters: Mapping[str, int] | None = None) -> None:
-        snapshot = _read_snapshot(self._factory)
+        trusted = self._keyring_loader().trusted_publishers()
+        snapshot = _read_snapshot(self._factory, self._store, trusted, self._headers)
         dropped: list[CachedModel] = []
+        now = self._clock()
         with self._lock:
             self._snapshot = snapshot
             self._failed.clear()
             self._fallbacks_reported.clear()
+            for key in snapshot.mismatched:
+                if key not in self._entries:  # in memory, it was verified: it keeps serving
+                    self._failed[key] = now
             for key in list(self._entries):
                 facts = snapshot.facts.get(key[0], {}).get(key[1])
                 if facts is None or not facts.active:
@@ -512,6 +536,17 @@ class ModelCache:
         for entry in dropped:
             entry.close()
             self._emit(EVENT_EVICTED, _details(entry.facts, reason="disabled", bytes=entry.weight))
+        for key, (code, reason) in snapshot.mismatched.items():
+            report = (key, reason)
+            with self._lock:
+                if report in self._mismatch_reported:
+                    continue
+                self._stats.refusals += 1
+            log.warning("refused %s:%d: %s (%s)", key[0], key[1], code, reason)
+            self._emit(EVENT_REFUSED, {"model": key[0], "version": key[1], "code": code,
+                                       "reason": reason})  # fmt: skip
+            with self._lock:
+                self._mismatch_reported.add(report)
 
     def _emit(self, kind: str, details: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -526,8 +561,13 @@ def _details(facts: ModelFacts, **extra: Any) -> dict[str, Any]:
     return {"model": facts.name, "version": facts.version, **extra}
 
 
-def _read_snapshot(factory: SessionFactory) -> _Snapshot:
-    """Every model, version and label, in one read transaction."""
+def _read_snapshot(
+    factory: SessionFactory,
+    store: ArtifactStore,
+    trusted: Mapping[str, PublicKey],
+    headers: HeaderCache,
+) -> _Snapshot:
+    """Every model, version and label, in one read transaction; facts from signed headers."""
     snapshot = _Snapshot()
     with session_scope(factory) as session:
         for model in catalog.list_models(session):
@@ -535,12 +575,16 @@ def _read_snapshot(factory: SessionFactory) -> _Snapshot:
             versions: dict[int, ModelFacts] = {}
             for row in model.versions:
                 _ = row.model  # open_version reads row.model.name after the session closes
+                key = (model.name, row.version)
+                signed = _signed(store, trusted, headers, row, snapshot)
                 try:
-                    versions[row.version] = _facts(model.name, row, labels.get(row.version, []))
+                    versions[row.version] = _facts(
+                        model.name, row, labels.get(row.version, []), signed
+                    )
                 except InvalidModelData as exc:
                     log.error("%s:%d has an unreadable signature: %s", model.name, row.version, exc)
                     continue
-                snapshot.rows[(model.name, row.version)] = row
+                snapshot.rows[key] = row
             snapshot.facts[model.name] = versions
             snapshot.labels[model.name] = {
                 label.label: label.version.version for label in model.labels
@@ -548,21 +592,46 @@ def _read_snapshot(factory: SessionFactory) -> _Snapshot:
     return snapshot
 
 
-def _facts(name: str, row: ModelVersion, labels: list[str]) -> ModelFacts:
-    dp = (
-        {key: getattr(row, f"dp_{key}") for key in DP_FIELDS}
-        if row.privacy == Privacy.DP.value
-        else None
-    )
+def _signed(
+    store: ArtifactStore,
+    trusted: Mapping[str, PublicKey],
+    headers: HeaderCache,
+    row: ModelVersion,
+    snapshot: _Snapshot,
+) -> SignedFacts | None:
+    """The facts of `row` as signed; None if its header cannot be authenticated. A row that
+    differs from its header is noted in `snapshot.mismatched` and the header's facts are used."""
+    try:
+        attested = headers.attest(store, trusted, row)
+        signed = header_facts(attested.header, attested.publisher_key_id)
+    except InvalidArtifact as exc:
+        log.warning("%s:%d: header not authenticated: %s (%s)",
+                    row.model.name, row.version, exc.code, exc.reason)  # fmt: skip
+        return None
+    try:
+        return reconcile(row, signed)
+    except InvalidArtifact as exc:
+        snapshot.mismatched[(row.model.name, row.version)] = (exc.code, exc.reason)
+        return signed
+
+
+def _facts(
+    name: str, row: ModelVersion, labels: list[str], signed: SignedFacts | None
+) -> ModelFacts:
+    """A version's facts: the signed ones, or none to rely on when the header could not be
+    authenticated (privacy `unverified`, no guarantee; the row's signature only parses
+    requests for a version whose load will be refused or will check it)."""
     return ModelFacts(
         name=name,
         version=row.version,
         status=row.status,
         labels=tuple(labels),
-        signature=ServingSignature.from_dict(row.signature),
-        privacy=row.privacy,
-        dp=dp,
-        dataset_name=row.dataset_name,
+        signature=ServingSignature.from_dict(
+            dict(signed.signature) if signed is not None else row.signature
+        ),
+        privacy=signed.privacy if signed is not None else UNVERIFIED,
+        dp=signed.dp if signed is not None else None,
+        dataset_name=signed.dataset_name if signed is not None else None,
         plaintext_bytes=row.plaintext_bytes,
         created_at=row.created_at,
         created_by=row.created_by,

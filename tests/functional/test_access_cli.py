@@ -13,8 +13,10 @@ from sqlalchemy.engine import Engine
 
 from secure_maas.config import Settings
 from secure_maas.db import create_engine
-from secure_maas.db.session import session_factory, session_scope
-from secure_maas.registry.models import Model, ModelVersion, Privacy
+from secure_maas.keys import Keyring
+from secure_maas.registry.models import Privacy
+from secure_maas.registry.publish import Provenance, publish
+from secure_maas.registry.store import ArtifactStore
 from tests.functional.cli import run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "policies"
@@ -33,37 +35,28 @@ def error(*args: str, env: dict[str, str], status: int = 1) -> str:
     return result.stderr
 
 
-def register_model(engine: Engine, name: str, epsilon: float | None) -> None:
-    """A registry row with the facts policy reads (no artifact: explain needs none)."""
-    with session_scope(session_factory(engine)) as session:
-        model = Model(name=name, created_by="test")
-        session.add(model)
-        session.flush()
-        session.add(
-            ModelVersion(
-                model_id=model.id,
-                version=1,
-                artifact_path=f"{name}/1.sealed",
-                plaintext_sha256="0" * 64,
-                ciphertext_digest="0" * 64,
-                size_bytes=1,
-                plaintext_bytes=1,
-                publisher_key_id="pub",
-                service_key_id="svc",
-                signature={},
-                privacy=Privacy.DP if epsilon is not None else Privacy.IMPORTED,
-                dp_epsilon=epsilon,
-                created_by="test",
-            )
-        )
+def register_model(settings: Settings, engine: Engine, name: str, epsilon: float | None) -> None:
+    """A published version with the facts policy reads: explain takes ε from its signed
+    header (the bytes are never decoded here)."""
+    dp = None if epsilon is None else {"epsilon": epsilon, "delta": 1e-5}
+    publish(
+        engine,
+        ArtifactStore(settings.store_dir),
+        Keyring.open(settings.keys_dir),
+        name=name,
+        payload=b"not a model: explain never decodes it",
+        signature={"inputs": [], "outputs": []},
+        provenance=Provenance(Privacy.DP if dp else Privacy.IMPORTED, dp=dp),
+        created_by="test",
+    )
 
 
 @pytest.fixture
 def instance(cli_env: dict[str, str], settings: Settings) -> Engine:
     ok("init", env=cli_env)
     engine = create_engine(settings.database_url)
-    register_model(engine, "digits_dp", 2.0)
-    register_model(engine, "digits_plain", None)
+    register_model(settings, engine, "digits_dp", 2.0)
+    register_model(settings, engine, "digits_plain", None)
     return engine
 
 

@@ -87,7 +87,10 @@ def test_import_verify_load_same_predictions_and_no_plaintext_on_disk(
     listed = json.loads(run_cli("models", "list", "--format", "json", env=env, cwd=work).stdout)
     assert [(m["name"], m["version"], m["privacy"]) for m in listed] == [("churn", 1, "imported")]
     events = json.loads(run_cli("audit", "list", "--format", "json", env=env, cwd=work).stdout)
-    assert [(e["action"], e["model"]) for e in events] == [("model:publish", "churn")]
+    assert [(e["action"], e["model"], e["decision"]) for e in events] == [
+        ("model:publish", "churn", "allow"),
+        ("model:verify", None, "allow"),  # every `models verify` run is recorded
+    ]
 
     loaded = subprocess.run(
         [sys.executable, "-c", LOADER, "churn:1", json.dumps(batch.tolist())],
