@@ -17,6 +17,7 @@ from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change, os_event, os_user, record_in, record_now
 from secure_maas.crypto.envelope import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
+from secure_maas.errors import SecureMaasError
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import DP_FIELDS
@@ -78,15 +79,25 @@ def models() -> None:
 def import_model(app: AppContext, file: Path, name: str) -> None:
     """Seal an existing Keras model (.keras or .h5) as the next version of NAME.
 
-    The model is recorded as having no DP guarantee (it was trained elsewhere).
+    The model is recorded as having no DP guarantee (it was trained elsewhere). The file is
+    read once, into memory, and nothing of it is written to disk but the sealed artifact. A
+    refused file (a Lambda layer, a custom class, not a Keras model) is recorded in the audit
+    log as a denied `model:publish`.
 
     \b
     Example:
         secure-maas models import churn.keras --name churn
     """
+    from secure_maas.registry.store import check_name
+
+    check_name(name)
     from secure_maas.registry.keras_import import load_keras_file
 
-    payload, signature = load_keras_file(file)
+    try:
+        payload, signature = load_keras_file(file)
+    except SecureMaasError as exc:
+        _record_refused_import(app, file, name, exc)
+        raise
     from secure_maas.registry.publish import Provenance, publish
 
     def record(session: Session, row: ModelVersion) -> None:
@@ -114,6 +125,26 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
         f"published {name}:{row.version} ({row.size_bytes} bytes sealed, "
         f"service key {row.service_key_id}, publisher {row.publisher_key_id})"
     )
+
+
+def _record_refused_import(app: AppContext, file: Path, name: str, refusal: Exception) -> None:
+    """Audit a refused import before the refusal is reported (never a secret: it names the
+    file and the reason, such as the Lambda layer's place in the architecture)."""
+    from secure_maas.audit import ActorKind, AuditEvent, Decision
+    from secure_maas.registry.codec import UnsafeModel
+
+    code = "unsafe-model" if isinstance(refusal, UnsafeModel) else "not-importable"
+    event = AuditEvent(
+        action=AdminAction.MODEL_PUBLISH,
+        actor=os_user(),
+        actor_kind=ActorKind.OS,
+        decision=Decision.DENY,
+        model=name,
+        reason_code=code,
+        reason=f"import of {file.name} refused: {refusal}",
+        detail={"file": file.name},
+    )
+    record_now(app, event)
 
 
 @models.command("list")
