@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secure_maas.audit import AuditEvent, AuditWriter, StaticAuditKeys, append_now
 from secure_maas.audit.chain import GENESIS_MAC
-from secure_maas.audit.encoding import VERSION, canonical_v1
-from secure_maas.audit.events import body_digest, to_microseconds
+from secure_maas.audit.encoding import VERSION_2, canonical_v2
+from secure_maas.audit.events import body_digest
+from secure_maas.audit.times import canonical_time
 from secure_maas.audit.verify import verify_database
 from secure_maas.db import create_engine, migrate
 
@@ -120,7 +121,7 @@ def chain_rows(count: int) -> Iterator[tuple[object, ...]]:
         at = START + timedelta(milliseconds=seq)
         values = (
             seq,
-            to_microseconds(at),
+            canonical_time(at),
             e.request_id,
             e.actor,
             e.actor_kind,
@@ -138,8 +139,8 @@ def chain_rows(count: int) -> Iterator[tuple[object, ...]]:
             None,
             KEY_ID,
         )
-        previous = hmac.digest(key, canonical_v1(values) + previous, "sha256")
-        yield (seq, VERSION, at, *values[2:], previous)
+        previous = hmac.digest(key, canonical_v2(values) + previous, "sha256")
+        yield (seq, VERSION_2, values[1], *values[2:], previous)
 
 
 COLUMNS = (
@@ -164,9 +165,7 @@ def bulk_load(engine: Engine, count: int) -> None:
             marks = ", ".join("?" * 20)
             batch: list[tuple[object, ...]] = []
             for row in chain_rows(count):
-                at = row[2]
-                assert isinstance(at, datetime)
-                batch.append((*row[:2], at.replace(tzinfo=None).isoformat(" "), *row[3:]))
+                batch.append(row)  # `at` is already the canonical text the column holds
                 if len(batch) == 50_000:
                     cursor.executemany(f"INSERT INTO audit_events VALUES ({marks})", batch)
                     batch.clear()
