@@ -81,6 +81,22 @@ class VerifyReport:
     checkpoints: int
     problem: Problem | None
     notes: tuple[str, ...] = field(default=())
+    #: For each key of `key_ids`: its generation and rotation point (what bounded the walk).
+    generations: tuple[KeyGeneration | None, ...] = field(default=())
+
+    def describe_keys(self) -> str:
+        """`audit-1a2b (generation 1, up to seq 6), audit-3c4d (generation 2)` for reports."""
+        parts = []
+        for key_id, place in zip(self.key_ids, self.generations, strict=False):
+            if place is None:
+                parts.append(key_id)
+            elif place.last_seq is None:
+                parts.append(f"{key_id} (generation {place.generation})")
+            else:
+                parts.append(
+                    f"{key_id} (generation {place.generation}, up to seq {place.last_seq})"
+                )
+        return ", ".join(parts) or "-"
 
     @property
     def intact(self) -> bool:
@@ -95,6 +111,14 @@ class VerifyReport:
             "anchor": self.anchor.text(),
             "head": self.head.text() if self.head else None,
             "key_ids": list(self.key_ids),
+            "keys": [
+                {
+                    "id": key_id,
+                    "generation": None if place is None else place.generation,
+                    "last_seq": None if place is None else place.last_seq,
+                }
+                for key_id, place in zip(self.key_ids, self.generations, strict=False)
+            ],
             "checkpoints": self.checkpoints,
             "bad_seq": self.problem.seq if self.problem else None,
             "reason": self.problem.reason if self.problem else None,
@@ -423,17 +447,24 @@ def finish(walk: ChainWalk, head: Head | None) -> list[str]:
 def report(walk: ChainWalk, head: Head | None, notes: Sequence[str] = ()) -> VerifyReport:
     """The outcome of a finished walk."""
     seen = tuple(sorted(k for k, v in walk.key_cache.items() if v is not None))
+    places = tuple(walk.keys.generation(key_id) for key_id in seen)
+    seen_order = sorted(range(len(seen)), key=lambda i: (_rank(places[i]), seen[i]))
     return VerifyReport(
         checked=walk.checked,
         first_seq=walk.first_seq,
         last_seq=walk.next_seq - 1 if walk.checked else None,
         anchor=walk.anchor,
         head=head,
-        key_ids=seen,
+        key_ids=tuple(seen[i] for i in seen_order),
         checkpoints=walk.checkpoints,
         problem=walk.problem,
         notes=tuple(notes),
+        generations=tuple(places[i] for i in seen_order),
     )
+
+
+def _rank(place: KeyGeneration | None) -> int:
+    return 0 if place is None else place.generation
 
 
 def verify_database(

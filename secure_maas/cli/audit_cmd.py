@@ -292,7 +292,7 @@ def _echo_report(report: VerifyReport) -> None:
         span = f"seq {report.first_seq}..{report.last_seq}" if report.checked else "empty log"
         click.echo(
             f"intact: {report.checked} events ({span}), {report.checkpoints} checkpoints, "
-            f"keys {', '.join(report.key_ids) or '-'}"
+            f"keys {report.describe_keys()}"
         )
     else:
         problem = report.problem

@@ -200,7 +200,12 @@ def test_keys_rotate_kind_audit_from_the_cli_contains_a_leaked_key(
         last_seq = Keyring.open(settings.keys_dir).get(old).last_seq
         assert last_seq is not None
         fill(engine, 3, keys=_keys(settings.keys_dir), start=4)
-        assert run_cli("audit", "verify", env=cli_env).returncode == 0
+        intact = run_cli("audit", "verify", env=cli_env)
+        assert intact.returncode == 0
+        assert f"{old} (generation 1, up to seq {last_seq})" in intact.stdout
+        report = json.loads(run_cli("audit", "verify", "--format", "json", env=cli_env).stdout)
+        assert report["keys"][0] == {"id": old, "generation": 1, "last_seq": last_seq}
+        assert report["keys"][1]["generation"] == 2 and report["keys"][1]["last_seq"] is None
         leaked = Keyring.open(settings.keys_dir).secret_key(old).material
         _forge_from(engine, last_seq + 2, old, leaked)
         result = run_cli("audit", "verify", env=cli_env)
