@@ -19,7 +19,8 @@ with it. A row that differs is refused at once, with a `model.refused` event (co
 its facts stay the header's, and a copy already in memory (verified when it was loaded) keeps
 serving, as it does when its file is tampered with. A version whose header cannot be
 authenticated (file missing, unreadable, bad signature) is listed with privacy `unverified`
-and no guarantee, so no `max_epsilon` rule allows it, and loading it is refused as before.
+and no guarantee, so no `max_epsilon` rule lets its metadata be read, and loading it is
+refused as before (see `ModelFacts.epsilon_for` for how a prediction is decided).
 
 An artifact that fails verification or decoding is refused: `on_event("model.refused", ...)`
 carries the reason, the caller gets `ModelUnavailable`, and the attempt is not repeated for
@@ -108,10 +109,24 @@ class ModelFacts:
     plaintext_bytes: int
     created_at: datetime
     created_by: str
+    #: False when the signed header could not be authenticated (privacy shows `unverified`).
+    verified: bool = True
+    #: Then, the ε the row claims: see `epsilon_for`.
+    row_epsilon: float | None = None
 
     @property
     def active(self) -> bool:
         return self.status == VersionStatus.ACTIVE.value
+
+    def epsilon_for(self, *, loads: bool) -> float | None:
+        """The ε a rule compares. For a version whose header could not be authenticated, the
+        row's claim is used only by a decision that loads the version before anything is
+        answered (a prediction): the load verifies the row against the header, so the version
+        is refused (503) or a fallback is decided again on its own signed facts. A decision
+        answered from these facts alone (metadata, listing) sees no guarantee."""
+        if self.verified:
+            return self.dp_epsilon
+        return self.row_epsilon if loads else None
 
     @property
     def dp_epsilon(self) -> float | None:
@@ -635,4 +650,6 @@ def _facts(
         plaintext_bytes=row.plaintext_bytes,
         created_at=row.created_at,
         created_by=row.created_by,
+        verified=signed is not None,
+        row_epsilon=None if signed is not None or row.dp_epsilon is None else row.dp_epsilon,
     )

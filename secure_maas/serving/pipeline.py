@@ -336,7 +336,8 @@ class Call:
             raise RuntimeError("decide() before authenticate()")
         target = None
         if facts is not None:
-            target = PolicyFacts(facts.name, facts.version, facts.labels, facts.dp_epsilon)
+            epsilon = facts.epsilon_for(loads=action is Action.MODEL_PREDICT)
+            target = PolicyFacts(facts.name, facts.version, facts.labels, epsilon)
         return self.services.policy.decide(principal, action, target, RequestFacts(rows, self.now))
 
     def _allow(self, decision: Decision) -> None:

@@ -201,6 +201,44 @@ def test_a_serving_worker_decides_by_the_header_and_refuses_the_row(
         cache.close()
 
 
+def test_a_version_whose_header_cannot_be_authenticated_shows_no_guarantee(
+    instance: tuple[Engine, ArtifactStore, Keyring],
+) -> None:
+    """The row forged and the file cut short (database and store write access): the facts
+    are `unverified` with no guarantee, so nothing answered from them alone (metadata, lists)
+    relies on the row; a prediction, which loads first, is refused or falls back to a version
+    that is decided again on its own signed facts."""
+    engine, store, keyring = instance
+    first = put(instance)
+    happened: list[tuple[str, dict[str, Any]]] = []
+    cache = ModelCache(
+        engine, store, lambda: Keyring.open(keyring.folder), 1 << 30,
+        lambda kind, details: happened.append((kind, details)), poll_interval=0,
+    )  # fmt: skip
+    try:
+        assert cache.get("plain").facts.version == first
+        second = put(instance, key="two")
+        forge(engine, second)
+        path = store.path("plain", second)
+        path.write_bytes(path.read_bytes()[:-10])
+
+        facts = cache.facts("plain")
+        assert (facts.version, facts.verified, facts.privacy) == (second, False, "unverified")
+        assert facts.guarantee()["dp"] is None and facts.dp_epsilon is None
+        assert facts.epsilon_for(loads=False) is None  # metadata: the max_epsilon rule denies
+        assert not decide(facts.epsilon_for(loads=False))
+        assert facts.epsilon_for(loads=True) == 0.5  # a prediction loads before it answers:
+        entry = cache.get("plain")  # the load refuses the version and falls back
+        assert (entry.facts.version, entry.facts.verified) == (first, True)
+        assert not decide(entry.facts.epsilon_for(loads=True))  # which is decided again
+        with pytest.raises(ModelUnavailable):
+            cache.get(f"plain:{second}")
+        refused = [d for kind, d in happened if kind == EVENT_REFUSED]
+        assert [(d["version"], d["code"]) for d in refused] == [(second, "truncated")]
+    finally:
+        cache.close()
+
+
 @pytest.fixture
 def served(
     instance: tuple[Engine, ArtifactStore, Keyring], settings: Settings
