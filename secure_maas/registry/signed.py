@@ -164,8 +164,9 @@ class HeaderCache:
     """Authenticates each version's header at most once per file and trusted key.
 
     An entry is reused only while the file has the same identity (device, inode, size,
-    modification time), the row records the same ciphertext digest, and its publisher is still
-    trusted with the same key; the row itself is reconciled on every call.
+    modification and change times), the row records the same ciphertext digest, and its
+    publisher is still trusted with the same key; the row itself is reconciled on every call.
+    (The cache only saves work: a file changed under it is still refused when it is opened.)
     """
 
     def __init__(self) -> None:
@@ -188,6 +189,7 @@ class HeaderCache:
                 stat.st_ino,
                 stat.st_size,
                 stat.st_mtime_ns,
+                stat.st_ctime_ns,  # an in-place rewrite cannot set it back, unlike mtime
             )
             with self._lock:
                 cached = self._entries.get(key)
