@@ -18,8 +18,9 @@ from sqlalchemy.engine import Engine
 
 from secure_maas.audit import AuditFilter, KeyringAuditKeys
 from secure_maas.audit.chain import compute_mac
-from secure_maas.audit.encoding import canonical_v1
+from secure_maas.audit.encoding import canonical_v1, canonical_v2
 from secure_maas.audit.events import to_microseconds
+from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
 from secure_maas.audit.prune import plan_prune, prune
 from secure_maas.audit.query import list_events, read_snapshot
 from secure_maas.config import Settings
@@ -216,3 +217,26 @@ def test_a_canonical_time_names_a_real_instant(migrated_engine: Engine) -> None:
     fill(migrated_engine, 2)
     sql(migrated_engine, "UPDATE audit_events SET at = '2026-13-01T00:00:00.000000Z' WHERE seq = 1")
     assert_bad(check(migrated_engine), 1, "MAC does not match")
+
+
+def test_even_a_correct_mac_does_not_make_another_spelling_an_event_time(
+    migrated_engine: Engine,
+) -> None:
+    # Only the writer's canonical text is ever MAC'd; another spelling under a valid MAC (the
+    # last event re-MAC'd by someone holding the key) is refused all the same.
+    fill(migrated_engine, 3)
+    spelled = "2026-11-01 02:00:00.000000Z"  # 27 characters, a space for the T
+    columns = [events_table.c[name] for name in CANONICAL_COLUMNS]
+    with migrated_engine.begin() as connection:
+        row = connection.execute(sa.select(*columns).where(events_table.c.seq == 3)).one()
+        previous = connection.execute(
+            sa.select(events_table.c.mac).where(events_table.c.seq == 2)
+        ).scalar_one()
+        _key_id, key = KEYS.active()
+        mac = compute_mac(key, canonical_v2((3, spelled, *row[2:])), bytes(previous))
+        connection.execute(
+            sa.text("UPDATE audit_events SET at = :at, mac = :mac WHERE seq = 3"),
+            {"at": spelled, "mac": mac},
+        )
+        connection.execute(sa.text("UPDATE audit_head SET mac = :mac"), {"mac": mac})
+    assert_bad(check(migrated_engine), 3, 'time "2026-11-01 02:00:00.000000Z" is not the canonical')
