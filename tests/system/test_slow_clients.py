@@ -34,7 +34,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -51,6 +51,7 @@ TICK = 0.5  # seconds between two pieces a slow client sends
 REOPEN_AFTER = 1.0  # seconds before a closed slow connection is opened again
 BOUND = 2.0  # seconds: the issue's bound for a valid request under attack
 PROBE_EVERY = 0.4
+SETTLE_LIMIT = 60.0  # seconds an attack may go on, after the probes, for the answers to come
 LENGTH = 60_000  # the slow bodies' Content-Length (under the tests' 64 KiB limit)
 
 
@@ -143,11 +144,13 @@ class Slot:
 
 
 class Attack:
-    """Slow connections driven by one thread for `seconds`; every socket closed at the end."""
+    """Slow connections driven by one thread from entry to exit, `seconds` at the least and never
+    more than `seconds` + SETTLE_LIMIT; every socket closed at the end."""
 
     def __init__(self, port: int, slots: list[Slot], seconds: float = ATTACK_SECONDS) -> None:
         self.port, self.slots, self.seconds = port, slots, seconds
         self._stop = threading.Event()
+        self.lasted = 0.0  # seconds the attack went on, once it has ended
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Attack:
@@ -160,8 +163,17 @@ class Attack:
         if self._thread.is_alive():
             raise AssertionError("the attack thread did not stop within 60 s")
 
+    def settle(self, done: Callable[[], bool]) -> None:
+        """Keep the attack going until `done()` holds (checked once per tick), at most
+        SETTLE_LIMIT seconds: how long the server takes to answer every slow connection depends
+        on how busy the machine is, so the test waits for the answers rather than a margin."""
+        limit = time.monotonic() + SETTLE_LIMIT
+        while not done() and time.monotonic() < limit and self._thread.is_alive():
+            time.sleep(TICK)
+
     def _run(self) -> None:
-        end = time.monotonic() + self.seconds
+        started = time.monotonic()
+        end = started + self.seconds + SETTLE_LIMIT
         try:
             while not self._stop.is_set() and time.monotonic() < end:
                 now = time.monotonic()
@@ -172,6 +184,7 @@ class Attack:
             for slot in self.slots:
                 slot.open_at_end = slot.sock is not None and not slot.server_done()
                 slot.close()
+            self.lasted = time.monotonic() - started
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,8 @@ def test_slow_heads_and_slow_bodies_do_not_starve_valid_requests(
     bodies += [Slot(*slow_body(tokens["eve"])) for _ in range(16)]  # 404 for eve
     with Attack(served.port, heads + bodies) as attack:
         found = probes_during(attack, served.port, tokens["alice"])
+        attack.settle(lambda: all(slot.statuses for slot in bodies)
+                      and sum(slot.opens for slot in bodies) > 64)  # fmt: skip
     predictions = [p for p in found if p.what == "predict"]
     health = [p for p in found if p.what == "healthz"]
     slowest = max(p.seconds for p in found)
@@ -241,7 +256,9 @@ def test_slow_heads_and_slow_bodies_do_not_starve_valid_requests(
     assert slowest < BOUND, found
     # The attack was real: the half-heads stayed open (held in the event loop, not in threads)
     # and the slow bodies were refused as they came, then came again.
-    assert sum(slot.open_at_end for slot in heads) == 64
+    assert all(set(slot.statuses) <= {0} for slot in heads)  # never answered, at most dropped
+    if attack.lasted < HEAD_TIMEOUT - 1.0:  # (a busy machine may have needed longer: see settle)
+        assert sum(slot.open_at_end for slot in heads) == 64
     assert refusals[401] >= 48 and refusals[404] >= 16, refusals
     assert sum(slot.opens for slot in bodies) > 64
     assert children(served.process.pid) == workers
@@ -277,6 +294,8 @@ def test_slow_senders_with_a_valid_token_get_408_and_free_their_threads(
     senders = [Slot(*slow_body(pg_instance.tokens["alice"])) for _ in range(16)]
     with Attack(served.port, senders) as attack:
         found = probes_during(attack, served.port, pg_instance.tokens["alice"])
+        attack.settle(lambda: all(slot.statuses for slot in senders)
+                      and sum(slot.opens for slot in senders) > len(senders))  # fmt: skip
     bound = BODY_TIMEOUT * len(senders) / threads + 5.0
     slowest = max(p.seconds for p in found)
     report.figure("slow_allowed_senders_max_s", slowest)
