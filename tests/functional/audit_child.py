@@ -1,4 +1,5 @@
-"""A writer process for the concurrency tests: `python -m tests.functional.audit_child URL N T`.
+"""A writer process for the concurrency tests: `python -m tests.functional.audit_child URL N T
+[KEYS_DIR]` (with KEYS_DIR, the keyring's audit keys instead of the test key).
 
 Appends N events through an `AuditWriter` from T threads and prints each acknowledged seq on
 its own line, flushed at once, so that a parent that kills this process knows exactly which
@@ -12,12 +13,13 @@ import itertools
 import sys
 import threading
 
-from secure_maas.audit import AuditWriter
+from secure_maas.audit import AuditKeys, AuditWriter, KeyringAuditKeys
 from secure_maas.db import create_engine
+from secure_maas.keys import Keyring
 from tests.functional.audit_support import KEYS, event
 
 
-def main(url: str, count: int, threads: int) -> None:
+def main(url: str, count: int, threads: int, keys: AuditKeys = KEYS) -> None:
     engine = create_engine(url)
     lock = threading.Lock()
     numbers = itertools.count() if count == 0 else iter(range(count))
@@ -33,7 +35,7 @@ def main(url: str, count: int, threads: int) -> None:
                 sys.stdout.write(f"{record.seq}\n")
                 sys.stdout.flush()
 
-    with AuditWriter(engine, KEYS, checkpoint_every=50) as writer:
+    with AuditWriter(engine, keys, checkpoint_every=50) as writer:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         sys.stdin.readline()
@@ -46,4 +48,10 @@ def main(url: str, count: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) > 4:
+        from pathlib import Path
+
+        keyring = KeyringAuditKeys(Keyring.open(Path(sys.argv[4])))
+        main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), keyring)
+    else:
+        main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,8 @@ from secure_maas.db import create_engine
 from secure_maas.keys import KeyKind, Keyring
 from tests.functional.audit_support import assert_bad, check, event, fill
 from tests.functional.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _keys(folder: Path) -> KeyringAuditKeys:
@@ -234,3 +239,68 @@ def test_a_rotation_also_bounds_keys_rotated_before_rotation_points_existed(
     assert check(migrated_engine, _keys(folder)).intact
     _forge_from(migrated_engine, 8, first, keyring.secret_key(first).material)
     assert_bad(check(migrated_engine, _keys(folder)), 8, f"MAC key {first} was rotated out")
+
+
+def test_every_writer_process_switches_at_the_rotation_point(
+    migrated_engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    # Two writer processes (as two workers or instances sharing the key host's keyring), four
+    # threads each, appending without pause while another process rotates the audit key.
+    folder = tmp_path / "keys"
+    Keyring.init(folder)
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.functional.audit_child",
+                database_url,
+                "0",
+                "4",
+                str(folder),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline() == "ready\n", child.stderr and child.stderr.read()
+            child.stdin.write("go\n")
+            child.stdin.close()
+        for child in children:
+            _read_past(child, 10)
+        done = rotate_audit_key(migrated_engine, Keyring.open(folder), actor="admin")
+        for child in children:  # each writes on, well past the rotation point
+            _read_past(child, done.opening.seq + 20)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+    report = check(migrated_engine, _keys(folder))
+    assert report.intact, report.problem
+    with migrated_engine.connect() as connection:
+        keys_after = connection.execute(
+            sa.select(events_table.c.key_id).where(events_table.c.seq > done.last_seq).distinct()
+        ).scalars()
+        assert set(keys_after) == {done.key.id}
+        keys_before = connection.execute(
+            sa.select(events_table.c.key_id).where(events_table.c.seq <= done.last_seq).distinct()
+        ).scalars()
+        assert set(keys_before) == {done.previous.id}
+
+
+def _read_past(child: subprocess.Popen[str], seq: int) -> None:
+    """Read the acknowledged seqs `child` prints until one is above `seq` (bounded)."""
+    assert child.stdout is not None
+    for _ in range(100_000):
+        line = child.stdout.readline()
+        assert line, child.stderr and child.stderr.read()
+        if int(line) > seq:
+            return
+    raise AssertionError(f"no event past {seq} acknowledged")
