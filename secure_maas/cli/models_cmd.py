@@ -208,7 +208,7 @@ def show(app: AppContext, ref: str, fmt: str) -> None:
             data["signature"] = None if signed is None else dict(signed.signature)
             data["dataset_fingerprint"] = None if signed is None else signed.dataset_fingerprint
             dp = None if signed is None else signed.dp
-            data["dp"] = None if dp is None else {key: dp.get(key) for key in DP_FIELDS}
+            data["dp"] = {key: (dp or {}).get(key) for key in DP_FIELDS}
             data["header"] = (
                 "signed header verified; the registry row agrees" if problem is None else problem
             )
