@@ -242,12 +242,9 @@ class GuardedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._head_bytes, conn))
 
     def _head_bytes(self, conn: GuardedConn, _sock: socket.socket) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._forget_heading(conn)
             self._drop(conn)
@@ -306,12 +303,9 @@ class GuardedThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._linger_bytes, conn))
 
     def _linger_bytes(self, conn: GuardedConn, _sock: socket.socket) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(conn.sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_BYTES:
             self.lingering.remove(conn)
@@ -398,3 +392,14 @@ class SafeLogger(glogging.Logger):  # type: ignore[misc]
             if name is not None and (name in _SECRET_HEADERS or name in _SECRET_ENVIRON):
                 atoms[key] = "-"
         return atoms
+
+
+def _receive(sock: socket.socket) -> bytes | None:
+    """What a readable non-blocking socket holds: None when nothing after all (a spurious
+    wake-up), b"" at the peer's end or on an error (both mean: close it)."""
+    try:
+        return sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""

@@ -31,27 +31,8 @@ from tests.functional.audit_support import KEYS, START, assert_bad, check, event
 from tests.functional.cli import run_cli
 
 WEST = timezone(timedelta(hours=-7))
-_V1_COLUMNS = (
-    "seq",
-    "encoding",
-    "request_id",
-    "actor",
-    "actor_kind",
-    "action",
-    "model",
-    "model_version",
-    "decision",
-    "reason_code",
-    "reason",
-    "http_status",
-    "client",
-    "latency_us",
-    "rows",
-    "body_sha256",
-    "detail",
-    "key_id",
-    "mac",
-)
+#: The columns a release before 0008 wrote: `encoding` where `at` now leads the encoding.
+_V1_COLUMNS = ("seq", "encoding", *CANONICAL_COLUMNS[2:], "mac")
 
 
 def _raw_times(engine: Engine) -> list[str]:
