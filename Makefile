@@ -2,6 +2,7 @@
 #   make demo   the main job: set up a local instance from nothing and show it working
 #   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
 #   make system the hardening scenarios of tests/system in full (60 s soak) and their report
+#   make bench-tools  what the benchmarks need beyond the venv (wrk, a C load generator)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := secure_maas migrations tests $(wildcard bench)
 
-.PHONY: demo test system venv lint clean
+.PHONY: demo test system venv lint clean bench-tools
 
 venv: $(STAMP)
 
@@ -34,6 +35,11 @@ test: lint
 # The regular suite runs these too, with a shorter soak.
 system: venv
 	SMAAS_SOAK_SECONDS=$${SMAAS_SOAK_SECONDS:-60} $(BIN)/pytest tests/system
+
+# bench/serve.py drives its servers with wrk (Debian's package) so the client does not hold
+# the faster server back.
+bench-tools: venv
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,25 +1,38 @@
 """End-to-end serving benchmark: secure-maas against a bare Flask + `tf.function` baseline.
 
-    .venv/bin/python bench/serve.py                   # 2 workers x 4 threads, 10 s per level
-    .venv/bin/python bench/serve.py --duration 3      # a smoke run
+    .venv/bin/python bench/serve.py                   # 2 workers x 4 threads, about 8 minutes
+    .venv/bin/python bench/serve.py --duration 3 --repeat 1 --skip heavy,memory   # a smoke run
     .venv/bin/python bench/serve.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 Both servers run under gunicorn (gthread, same workers, threads, keep-alive and timeout) on
-127.0.0.1 with the same Keras model (a 64 -> 256 -> 10 MLP) and TF_NUM_INTEROP_THREADS /
-TF_NUM_INTRAOP_THREADS / OMP_NUM_THREADS = 1:
+127.0.0.1 with TF_NUM_INTEROP_THREADS / TF_NUM_INTRAOP_THREADS / OMP_NUM_THREADS = 1:
 
 (a) baseline: `baseline_app()` below, a bare Flask app calling the model through a
     `tf.function`, no token, no rules, no audit, no batching;
 (b) secure-maas: `secure-maas serve --workers W --threads T` on a scratch instance (init,
-    model imported as `bench`, principal `bench-user` granted `model:predict`, a bearer token),
-    i.e. the full pipeline (JWT, rules, audit, micro-batching).
+    model imported, principal `bench-user` granted `model:predict`, a bearer token), i.e. the
+    full pipeline (JWT, rules, audit, micro-batching).
 
-Each is driven by the same load generator, run in a separate process (`_load`): N threads, each
-with its own keep-alive `http.client` connection, POSTing `{"instances": [[64 floats]]}` to
-/v1/models/bench:predict for a fixed duration. Throughput, p50/p99 latency and non-200 counts
-are printed per concurrency level, with the ratios secure/baseline, then a final line
-`RESULT thr_ratio_c1=... thr_ratio_c16=... thr_ratio_c64=... p99_ratio_c16=... p99_ratio_c64=...`.
-Goals (issue 7): throughput ratio >= 0.9 at 16 and >= 1.3 at 64, p99 ratio <= 1.5.
+The load comes from `wrk` (a C load generator, Debian's package `wrk`; `make bench-tools`
+installs it), so the client does not hold the faster server back: W keep-alive connections
+POST `{"instances": [[64 floats]]}` for `--duration` seconds. For each concurrency level the
+two servers are run `--repeat` times, alternating which goes first; the median of each
+server's throughput and p99 latency gives the ratios, and the spread (min-max over the
+repeats) is printed. Three parts (`--skip` drops any):
+
+- small: the small MLP (64 -> 256 -> 10) at levels 1, 16, 64. Goals (issue 16): throughput
+  ratio >= 0.9 at 16 and >= 1.3 at 64, p99 ratio <= 1.5.
+- heavy: a weight-bound MLP (64 -> 4 x 2048 -> 10, 51 MB) whose one-row call takes about 4 ms
+  here (the set-up measures and prints it) at levels 16 and 64: batching across requests is
+  what can win. Goal >= 1.5x.
+- memory: secure-maas with 4 workers serving one 200 MB model: the proportional set size
+  (PSS, from /proc/PID/smaps_rollup) of the whole instance (every process of its group) over
+  that of one bare Python process holding the same model in TensorFlow. Goal <= 1.5.
+
+Every answer must be a 200 and every secure answer audited (model:predict events counted in
+the database against the answers wrk saw). The last line is
+`RESULT thr_ratio_c1=... thr_ratio_c16=... thr_ratio_c64=... p99_ratio_c16=... p99_ratio_c64=...
+heavy_thr_ratio_c16=... heavy_thr_ratio_c64=... rss_ratio=... errors=...`.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,102 +93,56 @@ def baseline_app() -> Any:
     return app
 
 
-# --- the load generator (run in its own process) ---------------------------------------------
+# --- the load generator: wrk, with a Lua script for the body, the token and a JSON summary ----
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+%(auth)s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests": %%d, "duration_us": %%d, "connect": %%d, "read": %%d, "write": %%d, '
+    .. '"status": %%d, "timeout": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
-def run_load(url_port: int, token: str | None, concurrency: int, duration: float) -> dict:
-    """Drive 127.0.0.1:port with `concurrency` keep-alive connections for `duration` seconds."""
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+def wrk_script(folder: Path, token: str | None) -> Path:
+    """The Lua script that makes wrk POST one row (with `token`) and print a JSON summary."""
     rng = random.Random(0)
-    bodies = [
-        json.dumps({"instances": [[rng.uniform(-1, 1) for _ in range(N_INPUTS)]]}).encode()
-        for _ in range(64)
-    ]
-    start_gate = threading.Barrier(concurrency + 1)
-    results: list[tuple[list[float], dict[int, int], int]] = []
-    lock = threading.Lock()
-    stop_at = [0.0]
+    body = json.dumps({"instances": [[round(rng.uniform(-1, 1), 6) for _ in range(N_INPUTS)]]})
+    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    path = folder / ("secure.lua" if token else "baseline.lua")
+    path.write_text(WRK_SCRIPT % {"body": json.dumps(body), "auth": auth})
+    return path
 
-    def worker(i: int) -> None:
-        lat: list[float] = []
-        statuses: dict[int, int] = {}
-        conn_errors = 0
-        conn = http.client.HTTPConnection("127.0.0.1", url_port, timeout=30)
-        n = i
-        start_gate.wait()
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= stop_at[0]:
-                break
-            try:
-                conn.request("POST", PATH_PREDICT, body=bodies[n % len(bodies)], headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                t1 = time.perf_counter()
-                lat.append(t1 - t0)
-                statuses[resp.status] = statuses.get(resp.status, 0) + 1
-            except (OSError, http.client.HTTPException):
-                conn_errors += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", url_port, timeout=30)
-            n += 1
-        conn.close()
-        with lock:
-            results.append((lat, statuses, conn_errors))
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    t_start = time.perf_counter()
-    stop_at[0] = t_start + duration
-    start_gate.wait()
-    for t in threads:
-        t.join(duration + 60)
-    elapsed = time.perf_counter() - t_start
-    lat_all = sorted(x for r in results for x in r[0])
-    statuses_all: dict[str, int] = {}
-    for r in results:
-        for k, v in r[1].items():
-            statuses_all[str(k)] = statuses_all.get(str(k), 0) + v
-    ok = statuses_all.get("200", 0)
-
-    def pct(p: float) -> float:
-        if not lat_all:
-            return float("nan")
-        return lat_all[min(len(lat_all) - 1, int(p * len(lat_all)))] * 1000
-
+def run_wrk(
+    port: int, path: str, script: Path, concurrency: int, duration: float
+) -> dict[str, float]:
+    """One wrk run: throughput of 200s, p50/p99 latency (ms), and every kind of error."""
+    command = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency),
+               "-d", f"{duration:g}s", "--timeout", "30s", "-s", str(script),
+               f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("WRK ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-800:]}{out.stderr[-800:]}")
+    w = json.loads(lines[-1][4:])
+    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    ok = w["requests"] - w["status"]
     return {
-        "requests": len(lat_all),
+        "answers": w["requests"],
         "ok": ok,
-        "errors": len(lat_all) - ok + sum(r[2] for r in results),
-        "statuses": statuses_all,
-        "conn_errors": sum(r[2] for r in results),
-        "throughput": ok / elapsed,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "errors": errors,
+        "throughput": ok / (w["duration_us"] / 1e6),
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
     }
-
-
-def load_in_subprocess(port: int, token: str | None, concurrency: int, duration: float) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "_load",
-        "--port",
-        str(port),
-        "--concurrency",
-        str(concurrency),
-    ]
-    cmd += ["--duration", str(duration)]
-    env = dict(os.environ)
-    if token:
-        env["BENCH_SERVE_TOKEN"] = token
-    out = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=duration + 120, check=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --- set-up and servers ----------------------------------------------------------------------
@@ -186,19 +154,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def save_model(path: Path) -> None:
+def save_model(path: Path, widths: Sequence[int]) -> None:
+    """A Keras MLP 64 -> widths... -> 10 (ReLU), fixed seed, saved at `path`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
+    layers = [tf.keras.layers.Dense(w, activation="relu") for w in widths]
     model = tf.keras.Sequential(
-        [
-            tf.keras.Input(shape=(N_INPUTS,)),
-            tf.keras.layers.Dense(256, activation="relu"),
-            tf.keras.layers.Dense(10),
-        ]
+        [tf.keras.Input(shape=(N_INPUTS,)), *layers, tf.keras.layers.Dense(10)]
     )
     model.save(path)
+
+
+def one_row_ms(path: Path) -> float:
+    """Median time of one single-row call of the model at `path` through a tf.function, here."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(path, compile=False)
+    infer = tf.function(lambda x: model(x, training=False))
+    x = tf.zeros((1, N_INPUTS))
+    infer(x)
+    times = []
+    for _ in range(50):
+        started = time.perf_counter()
+        infer(x).numpy()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -208,27 +191,29 @@ def cli(env: dict[str, str], *args: str) -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     if out.returncode != 0:
         raise RuntimeError(f"secure-maas {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
     return out.stdout.strip()
 
 
-def wait_ready(proc: subprocess.Popen, port: int, token: str | None, timeout: float = 180) -> None:
-    """Wait until a predict answers 200, then warm every worker up a little."""
+def wait_ready(
+    proc: subprocess.Popen, port: int, token: str | None, path: str = PATH_PREDICT
+) -> None:
+    """Wait (at most 300 s) until a predict answers 200, then warm every worker up a little."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = json.dumps({"instances": [[0.0] * N_INPUTS]}).encode()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 300
     last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            conn.request("POST", PATH_PREDICT, body=body, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             text = resp.read()
             conn.close()
@@ -248,7 +233,7 @@ def wait_ready(proc: subprocess.Popen, port: int, token: str | None, timeout: fl
 
             def go(c: http.client.HTTPConnection = c) -> None:
                 for _ in range(5):
-                    c.request("POST", PATH_PREDICT, body=body, headers=headers)
+                    c.request("POST", path, body=body, headers=headers)
                     c.getresponse().read()
 
             threads.append(threading.Thread(target=go))
@@ -272,16 +257,244 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(10)
 
 
+def group_pss_kib(leader: int) -> int:
+    """The proportional set size of every process in `leader`'s process group, in KiB."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if os.getpgid(int(entry.name)) != leader:
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def bare_pss_kib(path: Path) -> int:
+    """PSS of one bare Python process that holds the model at `path` in TensorFlow and has
+    called it once (run as `serve.py _bare PATH`, so nothing else of this script is counted)."""
+    command = [sys.executable, __file__, "_bare", str(path)]
+    env = {**os.environ, **THREAD_ENV}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def bare_main(path: str) -> None:
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(path, compile=False)
+    model(tf.zeros((1, N_INPUTS)), training=False).numpy()
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            print(int(line.split()[1]))
+            return
+    raise RuntimeError("no Pss line in /proc/self/smaps_rollup")
+
+
 def fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+class Bench:
+    """A scratch secure-maas instance and the servers the parts start on it."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MAAS_")}
+        self.base_env.update(THREAD_ENV)
+        self.base_env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        self.env = dict(self.base_env)
+        self.env["SECURE_MAAS_DATABASE_URL"] = f"sqlite:///{work / 'secure_maas.db'}"
+        self.schema: str | None = None
+        if args.postgres:
+            self.schema = f"bench_serve_{os.getpid()}"
+            postgres(args.postgres, f'CREATE SCHEMA "{self.schema}"')
+            sep = "&" if "?" in args.postgres else "?"
+            self.env["SECURE_MAAS_DATABASE_URL"] = (
+                f"{args.postgres}{sep}options=-csearch_path%3D{self.schema}"
+            )
+        self.env["SECURE_MAAS_KEYS_DIR"] = str(work / "keys")
+        self.env["SECURE_MAAS_STORE_DIR"] = str(work / "store")
+        self.env["SECURE_MAAS_LOG_LEVEL"] = "WARNING"
+        self.procs: list[subprocess.Popen] = []
+        self.handles: list[Any] = []
+        self.errors = 0  # non-200 answers, failed connections and unaudited answers
+        self.logs: list[Path] = []
+        cli(self.env, "init")
+        cli(self.env, "principal", "add", "bench-user")
+        self.token = cli(self.env, "token", "issue", "--subject", "bench-user", "--ttl", "2h")
+        self.scripts = {"baseline": wrk_script(work, None), "secure": wrk_script(work, self.token)}
+
+    def model(self, name: str, widths: Sequence[int]) -> Path:
+        """Save an MLP, import it into the instance as `name`, grant bench-user predict."""
+        path = self.work / f"{name}.keras"
+        save_model(path, widths)
+        cli(self.env, "models", "import", str(path), "--name", name)
+        cli(self.env, "policy", "grant", "--subject", "user:bench-user", "--model", name,
+            "--action", "model:predict")  # fmt: skip
+        return path
+
+    def _log(self, label: str) -> Any:
+        path = self.work / f"{label}-{len(self.logs)}.log"
+        self.logs.append(path)
+        handle = open(path, "wb")  # noqa: SIM115 (closed with the part's servers)
+        self.handles.append(handle)
+        return handle
+
+    def baseline(self, path: Path, workers: int) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "gunicorn"), "--chdir", str(ROOT / "bench"), "-k", "gthread",
+             "-w", str(workers), "--threads", str(self.args.threads), "--keep-alive", "5",
+             "--timeout", "120", "--no-control-socket", "--error-logfile", "-",
+             "-b", f"127.0.0.1:{port}", "serve:baseline_app()"],
+            env=dict(self.base_env, **{MODEL_ENV: str(path)}), cwd=ROOT,
+            stdout=self._log("baseline"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        wait_ready(proc, port, None)
+        return proc, port
+
+    def secure(self, name: str, workers: int) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "secure-maas"), "serve", "--workers", str(workers),
+             "--threads", str(self.args.threads), "--port", str(port), "--preload", name],
+            env=self.env, cwd=ROOT, stdout=self._log("secure"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.procs.append(proc)
+        wait_ready(proc, port, self.token, path=f"/v1/models/{name}:predict")
+        return proc, port
+
+    def audited(self) -> int:
+        """Allowed model:predict events in the instance's audit log."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.env["SECURE_MAAS_DATABASE_URL"])
+        try:
+            with engine.connect() as connection:
+                where = "action = 'model:predict' AND decision = 'allow'"
+                query = sa.text(f"SELECT count(*) FROM audit_events WHERE {where}")
+                return int(connection.execute(query).scalar_one())
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        """Stop every server started so far (a part's servers end with the part)."""
+        for proc in self.procs:
+            stop(proc)
+        for handle in self.handles:
+            handle.close()
+        self.procs.clear()
+        self.handles.clear()
+
+    def drop(self) -> None:
+        if self.schema is not None:
+            postgres(self.args.postgres, f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    def tails(self) -> None:
+        for path in self.logs:
+            tail = path.read_text(errors="replace")[-3000:]
+            print(f"--- {path.name} (tail) ---\n{tail}", file=sys.stderr)
+
+
+def compare(
+    bench: Bench, label: str, baseline: int, secure: tuple[int, str], levels: Sequence[int]
+) -> dict[str, float]:
+    """Run both servers at each level `--repeat` times, alternating which goes first; print
+    each run and the medians; return the ratios. Counts errors and unaudited answers."""
+    args = bench.args
+    ratios: dict[str, float] = {}
+    audited_before = bench.audited()
+    secure_ok = 0
+    targets = {"baseline": (baseline, PATH_PREDICT), "secure": secure}
+    print(f"{label}: {'conc':>4} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'answers':>8} {'errors':>6}", flush=True)  # fmt: skip
+    for c in levels:
+        runs: dict[str, list[dict[str, float]]] = {"baseline": [], "secure": []}
+        for repeat in range(args.repeat):
+            order = ("baseline", "secure") if repeat % 2 == 0 else ("secure", "baseline")
+            for name in order:
+                port, path = targets[name]
+                m = run_wrk(port, path, bench.scripts[name], c, args.duration)
+                runs[name].append(m)
+                bench.errors += int(m["errors"])
+                if name == "secure":
+                    secure_ok += int(m["ok"])
+                print(f"{label}: {c:>4} {name:<8} {m['throughput']:>9.1f} {m['p50_ms']:>8.2f} "
+                      f"{m['p99_ms']:>8.2f} {int(m['answers']):>8} {int(m['errors']):>6}",
+                      flush=True)  # fmt: skip
+        thr = {n: [m["throughput"] for m in r] for n, r in runs.items()}
+        p99 = {n: [m["p99_ms"] for m in r] for n, r in runs.items()}
+        ratios[f"thr_ratio_c{c}"] = median(thr["secure"]) / median(thr["baseline"])
+        ratios[f"p99_ratio_c{c}"] = median(p99["secure"]) / median(p99["baseline"])
+        spread = [s / b for s, b in zip(thr["secure"], thr["baseline"], strict=True)]
+        print(f"{label}: {c:>4} ratio    throughput x{ratios[f'thr_ratio_c{c}']:.3f} "
+              f"(pairs {min(spread):.2f}-{max(spread):.2f})  p99 x{ratios[f'p99_ratio_c{c}']:.3f}",
+              flush=True)  # fmt: skip
+    audited = bench.audited() - audited_before
+    print(f"{label}: secure answers 200: {secure_ok}, audited: {audited}", flush=True)
+    if audited < secure_ok:
+        bench.errors += secure_ok - audited
+    return ratios
+
+
+def part_small(bench: Bench) -> dict[str, float]:
+    path = bench.model("bench", [256])
+    levels = [int(x) for x in bench.args.levels.split(",") if x.strip()]
+    _, baseline = bench.baseline(path, bench.args.workers)
+    _, secure = bench.secure("bench", bench.args.workers)
+    ratios = compare(bench, "small", baseline, (secure, "/v1/models/bench:predict"), levels)
+    bench.close()
+    wanted = [f"thr_ratio_c{c}" for c in levels] + [f"p99_ratio_c{c}" for c in levels if c > 1]
+    return {k: ratios[k] for k in wanted}
+
+
+def part_heavy(bench: Bench) -> dict[str, float]:
+    path = bench.model("heavy", [2048] * 4)
+    print(f"heavy: one single-row call of the model takes {one_row_ms(path):.2f} ms here "
+          "(median of 50)", flush=True)  # fmt: skip
+    _, baseline = bench.baseline(path, bench.args.workers)
+    _, secure = bench.secure("heavy", bench.args.workers)
+    ratios = compare(bench, "heavy", baseline, (secure, "/v1/models/heavy:predict"), [16, 64])
+    bench.close()
+    return {f"heavy_thr_ratio_c{c}": ratios[f"thr_ratio_c{c}"] for c in (16, 64)}
+
+
+def part_memory(bench: Bench) -> dict[str, float]:
+    path = bench.model("large", [4096] * 4)
+    bare = bare_pss_kib(path)
+    proc, _ = bench.secure("large", 4)
+    time.sleep(2.0)  # let every worker settle after the warm-up
+    instance = group_pss_kib(proc.pid)
+    bench.close()
+    ratio = instance / bare
+    print(f"memory: 4 workers serving a {path.stat().st_size / 1e6:.0f} MB model: instance PSS "
+          f"{instance / 1024:.0f} MiB, one bare TF process {bare / 1024:.0f} MiB: x{ratio:.2f}",
+          flush=True)  # fmt: skip
+    return {"rss_ratio": ratio}
+
+
+PARTS = {"small": part_small, "heavy": part_heavy, "memory": part_memory}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each server per level")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--levels", default="1,16,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--levels", default="1,16,64", help="the small model's levels")
+    parser.add_argument("--skip", default="", help="parts to leave out: small,heavy,memory")
     parser.add_argument(
         "--postgres",
         metavar="URL",
@@ -289,111 +502,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "instead of SQLite, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test",
     )
     args = parser.parse_args(argv)
-    levels = [int(x) for x in args.levels.split(",") if x.strip()]
-
-    tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
-    work = Path(tmp.name)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_MAAS_")}
-    base_env.update(THREAD_ENV)
-    base_env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env = dict(base_env)
-    env["SECURE_MAAS_DATABASE_URL"] = f"sqlite:///{work / 'secure_maas.db'}"
-    schema = None
-    if args.postgres:
-        schema = f"bench_serve_{os.getpid()}"
-        postgres(args.postgres, f'CREATE SCHEMA "{schema}"')
-        sep = "&" if "?" in args.postgres else "?"
-        env["SECURE_MAAS_DATABASE_URL"] = f"{args.postgres}{sep}options=-csearch_path%3D{schema}"
-    env["SECURE_MAAS_KEYS_DIR"] = str(work / "keys")
-    env["SECURE_MAAS_STORE_DIR"] = str(work / "store")
-    env["SECURE_MAAS_LOG_LEVEL"] = "WARNING"
-    model_path = work / "bench.keras"
-    logs = {name: open(work / f"{name}.log", "wb") for name in ("baseline", "secure")}  # noqa: SIM115
-
-    procs: dict[str, subprocess.Popen | None] = {"baseline": None, "secure": None}
-    try:
-        print(f"setting up in {work} ...", flush=True)
-        save_model(model_path)
-        cli(env, "init")
-        cli(env, "models", "import", str(model_path), "--name", "bench")
-        cli(env, "principal", "add", "bench-user")
-        cli(env, "policy", "grant", "--subject", "user:bench-user", "--model", "bench",
-            "--action", "model:predict")  # fmt: skip
-        token = cli(env, "token", "issue", "--subject", "bench-user", "--ttl", "1h")
-
-        ports = {"baseline": free_port(), "secure": free_port()}
-        benv = dict(base_env, **{MODEL_ENV: str(model_path)})
-        procs["baseline"] = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "--chdir", str(ROOT / "bench"), "-k", "gthread",
-             "-w", str(args.workers), "--threads", str(args.threads), "--keep-alive", "5",
-             "--timeout", "120", "--no-control-socket", "--error-logfile", "-",
-             "-b", f"127.0.0.1:{ports['baseline']}", "serve:baseline_app()"],
-            env=benv, cwd=ROOT, stdout=logs["baseline"], stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        procs["secure"] = subprocess.Popen(
-            [str(VENV_BIN / "secure-maas"), "serve", "--workers", str(args.workers),
-             "--threads", str(args.threads), "--port", str(ports["secure"]),
-             "--preload", "bench"],
-            env=env, cwd=ROOT, stdout=logs["secure"], stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        tokens = {"baseline": None, "secure": token}
-        for name in ("baseline", "secure"):
-            proc = procs[name]
-            assert proc is not None
-            wait_ready(proc, ports[name], tokens[name])
-        print(
-            f"servers ready: baseline :{ports['baseline']}, secure-maas :{ports['secure']} "
-            f"({args.workers} workers x {args.threads} threads, {args.duration:g} s per level)",
-            flush=True,
-        )
-
-        result: dict[str, float] = {}
-        total_errors = 0
-        print(
-            f"{'conc':>4} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'requests':>9} {'errors':>6}"
-        )
-        for c in levels:
-            r: dict[str, dict] = {}
-            for name in ("baseline", "secure"):
-                r[name] = load_in_subprocess(ports[name], tokens[name], c, args.duration)
-                m = r[name]
-                total_errors += m["errors"]
-                extra = "" if not m["errors"] else f"  statuses={m['statuses']}"
-                print(
-                    f"{c:>4} {name:<8} {m['throughput']:>9.1f} {m['p50_ms']:>8.2f} "
-                    f"{m['p99_ms']:>8.2f} {m['requests']:>9} {m['errors']:>6}{extra}",
-                    flush=True,
-                )
-            b, s = r["baseline"], r["secure"]
-            thr = s["throughput"] / b["throughput"] if b["throughput"] else float("nan")
-            p99 = s["p99_ms"] / b["p99_ms"] if b["p99_ms"] else float("nan")
-            result[f"thr_ratio_c{c}"] = thr
-            result[f"p99_ratio_c{c}"] = p99
-            print(f"{c:>4} ratio    throughput x{thr:.3f}  p99 x{p99:.3f}", flush=True)
-
-        print(f"all responses 200: {total_errors == 0} (errors: {total_errors})")
-        keys = [f"thr_ratio_c{c}" for c in levels] + [f"p99_ratio_c{c}" for c in levels if c > 1]
-        print(
-            "RESULT " + " ".join(f"{k}={fmt(result[k])}" for k in keys) + f" errors={total_errors}"
-        )
-        return 0 if total_errors == 0 else 1
-    except BaseException:
-        for name, f in logs.items():
-            f.flush()
-            tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
-            print(f"--- {name} server log (tail) ---\n{tail}", file=sys.stderr)
-        raise
-    finally:
-        for name in ("secure", "baseline"):
-            stop(procs[name])
-        for f in logs.values():
-            f.close()
-        tmp.cleanup()
-        if schema is not None:
-            postgres(args.postgres, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    if shutil.which("wrk") is None:
+        print("wrk not found: install it with `make bench-tools` (Debian: apt-get install wrk)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            print(f"{args.workers} workers x {args.threads} threads, {args.duration:g} s per run, "
+                  f"{args.repeat} runs per server and level, database "
+                  f"{'PostgreSQL' if args.postgres else 'SQLite'}", flush=True)  # fmt: skip
+            for name, part in PARTS.items():
+                if name not in skip:
+                    result.update(part(bench))
+        except BaseException:
+            bench.tails()
+            raise
+        finally:
+            bench.close()
+            bench.drop()
+    print(f"all answers 200 and audited: {bench.errors == 0} (errors: {bench.errors})")
+    print("RESULT " + " ".join(f"{k}={fmt(v)}" for k, v in result.items())
+          + f" errors={bench.errors}")  # fmt: skip
+    return 0 if bench.errors == 0 else 1
 
 
 def postgres(url: str, statement: str) -> None:
@@ -409,14 +542,7 @@ def postgres(url: str, statement: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_load":
-        p = argparse.ArgumentParser()
-        p.add_argument("_load")
-        p.add_argument("--port", type=int, required=True)
-        p.add_argument("--concurrency", type=int, required=True)
-        p.add_argument("--duration", type=float, required=True)
-        a = p.parse_args()
-        res = run_load(a.port, os.environ.get("BENCH_SERVE_TOKEN"), a.concurrency, a.duration)
-        print(json.dumps(res))
+    if len(sys.argv) > 2 and sys.argv[1] == "_bare":
+        bare_main(sys.argv[2])
         sys.exit(0)
     sys.exit(main())
