@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -49,16 +50,19 @@ def create_app(
     *,
     services: Services | None = None,
     preload: Iterable[str] = (),
+    data_plane: Path | None = None,
 ) -> Flask:
     """A ready app for `settings` (default: from the environment).
 
     `services` lets a caller share or fake the process's services (the app then does not own
     them: `close_app` leaves them open). `preload` names models (NAME, NAME:VERSION, NAME@LABEL)
     to load now rather than on first use; one that cannot be loaded is logged, not fatal.
+    `data_plane` is the socket of the instance's model process (under gunicorn): models run
+    there, and this process never imports TensorFlow.
     """
     settings = settings or (services.settings if services is not None else load_settings())
     owned = services is None
-    services = services or Services.build(settings)
+    services = services or Services.build(settings, data_plane=data_plane)
     app = Flask("secure_maas.serving", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SECURE_MAAS_OWNS_SERVICES"] = owned
@@ -71,7 +75,7 @@ def create_app(
     _install_request_hooks(app, services)
     refs = list(preload)
     if refs:
-        for ref, problem in services.cache.preload(refs).items():
+        for ref, problem in services.models.preload(refs).items():
             if problem is None:
                 log.info("preloaded %s", ref)
             else:

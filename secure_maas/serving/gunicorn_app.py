@@ -1,11 +1,15 @@
 """Running the app under gunicorn (the production way), from `secure-maas serve --workers N`.
 
-Each worker builds its own app after the fork (`preload_app` is off): database pools, the
-audit writer's thread, the model cache and TensorFlow must not be shared across a fork. Workers
-are `gthread` (M threads each), so concurrent requests of one worker meet in its micro-batcher.
+The master (`ServingArbiter`) starts the instance's model process (`secure_maas.dataplane`)
+before any worker, waits until it answers (its `--preload` models loaded), restarts it when it
+dies, and stops it after the workers on shutdown. The model process alone imports TensorFlow,
+holds each model once and batches every worker's requests together; it also hosts the audit
+writer all workers share. Each worker builds its own app after the fork (`preload_app` is off):
+database pool, token verifier, policy and the registry view (no weights); its gthread threads
+(M each) decide, then send tensors to the model process.
 SIGTERM stops accepting connections and lets in-flight requests finish for up to
-`graceful_timeout` seconds; then each worker closes its services (queued audit events are
-written, models unloaded).
+`graceful_timeout` seconds; then each worker closes its services, and then the model process
+writes its queued audit events and unloads its models.
 
 Slow clients. Stock gthread (gunicorn 27) hands a new connection to a thread, which waits up
 to 5 s for a first byte and then reads the request head with blocking reads and no deadline,
@@ -40,6 +44,7 @@ import errno
 import logging
 import selectors
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,10 +55,12 @@ from flask import Flask
 from gunicorn import glogging  # type: ignore[import-untyped]
 from gunicorn import http as gunicorn_http
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.http.unreader import Unreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
 
 from secure_maas.config import Settings
+from secure_maas.dataplane.process import ModelProcess
 from secure_maas.serving.app import redact_queries
 from secure_maas.serving.bodies import CLOSE_CONNECTION
 
@@ -108,7 +115,16 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
         self.options = {**DEFAULTS, **options}
         self.preload = tuple(preload)
         self.app_factory = app_factory
+        self.model_process = ModelProcess(settings, self.preload)
         super().__init__()
+
+    def run(self) -> None:
+        """gunicorn's `run`, with the master that also keeps the model process."""
+        try:
+            ServingArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -127,7 +143,31 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
             from secure_maas.serving.app import create_app
 
             factory = create_app
-        return factory(self.settings, preload=self.preload)
+        return factory(self.settings, data_plane=self.model_process.path)
+
+
+class ServingArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, which also starts, watches and stops the model process."""
+
+    #: How long the first start may take (TensorFlow's import, `--preload` models).
+    START_TIMEOUT_S = 600.0
+
+    def start(self) -> None:
+        super().start()
+        process: ModelProcess = self.app.model_process
+        keep_out = [listener.fileno() for listener in self.LISTENERS]
+        keep_out += [fd for fd in getattr(self, "PIPE", []) if isinstance(fd, int)]
+        process.start(close_in_child=keep_out)
+        if not process.wait_ready(self.START_TIMEOUT_S):
+            self.log.error("the model process did not start; workers will answer 503 until it does")
+
+    def manage_workers(self) -> None:
+        self.app.model_process.check()
+        super().manage_workers()
+
+    def stop(self, graceful: bool = True) -> None:
+        super().stop(graceful)
+        self.app.model_process.stop(timeout=float(self.cfg.graceful_timeout))
 
 
 def _worker_exit(_server: Any, worker: Any) -> None:

@@ -46,6 +46,8 @@ from secure_maas.audit import Decision as AuditDecision
 from secure_maas.auth.keyset import KeySetError
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
+from secure_maas.dataplane.client import AuditUnconfirmed
+from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyringError
 from secure_maas.policy import Decision, RequestFacts
@@ -283,26 +285,27 @@ class Call:
                 headers={"Retry-After": str(quota.retry_after)},
             )
         self._allow(decision)
+        allowed = {facts.version}
         try:
-            entry = self.services.cache.get(ref)
+            served = self._run_model(ref, parsed, allowed)
+            if isinstance(served, Fallback):
+                # A label or bare name whose version was refused keeps serving the version it
+                # served before: that version is decided on too, then run.
+                fallback = self.services.cache.facts(ModelRef(ref.name, version=served.version))
+                self.version = fallback.version
+                again = self.decide(Action.MODEL_PREDICT, fallback, rows=parsed.rows)
+                if not again.allowed:
+                    self.allowed = False
+                    raise self._forbidden(again)
+                self._allow(again)
+                allowed.add(fallback.version)
+                served = self._run_model(ref, parsed, allowed)
+                if isinstance(served, Fallback):
+                    raise ModelUnavailable(f"{ref} moved again while it was being served")
         except NotFound as exc:
             self.allowed = False
             self.reason = str(exc)
             raise self._missing() from None
-        if entry.facts.version != facts.version:
-            self.version = entry.facts.version
-            fallback = self.decide(Action.MODEL_PREDICT, entry.facts, rows=parsed.rows)
-            if not fallback.allowed:
-                self.allowed = False
-                raise self._forbidden(fallback)
-            self._allow(fallback)
-        try:
-            if parsed.rows > entry.batcher.max_queue_rows:
-                # Larger than the batcher's whole queue: it could never be queued, and is a
-                # full batch by itself; the body limit bounds its size.
-                outputs = entry.model.predict(parsed.inputs)
-            else:
-                outputs = entry.predict(parsed.inputs)
         except BatchRefused as exc:
             raise ApiError(400, str(exc)) from None
         except QueueFull as exc:
@@ -310,7 +313,12 @@ class Call:
             raise ApiError(
                 503, "the model is busy: retry shortly", headers={"Retry-After": "1"}
             ) from None
-        return outputs, entry.facts
+        if served.version == facts.version:
+            return served.outputs, facts
+        return served.outputs, self.services.cache.facts(ModelRef(ref.name, version=served.version))
+
+    def _run_model(self, ref: ModelRef, parsed: Parsed, allowed: set[int]) -> Served | Fallback:
+        return self.services.models.predict(ref, parsed.inputs, allowed, self.request_id)
 
     # -- requests about no model -----------------------------------------------------------
 
@@ -400,9 +408,22 @@ class Call:
                 log.exception("audit write failed; answering 503 instead of %d", status)
             metrics.audit_failures.inc()
             metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
+            if isinstance(exc, AuditUnconfirmed):
+                self._record_unconfirmed(status, exc)
             return error_response(503, UNAVAILABLE)
         metrics.decisions.labels(self.action.value, decision.value).inc()
         return response
+
+    def _record_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
+        """The instance's writer died holding this request's event: record the 503 the caller
+        gets as its own event (best effort: if that fails too, the 503 stands unrecorded)."""
+        self.allowed = False
+        self.reason_code = "unavailable"
+        self.reason = f"{exc} (the answer would have been {status})"
+        try:
+            self.services.audit.append(self.event(503, AuditDecision.ERROR))
+        except Exception as again:
+            log.error("could not record the 503 either: %s", again)
 
     def event(self, status: int, decision: AuditDecision) -> AuditEvent:
         principal = self.principal

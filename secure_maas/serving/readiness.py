@@ -1,5 +1,8 @@
 """Whether this process can serve: the database answers, the keys load, the audit log takes writes.
 
+Under gunicorn the instance's model process must answer too (it runs the models and writes
+the audit events): until it does, and while it restarts, the instance is not ready.
+
 A request that cannot be audited or authorised fails closed anyway; readiness tells a load
 balancer so before it sends one. The audit check takes the chain's write lock in a transaction
 that writes nothing (BEGIN IMMEDIATE on SQLite, the head row's lock on PostgreSQL), so a
@@ -24,7 +27,7 @@ from secure_maas.serving.services import Services
 
 log = logging.getLogger(__name__)
 
-CHECKS = ("database", "keys", "audit")
+CHECKS = ("database", "keys", "audit", "models")
 
 
 def check_database(engine: Engine) -> None:
@@ -52,6 +55,13 @@ def check_audit(engine: Engine, keys: AuditKeys) -> None:
         raise AuditUnavailable(f"audit log not writable: {describe_error(exc)}") from exc
 
 
+def check_models(services: Services) -> None:
+    """The model process answers (under gunicorn; in-process models always do)."""
+    ping = getattr(services.models, "ping", None)
+    if ping is not None:
+        ping()
+
+
 def failed_checks(services: Services) -> list[str]:
     """The names of the checks that fail (empty: ready); the reasons go to the log only."""
     failed: list[str] = []
@@ -63,6 +73,7 @@ def failed_checks(services: Services) -> list[str]:
     checks: tuple[tuple[str, Callable[[], None]], ...] = (
         ("keys", lambda: check_keys(services)),
         ("audit", lambda: check_audit(services.engine, services.audit_keys)),
+        ("models", lambda: check_models(services)),
     )
     for name, check in checks:
         try:

@@ -5,6 +5,12 @@ writer (group commit, MAC'd with the keyring's audit key), the model cache and t
 Nothing here imports Flask: the app reaches it through `app.extensions`, a test or a benchmark
 can build one directly.
 
+`models` is the data plane that runs predictions: in-process (`LocalDataPlane` over the cache,
+the development server and tests) or the instance's model process (`RemoteDataPlane`, under
+gunicorn, given `data_plane=PATH`). In a worker of the latter the cache only resolves
+references and never loads a model (TensorFlow is never imported there), and the audit sink
+is the instance's writer (`InstanceAudit`).
+
 The model cache reports what it does (`model.loaded`, `.refused`, `.evicted`, `.fallback`);
 each report becomes an audit event `model:load` by the service itself, carrying the id of the
 request that caused it, and is committed before that request goes on (a failed write fails the
@@ -16,7 +22,8 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -39,12 +46,23 @@ from secure_maas.serving.cache import (
 )
 from secure_maas.serving.metrics import Metrics
 
+if TYPE_CHECKING:
+    from secure_maas.dataplane.plane import DataPlane
+
 log = logging.getLogger(__name__)
 
 #: The id of the request being served on this thread (None outside requests, e.g. preload).
 current_request_id: ContextVar[str | None] = ContextVar("secure_maas_request_id", default=None)
 
 _DETAIL_KEYS = ("bytes", "device", "code", "ref", "refused_version")
+
+
+class AuditSink(Protocol):
+    """Where a process's audit events go: `append` returns once the event is committed."""
+
+    def append(self, event: AuditEvent) -> object: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
 
 
 @dataclass
@@ -56,20 +74,30 @@ class Services:
     verifier: Verifier
     policy: PolicyCache
     audit_keys: AuditKeys
-    audit: AuditWriter
+    audit: AuditSink
     cache: ModelCache
     metrics: Metrics
+    models: DataPlane
     closed: bool = False
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, *, data_plane: Path | None = None) -> Services:
         """Connect and load everything a request needs; fails now (not at the first request)
-        when the keyring cannot be opened."""
+        when the keyring cannot be opened. With `data_plane` (the model process's socket)
+        models run there and audit events go to its writer."""
+        from secure_maas.dataplane.client import InstanceAudit, RemoteDataPlane
+        from secure_maas.dataplane.plane import LocalDataPlane
+
         keyring = Keyring.open(settings.keys_dir)
         engine = create_engine(settings.database_url)
         audit_keys = KeyringAuditKeys(keyring)
         audit_keys.active()  # no audit key, no service: MissingAuditKey now, not per request
-        audit = AuditWriter(engine, audit_keys)
+        remote = RemoteDataPlane(data_plane) if data_plane is not None else None
+        audit: AuditSink
+        if remote is None:
+            audit = AuditWriter(engine, audit_keys)
+        else:
+            audit = InstanceAudit(remote, lambda: AuditWriter(engine, audit_keys))
         metrics = Metrics()
         batch = BatchOptions(
             max_batch_size=settings.batch_max_size,
@@ -89,6 +117,7 @@ class Services:
             on_event,
             batch=batch,
             on_batch=metrics.on_batch,
+            decode=_never_here if remote is not None else None,
         )
         metrics.watch_cache(cache.stats)
         services = cls(
@@ -100,6 +129,7 @@ class Services:
             audit=audit,
             cache=cache,
             metrics=metrics,
+            models=remote if remote is not None else LocalDataPlane(cache),
         )
         holder.append(services)
         return services
@@ -129,9 +159,15 @@ class Services:
         if self.closed:
             return
         self.closed = True
+        self.models.close()
         self.cache.close()
         self.audit.close(timeout=30)
         self.engine.dispose()
+
+
+def _never_here(_plaintext: memoryview) -> Any:
+    """The decoder of a worker whose models live in the model process: never called there."""
+    raise RuntimeError("this process does not load models: the model process does")
 
 
 def _int(value: object) -> int | None:

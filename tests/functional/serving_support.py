@@ -312,6 +312,45 @@ def by_request(engine: Engine, request_ids: set[str]) -> dict[str, list[AuditRec
     return found
 
 
+#: The name the model process gives itself (`/proc/PID/comm`).
+MODEL_PROCESS = "smaas-model"
+
+
+def child_processes(pid: int) -> list[int]:
+    """The live child processes of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def comm(pid: int) -> str:
+    """A process's name as the kernel knows it ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def model_process(master: int) -> int | None:
+    """The pid of the model process of the gunicorn master `master` (None when there is none)."""
+    found = [pid for pid in child_processes(master) if comm(pid) == MODEL_PROCESS]
+    return found[0] if found else None
+
+
+def maps_tensorflow(pid: int) -> bool:
+    """Whether `pid` has TensorFlow's native library mapped (it imported TensorFlow)."""
+    return "/tensorflow/" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -26,7 +26,13 @@ from sqlalchemy.engine import Engine, make_url
 from secure_maas.audit import KeyringAuditKeys, verify_database
 from secure_maas.keys import Keyring
 from tests.conftest import PG_AVAILABLE, REQUIRE_PG, _pg_schema_url
-from tests.functional.serving_support import Instance, prepare
+from tests.functional.serving_support import (
+    MODEL_PROCESS,
+    Instance,
+    child_processes,
+    comm,
+    prepare,
+)
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 GUNICORN = ("--workers", "2", "--threads", "4")
@@ -77,19 +83,8 @@ def audit_intact(instance: Instance) -> int:
 
 
 def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (a gunicorn master's workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return sorted(found)
+    """The live worker processes of the gunicorn master `pid` (its model process aside)."""
+    return [child for child in child_processes(pid) if comm(child) != MODEL_PROCESS]
 
 
 def rss_kib(pid: int) -> int:

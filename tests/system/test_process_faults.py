@@ -7,6 +7,9 @@ half-written or left undecryptable, and that running the command again finishes 
   off see only a dropped connection (the load client retries once on a fresh one), at most one
   request per client was recorded without being answered, and the master forks a replacement
   that stays up while the survivor keeps serving.
+- The instance's model process killed under load: replaced by the master, workers untouched,
+  only 200s and audited 503s meanwhile (an event the dead process took but never confirmed may
+  stand beside its 503's own).
 - `secure-maas train` killed mid-training: no version, no artifact or temp file in the store, the
   run marked "started, not finished" with its ε counted (DESIGN: a run that touched the data
   spends, however it ended) in `privacy report`, and a re-run publishes; the ledger composes both.
@@ -62,7 +65,14 @@ from secure_maas.registry.publish import publish
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.training.models import TrainingRun
 from tests.functional.cli import SCRIPT, run_cli
-from tests.functional.serving_support import Instance, by_request, dp, models, server
+from tests.functional.serving_support import (
+    Instance,
+    by_request,
+    dp,
+    model_process,
+    models,
+    server,
+)
 from tests.system.conftest import Report
 from tests.system.support import (
     GUNICORN,
@@ -307,6 +317,67 @@ def test_a_killed_worker_loses_no_acknowledged_event_and_is_replaced(
     report.figure("worker_kill_unanswered_recorded", len(unanswered))
     report.figure("worker_respawn_s", respawn_s)
     report.figure("worker_replacement_serving_s", serving_s)
+
+
+# -- 1b. the model process killed under load ----------------------------------------------------
+
+
+def test_a_killed_model_process_fails_closed_and_is_restarted(
+    pg_instance: Instance, report: Report
+) -> None:
+    """The instance's model process (models and the shared audit writer) SIGKILLed under load:
+    the master forks a new one and serving resumes; meanwhile requests get 503 (their events
+    written by the workers' local writers), never a dropped connection; every 200 has exactly
+    one event; a request whose event was handed to the dead process but never confirmed is a
+    503 with its own event, beside which the unconfirmed one may exist (at most one per client
+    in flight); the chain verifies."""
+    instance = pg_instance
+    with server(instance, *GUNICORN) as served:
+        master = served.process.pid
+        wait_until(lambda: model_process(master) is not None, 60, step=0.1)
+        wait_until(lambda: len(children(master)) == 2, 60, step=0.1)
+        victim = model_process(master)
+        workers = children(master)
+        load = Load([served.url], [predict(instance, "alice")], concurrency=CLIENTS, seconds=150)
+        with load:
+            wait_until(lambda: acknowledged(load.snapshot()) >= 40, 90, step=0.05)
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            respawn_s = wait_until(lambda: model_process(master) not in (None, victim), 60,
+                                   step=0.01)  # fmt: skip
+            wait_until(lambda: acknowledged(load.snapshot(), killed + respawn_s) >= 40, 120,
+                       step=0.05)  # fmt: skip
+            serving_s = time.monotonic() - killed
+        assert served.process.poll() is None, "the master died with its model process"
+        assert children(master) == workers, "the workers were not touched"
+    answers = load.snapshot()
+    statuses = Counter(a.status for a in answers)
+    assert set(statuses) <= {200, 503}, f"only 200 or 503 expected: {statuses}"
+    acked = {a.request_id for a in answers if a.status == 200}
+    refused = {a.request_id for a in answers if a.status == 503}
+    found = by_request(instance.engine, acked | refused)
+    wrong = {rid: len(found[rid]) for rid in acked if len(found[rid]) != 1}
+    assert not wrong, f"acknowledged requests without exactly one audit event: {wrong}"
+    assert all(found[rid][0].http_status == 200 for rid in acked)
+    unaudited = {rid for rid in refused if not found[rid] or found[rid][-1].http_status != 503}
+    assert not unaudited, f"503s without their own event: {unaudited}"
+    unconfirmed = {rid for rid in refused if len(found[rid]) > 1}
+    assert all(len(found[rid]) <= 2 for rid in refused)
+    assert len(unconfirmed) <= CLIENTS, "more unconfirmed audit writes than requests in flight"
+    checked = audit_intact(instance)
+    report.note(
+        "process faults",
+        f"model process {victim} SIGKILLed under load ({CLIENTS} clients): {statuses[200]} "
+        f"answered 200, each audited once; {statuses[503]} answered 503, each audited "
+        f"({len(unconfirmed)} beside an unconfirmed event that was committed); replacement in "
+        f"{respawn_s:.2f} s, 40 more 200s {serving_s:.1f} s after the kill; chain of {checked} "
+        "events verifies",
+    )
+    report.figure("model_kill_acknowledged", statuses[200])
+    report.figure("model_kill_503", statuses[503])
+    report.figure("model_respawn_s", respawn_s)
+    report.figure("model_kill_serving_again_s", serving_s)
 
 
 # -- 2. training killed mid-run ------------------------------------------------------------------

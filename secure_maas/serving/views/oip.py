@@ -71,7 +71,7 @@ def metadata(call: Call, name: str, version: str | None = None) -> Response:
 def model_is_ready(call: Call, name: str, version: str | None = None) -> Response:
     facts = call.model(name, version)
     ref = ModelRef(facts.name, version=facts.version if version is not None else None)
-    loaded = call.services.cache.ready(ref, load=True)
+    loaded = call.services.models.ready(ref, load=True)
     response = jsonify(model_ready(facts.name, facts.version if version else None, loaded))
     response.status_code = 200 if loaded else 503
     return response

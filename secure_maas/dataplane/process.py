@@ -1,0 +1,189 @@
+"""The model process: started beside the HTTP workers, watched, restarted when it dies.
+
+`ModelProcess.start` forks it from the gunicorn master before the workers exist (the master
+has not imported TensorFlow, so neither has the child until it loads a model). The child
+resets the master's signal handling, closes the listening sockets (it never takes HTTP
+connections), names itself `smaas-model` (as `ps` and `/proc/PID/comm` show it), serves the
+data plane on a socket in a private 0700 folder, and exits if the master goes away.
+
+The master calls `check()` about once a second from its loop: a child that died (OOM killer,
+`kill -9`, a crash in native code) is restarted, at once the first time and then with a
+back-off that doubles up to `MAX_BACKOFF_S` while it keeps dying within a minute of its start.
+Meanwhile workers answer 503 (audited by their local fallback writer, see `client`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from secure_maas.config import Settings
+from secure_maas.dataplane.client import DataPlaneUnavailable, RemoteDataPlane
+
+log = logging.getLogger(__name__)
+
+NAME = "smaas-model"
+SOCKET_NAME = "data-plane.sock"
+MAX_BACKOFF_S = 30.0
+#: A child that lived this long before dying is restarted at once.
+STABLE_AFTER_S = 60.0
+_RESET = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCHLD",
+          "SIGTTIN", "SIGTTOU")  # fmt: skip
+
+
+class ModelProcess:
+    """One instance's model process, owned by the process that calls `start` (the master)."""
+
+    def __init__(self, settings: Settings, preload: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.preload = tuple(preload)
+        self.folder = Path(tempfile.mkdtemp(prefix="secure-maas-"))  # 0700
+        self.path = self.folder / SOCKET_NAME
+        self.pid: int | None = None
+        self.restarts = 0
+        self._started_at = 0.0
+        self._backoff = 0.0
+        self._next_start = 0.0
+        self._close_in_child: tuple[int, ...] = ()
+
+    def start(self, close_in_child: Iterable[int] = ()) -> None:
+        """Fork the model process (`close_in_child`: descriptors the child must not keep)."""
+        self._close_in_child = tuple(close_in_child)
+        self._spawn()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the model process answers (models preloaded); False if it died or did
+        not answer within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        client = RemoteDataPlane(self.path, timeout=5.0)
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    return False
+                try:
+                    client.ping()
+                    return True
+                except DataPlaneUnavailable:
+                    time.sleep(0.1)
+            return False
+        finally:
+            client.close()
+
+    def alive(self) -> bool:
+        """Whether the child runs (a dead one is reaped here, or was by gunicorn's reaper)."""
+        if self.pid is None:
+            return False
+        try:
+            pid, _status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+    def check(self) -> None:
+        """Restart the child if it died (with back-off); called from the master's loop."""
+        now = time.monotonic()
+        if self.pid is not None:
+            if self.alive():
+                return
+            lived = now - self._started_at
+            self._backoff = (
+                0.0 if lived >= STABLE_AFTER_S else min(MAX_BACKOFF_S, max(1.0, 2 * self._backoff))
+            )
+            log.error("model process %d exited after %.0f s; restarting in %.0f s",
+                      self.pid, lived, self._backoff)  # fmt: skip
+            self.pid = None
+            self._next_start = now + self._backoff
+        if now >= self._next_start:
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (queued audit events are written, models unloaded), SIGKILL after
+        `timeout` seconds; then remove the socket's folder."""
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _running(pid):
+                time.sleep(0.05)
+            if _running(pid):
+                log.error("model process %d did not stop in %.0f s: killing it", pid, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _spawn(self) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _child(self.settings, self.path, self.preload, parent, self._close_in_child)
+        self.pid = pid
+        self._started_at = time.monotonic()
+        log.info("model process %d started (socket %s)", pid, self.path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        found, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return found == 0
+
+
+def _child(
+    settings: Settings,
+    path: Path,
+    preload: Sequence[str],
+    parent: int,
+    close: Sequence[int],
+) -> None:
+    """The model process's whole life; never returns into the master's code."""
+    code = 1
+    try:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for name in _RESET:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for fd in close:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/comm").write_text(NAME)
+        from secure_maas.dataplane.server import DataPlaneServer
+
+        server = DataPlaneServer.build(settings, path)
+        server.preload(preload)
+        server.listen()
+
+        def stop(_signum: int, _frame: object) -> None:
+            server.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which stops us
+        threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
+        server.serve_forever()
+        server.close()
+        code = 0
+    except BaseException:
+        log.exception("model process failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _orphan_watch(parent: int) -> None:
+    """Stop when the master is gone (it was killed: nobody else would stop us)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,280 @@
+"""One data plane per instance: the model process and the workers' side of it.
+
+In-process (a `DataPlaneServer` on a Unix socket, called by `RemoteDataPlane`): predictions
+equal the Keras model's, a version the caller was not allowed is named rather than run, the
+model process's refusals reach the worker as the same exceptions, its `model:load` events
+carry the request's id, audit events from many threads all land in the one chain, and an
+unreachable or silent model process fails closed (503, audited by the worker's local writer;
+an audit write that was handed over but never confirmed is a failure, not a retry).
+
+Through gunicorn (`secure-maas serve --workers 2`): one model process holds the models, the
+workers never map TensorFlow, and a model process killed with SIGKILL is replaced while every
+answer in between is a 200 or an audited 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_maas.actions import Action
+from secure_maas.audit import AuditEvent, AuditUnavailable, KeyringAuditKeys, verify_database
+from secure_maas.dataplane.client import InstanceAudit, NotDelivered, RemoteDataPlane
+from secure_maas.dataplane.plane import Fallback, Served
+from secure_maas.dataplane.server import DataPlaneServer
+from secure_maas.dataplane.wire import receive
+from secure_maas.keys import Keyring
+from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.serving.app import close_app, create_app
+from secure_maas.serving.batcher import BatchRefused
+from tests.functional.serving_support import (
+    Instance,
+    by_request,
+    child_processes,
+    events,
+    maps_tensorflow,
+    model_process,
+    models,
+    prepare,
+    server,
+)
+
+X = np.random.default_rng(31).normal(size=(5, 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    tmp = tmp_path_factory.mktemp("plane")
+    made = prepare(tmp, f"sqlite:///{tmp / 'var' / 'secure_maas.db'}")
+    yield made
+    made.engine.dispose()
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="smaas-test-"))  # short: a socket path has 108 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def plane(instance: Instance, folder: Path) -> Iterator[DataPlaneServer]:
+    served = DataPlaneServer.build(instance.settings, folder / "plane.sock")
+    served.listen()
+    thread = threading.Thread(target=served.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    served.close()
+    thread.join(30)
+
+
+def intact(instance: Instance) -> None:
+    keys = KeyringAuditKeys(Keyring.open(instance.settings.keys_dir))
+    report = verify_database(instance.engine, keys)
+    assert report.intact, report.problem
+
+
+def test_remote_predictions_equal_the_model_and_refusals_cross(plane: DataPlaneServer) -> None:
+    client = RemoteDataPlane(plane.path)
+    try:
+        served = client.predict(ModelRef("digits"), {"x": X}, {2})
+        assert isinstance(served, Served) and served.version == 2
+        want = models().predict("two", X)["probs"]
+        np.testing.assert_allclose(served.outputs["probs"], want, rtol=0, atol=1e-6)
+        # Served by a version the caller was not allowed: named, not run.
+        assert client.predict(ModelRef("digits"), {"x": X}, {1}) == Fallback(2)
+        with pytest.raises(NotFound, match="no model named 'nope'"):
+            client.predict(ModelRef("nope"), {"x": X}, {1})
+        with pytest.raises(BatchRefused):
+            client.predict(ModelRef("digits"), {"x": np.zeros((2, 3), np.float32)}, {2})
+        assert client.ready(ModelRef("digits", version=2))
+        assert not client.ready(ModelRef("multi"))
+        assert client.preload(["multi", "nope"]) == {"multi": None, "nope": "no model named 'nope'"}
+        assert client.ready(ModelRef("multi"))
+        assert client.ping()["pid"] == os.getpid()
+    finally:
+        client.close()
+
+
+def test_model_events_of_the_model_process_carry_the_request_id(
+    instance: Instance, plane: DataPlaneServer
+) -> None:
+    client = RemoteDataPlane(plane.path)
+    request_id = f"plane-{uuid.uuid4().hex[:12]}"
+    try:
+        client.predict(ModelRef("digits", version=1), {"x": X}, {1}, request_id)
+    finally:
+        client.close()
+    plane.services.close()  # everything queued is written
+    loads = [e for e in events(instance.engine, action="model:load") if e.request_id == request_id]
+    assert [(e.model, e.model_version, e.reason_code) for e in loads] == [
+        ("digits", 1, "model.loaded")
+    ]
+
+
+def audit_event(request_id: str) -> AuditEvent:
+    return AuditEvent(action=Action.MODEL_LIST, actor="alice", request_id=request_id)
+
+
+def test_every_thread_s_events_reach_the_one_writer(
+    instance: Instance, plane: DataPlaneServer
+) -> None:
+    client = RemoteDataPlane(plane.path)
+    local_used: list[str] = []
+
+    def local() -> InstanceAudit:
+        local_used.append("local")
+        raise AssertionError("the instance writer was reachable")
+
+    sink = InstanceAudit(client, local)  # type: ignore[arg-type]
+    ids = [[f"t{thread}-{uuid.uuid4().hex[:10]}" for _ in range(10)] for thread in range(8)]
+
+    def run(mine: list[str]) -> None:
+        for request_id in mine:
+            sink.append(audit_event(request_id))
+
+    threads = [threading.Thread(target=run, args=(mine,)) for mine in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    client.close()
+    flat = {request_id for mine in ids for request_id in mine}
+    found = by_request(instance.engine, flat)
+    assert all(len(found[request_id]) == 1 for request_id in flat)
+    assert not local_used
+    intact(instance)
+
+
+def test_an_unreachable_model_process_fails_closed_and_is_audited_here(
+    instance: Instance, folder: Path
+) -> None:
+    app = create_app(instance.settings, data_plane=folder / "nobody.sock")
+    try:
+        client = app.test_client()
+        headers = {**instance.headers("alice"), "X-Request-Id": f"down-{uuid.uuid4().hex[:10]}"}
+        answer = client.post("/v1/models/digits:predict", json={"instances": X.tolist()},
+                             headers=headers)  # fmt: skip
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+        assert answer.get_json() == {"error": "service unavailable"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "models" in ready.get_json()["error"]
+    finally:
+        close_app(app)
+    (event,) = by_request(instance.engine, {headers["X-Request-Id"]})[headers["X-Request-Id"]]
+    assert (event.http_status, event.decision, event.reason_code) == (503, "error", "unavailable")
+    assert "model process" in str(event.reason)
+    intact(instance)
+
+
+def test_an_audit_write_handed_over_but_not_confirmed_is_a_failure(folder: Path) -> None:
+    path = folder / "silent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def swallow() -> None:  # reads one frame, then dies without answering
+        conn, _ = listener.accept()
+        with conn:
+            receive(conn)
+
+    threading.Thread(target=swallow, daemon=True).start()
+    client = RemoteDataPlane(path, timeout=30)
+    local_used: list[str] = []
+    sink = InstanceAudit(client, lambda: local_used.append("x"))  # type: ignore[arg-type, return-value]
+    try:
+        with pytest.raises(AuditUnavailable, match="not confirmed"):
+            sink.append(audit_event("silent-1"))
+        assert not local_used  # it may be committed: writing it again would double it
+        listener.close()
+        path.unlink()
+        with pytest.raises(NotDelivered):
+            client.ping()
+    finally:
+        client.close()
+
+
+# -- through gunicorn ----------------------------------------------------------------------------
+
+
+def post(url: str, instance: Instance, request_id: str) -> int:
+    body = json.dumps({"instances": X.tolist()}).encode()
+    headers = {**instance.headers("alice"), "Content-Type": "application/json",
+               "X-Request-Id": request_id}  # fmt: skip
+    request = urllib.request.Request(url + "/v1/models/digits:predict", body, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            outputs = json.loads(answer.read())["predictions"]
+            want = models().predict("two", X)["probs"]
+            np.testing.assert_allclose(np.asarray(outputs), want, rtol=0, atol=1e-6)
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_one_model_process_serves_every_worker_and_comes_back_after_sigkill(
+    instance: Instance,
+) -> None:
+    sent: dict[str, int] = {}
+    args = ("--workers", "2", "--threads", "4", "--preload", "digits")
+    with server(instance, *args) as served:
+        master = served.process.pid
+        first = model_process(master)
+        assert first is not None
+        workers = [pid for pid in child_processes(master) if pid != first]
+        assert len(workers) == 2
+        for n in range(16):
+            request_id = f"gw-{n}-{uuid.uuid4().hex[:8]}"
+            sent[request_id] = post(served.url, instance, request_id)
+        assert set(sent.values()) == {200}
+        assert maps_tensorflow(first)
+        assert not any(maps_tensorflow(pid) for pid in workers)
+
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        replaced = None
+        while time.monotonic() < deadline:
+            request_id = f"gk-{len(sent)}-{uuid.uuid4().hex[:8]}"
+            sent[request_id] = post(served.url, instance, request_id)
+            replaced = model_process(master)
+            if replaced not in (None, first) and sent[request_id] == 200:
+                break
+            time.sleep(0.05)
+        assert replaced not in (None, first), "the model process was not restarted"
+        assert set(sent.values()) <= {200, 503}
+        assert list(sent.values())[-1] == 200
+        assert sorted(child_processes(master)) == sorted([*workers, replaced])
+        assert not any(maps_tensorflow(pid) for pid in workers)
+    found = by_request(instance.engine, set(sent))
+    for request_id, status in sent.items():
+        assert [e.http_status for e in found[request_id]] == [status], request_id
+    intact(instance)
+
+
+def test_the_socket_folder_is_private_and_removed_on_stop(instance: Instance) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("secure-maas-*"))
+    with server(instance, "--workers", "1", "--threads", "2") as served:
+        made = set(Path(tempfile.gettempdir()).glob("secure-maas-*")) - before
+        assert len(made) == 1
+        (folder,) = made
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert (folder / "data-plane.sock").stat().st_mode & 0o777 == 0o600
+        served.stop()
+        with contextlib.suppress(Exception):
+            served.process.wait(60)
+    assert not folder.exists()
