@@ -11,7 +11,8 @@
    to proceed: at most `max_body_bytes` whether it has a Content-Length or is chunked (413),
    all of it within `body_timeout` (408), then parsed and checked against the signature (400);
 6. the access decision with the real row count (403: a generic message; why goes to audit);
-7. the quota (429 with `Retry-After`), consumed only for predictions;
+7. the quota (429 with `Retry-After`), consumed only for predictions, from this process's
+   leases on the shared counters (`policy.leases`);
 8. the model call, and the response.
 
 Steps 1-4 use the request line and headers only: nobody gets a thread to wait on its body
@@ -52,7 +53,6 @@ from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyringError
 from secure_maas.policy import Decision, RequestFacts
 from secure_maas.policy import ModelFacts as PolicyFacts
-from secure_maas.policy.quota import consume
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.store import InvalidName
 from secure_maas.serving.batcher import Array, BatcherClosed, BatchRefused, QueueFull
@@ -273,10 +273,9 @@ class Call:
         decision = self.decide(Action.MODEL_PREDICT, facts, rows=parsed.rows)
         if not decision.allowed:
             raise self._forbidden(decision)
-        quota = consume(
-            self.services.engine, principal.subject, facts.name, decision.quotas, parsed.rows,
-            self.now,
-        )  # fmt: skip
+        quota = self.services.quotas.consume(
+            principal.subject, facts.name, decision.quotas, parsed.rows, self.now
+        )
         if not quota.allowed:
             self.reason = quota.reason
             raise ApiError(

@@ -1,7 +1,8 @@
 """What a serving process holds, built once per process and closed on shutdown.
 
 `Services` owns the database engine, the token verifier, the compiled access policy, the audit
-writer (group commit, MAC'd with the keyring's audit key), the model cache and the metrics.
+writer (group commit, MAC'd with the keyring's audit key), the model cache, the quota leases
+(`policy.leases`: no database transaction per request) and the metrics.
 Nothing here imports Flask: the app reaches it through `app.extensions`, a test or a benchmark
 can build one directly.
 
@@ -36,6 +37,7 @@ from secure_maas.auth.verify import Verifier
 from secure_maas.config import Settings
 from secure_maas.db import create_engine
 from secure_maas.keys import Keyring
+from secure_maas.policy.leases import QuotaLeases
 from secure_maas.policy.live import PolicyCache
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.batcher import DEFAULT_MAX_QUEUE_ROWS
@@ -78,6 +80,7 @@ class Services:
     cache: ModelCache
     metrics: Metrics
     models: DataPlane
+    quotas: QuotaLeases
     closed: bool = False
 
     @classmethod
@@ -130,6 +133,7 @@ class Services:
             cache=cache,
             metrics=metrics,
             models=remote if remote is not None else LocalDataPlane(cache),
+            quotas=QuotaLeases(engine),
         )
         holder.append(services)
         return services
@@ -159,6 +163,7 @@ class Services:
         if self.closed:
             return
         self.closed = True
+        self.quotas.close()
         self.models.close()
         self.cache.close()
         self.audit.close(timeout=30)

@@ -20,6 +20,7 @@ from secure_maas.auth.verify import InvalidToken, Verifier
 from secure_maas.config import load_settings
 from secure_maas.db import create_engine
 from secure_maas.policy import ModelFacts, PolicyCache, Quota, RequestFacts, Window, consume
+from secure_maas.policy.leases import QuotaLeases
 from secure_maas.timeutil import parse_isoformat, utcnow
 
 
@@ -63,11 +64,27 @@ def quota(subject: str, model: str, limit: int, count: int, now_text: str) -> No
     engine.dispose()
 
 
+def leases(subject: str, model: str, limit: int, count: int, now_text: str) -> None:
+    """As `quota`, through one process's `QuotaLeases` (given back when it closes)."""
+    engine = create_engine(load_settings().database_url)
+    quotas = (Quota(Window.DAY, requests=limit),)
+    now = parse_isoformat(now_text)
+    book = QuotaLeases(engine, ttl=0.2)
+    say("ready")
+    sys.stdin.readline()
+    allowed = sum(book.consume(subject, model, quotas, 1, now).allowed for _ in range(count))
+    book.close()
+    say(f"{allowed} {book.transactions}")
+    engine.dispose()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "watch":
         watch(args[0], args[1])
     elif mode == "quota":
         quota(args[0], args[1], int(args[2]), int(args[3]), args[4])
+    elif mode == "leases":
+        leases(args[0], args[1], int(args[2]), int(args[3]), args[4])
     else:
         raise SystemExit(f"unknown mode {mode}")

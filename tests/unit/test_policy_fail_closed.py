@@ -14,6 +14,7 @@ from secure_maas.config import Settings
 from secure_maas.db import DatabaseUnavailable, create_engine
 from secure_maas.keys import Keyring
 from secure_maas.policy import Caller, ModelFacts, PolicyCache, Quota, RequestFacts, Window, consume
+from secure_maas.policy.leases import QuotaLeases
 
 NOW = datetime(2027, 5, 1, tzinfo=UTC)
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:9/nothing"  # the discard port: refused
@@ -31,3 +32,7 @@ def test_everything_fails_closed_without_a_database(tmp_path: Path) -> None:
         )
     with pytest.raises(DatabaseUnavailable, match="cannot count quota"):
         consume(engine, "alice", "digits", (Quota(Window.MINUTE, 5),), 1, NOW)
+    leases = QuotaLeases(engine, reaper=False)
+    with pytest.raises(DatabaseUnavailable, match="cannot count quota"):
+        leases.consume("alice", "digits", (Quota(Window.MINUTE, 5),), 1, NOW)
+    leases.close()
