@@ -2,13 +2,14 @@
 
     .venv/bin/pip install py-spy && .venv/bin/python bench/profile_serve.py   # about 1 minute
 
-One `secure-maas serve` worker (4 threads, SQLite, the small MLP of bench/serve.py) is driven by
-wrk over 16 keep-alive connections while `py-spy record` samples every thread of the worker
-(on-CPU samples only, native frames off). Each sample is charged to a stage by the innermost
-frame of ours on its stack (a sample with none of ours goes to the HTTP server or to
-TensorFlow), so a SQLAlchemy insert under the audit writer counts as audit and a json.dumps
-under the response formatter as serialising. The worker's CPU time over the requests answered
-gives the CPU cost per request, split by those shares. The last line is
+One `secure-maas serve` worker (4 threads, SQLite, the small MLP of bench/serve.py) and the
+instance's model process are driven by wrk over 16 keep-alive connections while `py-spy record`
+samples every thread of both (on-CPU samples only, native frames off). Each sample is charged
+to a stage by the innermost frame of ours on its stack (a sample with none of ours goes to the
+HTTP server or to TensorFlow), so a SQLAlchemy insert under the audit writer counts as audit
+and a json.dumps under the response formatter as serialising. Each process's CPU time over the
+requests answered gives its CPU cost per request, split by those shares (summed per stage in
+the RESULT). The last line is
 `RESULT cpu_ms_per_request=... <stage>_ms=...`.
 """
 
@@ -35,6 +36,7 @@ STAGES = (
     ("secure_maas/audit/", "audit"),
     ("secure_maas/serving/formats/", "parse+serialise"),
     ("secure_maas/serving/batcher", "model call"),
+    ("secure_maas/dataplane/", "data plane ipc"),
     ("secure_maas/serving/cache", "model call"),
     ("secure_maas/serving/bodies", "read body"),
     ("secure_maas/registry/codec", "model call"),
@@ -76,14 +78,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_of(leader: int) -> int:
-    """The one gunicorn worker under `leader` (the arbiter)."""
-    for _ in range(100):
-        children = Path(f"/proc/{leader}/task/{leader}/children").read_text().split()
-        if children:
-            return int(children[0])
+def processes_of(leader: int) -> dict[str, int]:
+    """The one gunicorn worker and the model process under `leader` (the arbiter)."""
+    for _ in range(200):
+        found: dict[str, int] = {}
+        for child in Path(f"/proc/{leader}/task/{leader}/children").read_text().split():
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+            found["model process" if name == "smaas-model" else "worker"] = int(child)
+        if len(found) == 2:
+            return found
         time.sleep(0.1)
-    raise RuntimeError("no worker process found")
+    raise RuntimeError("no worker and model process found")
 
 
 def main() -> int:
@@ -100,44 +105,56 @@ def main() -> int:
         try:
             bench.model("bench", [256])
             proc, port = bench.secure("bench", 1)
-            worker = worker_of(proc.pid)
-            raw = Path(tmp) / "samples.txt"
-            command = [spy, "record", "--pid", str(worker), "--format", "raw", "--output",
-                       str(raw), "--duration", f"{args.duration:g}", "--rate", "200",
-                       "--nonblocking"]  # fmt: skip
-            quiet = subprocess.DEVNULL
-            spying = subprocess.Popen(command, stdout=quiet, stderr=quiet)
+            pids = processes_of(proc.pid)
+            spies, raws = [], {}
+            for role, pid in pids.items():
+                raws[role] = Path(tmp) / f"samples-{pid}.txt"
+                command = [spy, "record", "--pid", str(pid), "--format", "raw", "--output",
+                           str(raws[role]), "--duration", f"{args.duration:g}", "--rate", "200",
+                           "--nonblocking", "--gil"]  # fmt: skip
+                quiet = subprocess.DEVNULL
+                spies.append(subprocess.Popen(command, stdout=quiet, stderr=quiet))
             time.sleep(1.0)
-            before = cpu_seconds(worker)
+            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
             load = serve.run_wrk(port, "/v1/models/bench:predict", bench.scripts["secure"], 16,
                                  args.duration - 2)  # fmt: skip
-            used = cpu_seconds(worker) - before
-            spying.wait(timeout=args.duration + 60)
-            counts: Counter[str] = Counter()
+            used = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+            for spying in spies:
+                spying.wait(timeout=args.duration + 60)
+            counts: dict[str, Counter[str]] = {role: Counter() for role in pids}
             glue: Counter[str] = Counter()  # what "pipeline+views" samples are in
-            for line in raw.read_text().splitlines():
-                stack, _, count = line.rpartition(" ")
-                frames = stack.split(";")
-                stage = stage_of(frames)
-                counts[stage] += int(count)
-                if stage == "pipeline+views":
-                    glue[innermost_ours(frames)] += int(count)
+            for role, raw in raws.items():
+                for line in raw.read_text().splitlines():
+                    stack, _, count = line.rpartition(" ")
+                    frames = stack.split(";")
+                    stage = stage_of(frames)
+                    counts[role][stage] += int(count)
+                    if stage == "pipeline+views":
+                        glue[f"{role}: {innermost_ours(frames)}"] += int(count)
         finally:
             bench.close()
             bench.drop()
-    total = sum(counts.values())
-    per_request = used * 1000 / max(load["ok"], 1)
-    print(f"one worker x 4 threads, 16 connections: {load['throughput']:.0f} req/s, "
-          f"{load['errors']:.0f} errors, worker CPU {per_request:.2f} ms per request")  # fmt: skip
-    print(f"{'stage':<16} {'share':>6} {'ms/request':>10}")
-    result = {"cpu_ms_per_request": per_request}
-    for stage, count in counts.most_common():
-        share = count / total
-        print(f"{stage:<16} {share:>6.1%} {share * per_request:>10.3f}")
-        result[stage.replace("+", "_").replace(" ", "_") + "_ms"] = share * per_request
+    ok = max(load["ok"], 1)
+    total_ms = sum(used.values()) * 1000 / ok
+    print(f"one worker x 4 threads and the model process, 16 connections: "
+          f"{load['throughput']:.0f} req/s, {load['errors']:.0f} errors, "
+          f"CPU {total_ms:.2f} ms per request")  # fmt: skip
+    result = {"cpu_ms_per_request": total_ms}
+    every = sum(sum(c.values()) for c in counts.values())
+    for role in counts:
+        per_request = used[role] * 1000 / ok
+        result[role.replace(" ", "_") + "_ms"] = per_request
+        total = max(sum(counts[role].values()), 1)
+        print(f"{role}: {per_request:.3f} ms per request")
+        print(f"  {'stage':<16} {'share':>6} {'ms/request':>10}")
+        for stage, count in counts[role].most_common():
+            share = count / total
+            print(f"  {stage:<16} {share:>6.1%} {share * per_request:>10.3f}")
+            key = stage.replace("+", "_").replace(" ", "_") + "_ms"
+            result[key] = result.get(key, 0.0) + share * per_request
     print("pipeline+views, by the innermost function of ours -> the call under it:")
     for place, count in glue.most_common(12):
-        print(f"  {count / total:>6.1%}  {place}")
+        print(f"  {count / max(every, 1):>6.1%}  {place}")
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
     return 0 if load["errors"] == 0 else 1
 
