@@ -69,12 +69,16 @@ def failed_checks(services: Services) -> list[str]:
         check_database(services.engine)
     except DatabaseUnavailable as exc:
         log.warning("not ready: %s", exc)
-        return list(CHECKS)  # without the database neither of the others can hold
-    checks: tuple[tuple[str, Callable[[], None]], ...] = (
-        ("keys", lambda: check_keys(services)),
-        ("audit", lambda: check_audit(services.engine, services.audit_keys)),
-        ("models", lambda: check_models(services)),
-    )
+        failed = ["database", "keys", "audit"]  # without the database neither can hold
+        checks: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("models", lambda: check_models(services)),
+        )
+    else:
+        checks = (
+            ("keys", lambda: check_keys(services)),
+            ("audit", lambda: check_audit(services.engine, services.audit_keys)),
+            ("models", lambda: check_models(services)),
+        )
     for name, check in checks:
         try:
             check()

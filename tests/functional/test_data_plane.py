@@ -236,6 +236,9 @@ def test_one_model_process_serves_every_worker_and_comes_back_after_sigkill(
         master = served.process.pid
         first = model_process(master)
         assert first is not None
+        deadline = time.monotonic() + 60  # /readyz may be answered before the second fork
+        while len(child_processes(master)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         workers = [pid for pid in child_processes(master) if pid != first]
         assert len(workers) == 2
         for n in range(16):
