@@ -8,12 +8,19 @@ Settings come from the SECURE_MAAS_* environment, as a serving worker's would.
 - `quota SUBJECT MODEL QUOTA N NOW`: prints `ready`, waits for a line on stdin, then tries to
   consume N requests against a per-day quota of QUOTA at the fixed time NOW, and prints how
   many were allowed.
+- `leases SUBJECT MODEL QUOTA N NOW`: the same through one `QuotaLeases` (given back at the
+  end); prints how many were allowed and how many lease transactions it took.
+
+`race(mode, ...)` starts such children together (each waits for a line before it begins) and
+returns what each printed.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from secure_maas.actions import Action
 from secure_maas.auth.verify import InvalidToken, Verifier
@@ -62,6 +69,30 @@ def quota(subject: str, model: str, limit: int, count: int, now_text: str) -> No
     allowed = sum(consume(engine, subject, model, quotas, 1, now).allowed for _ in range(count))
     say(str(allowed))
     engine.dispose()
+
+
+def race(
+    mode: str, subject: str, limit: int, count: int, now_text: str, processes: int,
+    env: dict[str, str],
+) -> list[str]:  # fmt: skip
+    """Start `processes` children of `mode`, let them go at once, return each one's output."""
+    command = [sys.executable, "-m", "tests.functional.access_child", mode, subject, "digits",
+               str(limit), str(count), now_text]  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    children = [
+        subprocess.Popen(
+            command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(processes)
+    ]
+    for child in children:
+        if child.stdout is None or child.stdout.readline().strip() != "ready":
+            raise AssertionError("a child did not get ready")
+    for child in children:
+        if child.stdin is not None:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+    return [child.communicate(timeout=120)[0].strip() for child in children]
 
 
 def leases(subject: str, model: str, limit: int, count: int, now_text: str) -> None:

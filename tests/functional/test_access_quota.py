@@ -3,18 +3,15 @@ a refused request consumes nothing and says when to retry. On SQLite and Postgre
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import Quota, Window, consume
 from secure_maas.policy.quota import usage
+from tests.functional.access_child import race
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2027, 5, 1, 12, 0, 30, tzinfo=UTC)
 
 
@@ -22,34 +19,8 @@ def test_processes_share_one_quota_exactly(
     migrated_engine: Engine, cli_env: dict[str, str]
 ) -> None:
     quota, per_process, processes = 60, 40, 3  # no single process can take it all
-    children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.functional.access_child",
-                "quota",
-                "alice",
-                "digits",
-                str(quota),
-                str(per_process),
-                NOW.isoformat(),
-            ],
-            cwd=ROOT,
-            env=cli_env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    allowed = [int(child.communicate(timeout=120)[0].strip()) for child in children]
+    outputs = race("quota", "alice", quota, per_process, NOW.isoformat(), processes, cli_env)
+    allowed = [int(out) for out in outputs]
     assert sum(allowed) == quota
     assert all(n <= per_process for n in allowed), allowed
     with session_scope(session_factory(migrated_engine)) as session:

@@ -10,11 +10,8 @@ takes nothing from another; and far fewer transactions than requests.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -24,8 +21,8 @@ from secure_maas.policy import Quota, Window
 from secure_maas.policy.leases import QuotaLeases
 from secure_maas.policy.models import QuotaCounter
 from secure_maas.policy.quota import usage
+from tests.functional.access_child import race
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2027, 5, 1, 12, 0, 30, tzinfo=UTC)
 
 
@@ -138,21 +135,8 @@ def test_processes_never_exceed_the_quota_and_give_back_what_they_did_not_use(
     migrated_engine: Engine, cli_env: dict[str, str]
 ) -> None:
     quota, per_process, processes = 60, 40, 3
-    command = [sys.executable, "-m", "tests.functional.access_child", "leases", "erin",
-               "digits", str(quota), str(per_process), NOW.isoformat()]  # fmt: skip
-    children = [
-        subprocess.Popen(
-            command, cwd=ROOT, env=cli_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(processes)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    outputs = [child.communicate(timeout=120)[0].split() for child in children]
+    got = race("leases", "erin", quota, per_process, NOW.isoformat(), processes, cli_env)
+    outputs = [out.split() for out in got]
     allowed = [int(out[0]) for out in outputs]
     assert sum(allowed) <= quota
     assert all(n <= per_process for n in allowed), allowed
