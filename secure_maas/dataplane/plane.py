@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from secure_maas.registry.catalog import ModelRef
+from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.serving.cache import ModelCache
 
 Array = npt.NDArray[Any]
@@ -77,7 +77,14 @@ class LocalDataPlane:
         the batcher do. `request_id` is for the caller's model events (set by the caller in
         `services.current_request_id` here; the model process sets it from the frame).
         """
-        entry = self.cache.get(ref)
+        try:
+            entry = self.cache.get(ref)
+        except NotFound:
+            # The caller resolved `ref` from its own copy of the registry, which may have seen
+            # a new version before this one (each refreshes every 0.25 s): look again, once.
+            if not self.cache.refresh(force=True):
+                raise
+            entry = self.cache.get(ref)
         version = entry.facts.version
         if version not in allowed:
             return Fallback(version)

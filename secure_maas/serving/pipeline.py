@@ -290,7 +290,7 @@ class Call:
             if isinstance(served, Fallback):
                 # A label or bare name whose version was refused keeps serving the version it
                 # served before: that version is decided on too, then run.
-                fallback = self.services.cache.facts(ModelRef(ref.name, version=served.version))
+                fallback = self._facts_of(ref.name, served.version)
                 self.version = fallback.version
                 again = self.decide(Action.MODEL_PREDICT, fallback, rows=parsed.rows)
                 if not again.allowed:
@@ -314,7 +314,18 @@ class Call:
             ) from None
         if served.version == facts.version:
             return served.outputs, facts
-        return served.outputs, self.services.cache.facts(ModelRef(ref.name, version=served.version))
+        return served.outputs, self._facts_of(ref.name, served.version)
+
+    def _facts_of(self, name: str, version: int) -> ModelFacts:
+        """The facts of a version the data plane named; the model process's copy of the
+        registry may be a moment ahead of this worker's (a new version): look again, once."""
+        ref = ModelRef(name, version=version)
+        try:
+            return self.services.cache.facts(ref)
+        except NotFound:
+            if not self.services.cache.refresh(force=True):
+                raise
+            return self.services.cache.facts(ref)
 
     def _run_model(self, ref: ModelRef, parsed: Parsed, allowed: set[int]) -> Served | Fallback:
         return self.services.models.predict(ref, parsed.inputs, allowed, self.request_id)

@@ -40,6 +40,9 @@ from secure_maas.dataplane.server import DataPlaneServer
 from secure_maas.dataplane.wire import receive
 from secure_maas.keys import Keyring
 from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.models import Privacy
+from secure_maas.registry.publish import Provenance, publish
+from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.app import close_app, create_app
 from secure_maas.serving.batcher import BatchRefused
 from tests.functional.serving_support import (
@@ -107,6 +110,31 @@ def test_remote_predictions_equal_the_model_and_refusals_cross(plane: DataPlaneS
         assert client.preload(["multi", "nope"]) == {"multi": None, "nope": "no model named 'nope'"}
         assert client.ready(ModelRef("multi"))
         assert client.ping()["pid"] == os.getpid()
+    finally:
+        client.close()
+
+
+def test_a_version_the_caller_saw_first_is_looked_for_again(
+    instance: Instance, plane: DataPlaneServer
+) -> None:
+    """A worker's copy of the registry may show a new version before the model process's does
+    (each polls every 0.25 s): the model process looks again rather than answering 404."""
+    client = RemoteDataPlane(plane.path)
+    try:
+        client.predict(ModelRef("digits"), {"x": X}, {2})  # the model process's copy is fresh
+        built = models()
+        publish(
+            instance.engine, ArtifactStore(instance.settings.store_dir),
+            Keyring.open(instance.settings.keys_dir), name="fresh", payload=built.payloads["one"],
+            signature=built.signatures["one"], provenance=Provenance(Privacy.IMPORTED),
+            created_by="tests",
+        )  # fmt: skip
+        served = client.predict(ModelRef("fresh", version=1), {"x": X}, {1})
+        assert isinstance(served, Served) and served.version == 1
+        want = built.predict("one", X)["probs"]
+        np.testing.assert_allclose(served.outputs["probs"], want, rtol=0, atol=1e-6)
+        with pytest.raises(NotFound):  # still a 404 for what does not exist
+            client.predict(ModelRef("fresh", version=2), {"x": X}, {2})
     finally:
         client.close()
 
