@@ -29,6 +29,8 @@ from secure_maas.audit import AuditEvent, AuditUnavailable
 from secure_maas.dataplane import events
 from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
+from secure_maas.db import DatabaseUnavailable
+from secure_maas.keys import KeyringError
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.serving.batcher import BatchRefused, QueueFull
 from secure_maas.serving.cache import ModelUnavailable
@@ -41,7 +43,12 @@ CALL_TIMEOUT_S = 120.0
 
 class AuditUnconfirmed(AuditUnavailable):
     """An audit event was handed to the model process, which died before confirming it: it may
-    or may not be committed."""
+    or may not be committed. `record_locally` writes another event with this process's own
+    writer (the model process may still be dying: a new connection can reach it too)."""
+
+    def __init__(self, message: str, record_locally: Callable[[AuditEvent], object]) -> None:
+        super().__init__(message)
+        self.record_locally = record_locally
 
 
 class DataPlaneUnavailable(ModelUnavailable):
@@ -58,6 +65,8 @@ _RAISED: dict[str, Callable[[str], Exception]] = {
     "busy": QueueFull,
     "unavailable": ModelUnavailable,
     "audit": AuditUnavailable,
+    "database": DatabaseUnavailable,
+    "keys": KeyringError,
 }
 
 
@@ -185,7 +194,8 @@ class InstanceAudit:
             log.warning("instance audit writer unreachable (%s): writing locally", exc)
             self._fallback().append(event)
         except DataPlaneUnavailable as exc:
-            raise AuditUnconfirmed(f"audit write not confirmed: {exc}") from None
+            message = f"audit write not confirmed: {exc}"
+            raise AuditUnconfirmed(message, lambda again: self._fallback().append(again)) from None
 
     def close(self, timeout: float | None = None) -> None:
         with self._lock:

@@ -12,7 +12,8 @@ thread) gets a thread that reads a frame, does what it asks and answers:
 - `ready`, `preload`, `ping`.
 
 An error is answered as `{"ok": false, "error": KIND, "message": ...}`, KIND one of `ERRORS`;
-the client raises the matching exception. Model events (`model:load`) are audited here with
+the client raises the matching exception (state it could not read, such as the database, is a
+503 at the worker as it is in a single process). Model events (`model:load`) are audited here with
 the id of the request that caused them, as in a single process.
 """
 
@@ -27,11 +28,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from secure_maas.audit import AuditUnavailable
 from secure_maas.config import Settings
 from secure_maas.dataplane import events
 from secure_maas.dataplane.plane import Array, Fallback, LocalDataPlane
 from secure_maas.dataplane.wire import Head, WireError, receive, send
+from secure_maas.db import DatabaseUnavailable
+from secure_maas.keys import KeyringError
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.store import InvalidName
 from secure_maas.serving.batcher import BatcherClosed, BatchRefused, QueueFull
@@ -49,7 +54,12 @@ ERRORS: tuple[tuple[type[BaseException], str], ...] = (
     (BatcherClosed, "unavailable"),
     (ModelUnavailable, "unavailable"),
     (AuditUnavailable, "audit"),
+    (DatabaseUnavailable, "database"),
+    (SQLAlchemyError, "database"),
+    (KeyringError, "keys"),
 )
+#: Kinds that are state the model process could not read (503, logged without a traceback).
+UNREADABLE = frozenset({"database", "keys"})
 
 
 class DataPlaneServer:
@@ -159,6 +169,8 @@ class DataPlaneServer:
         except Exception as exc:
             for kind, name in ERRORS:
                 if isinstance(exc, kind):
+                    if name in UNREADABLE:
+                        log.warning("data plane %s failed closed: %s", head.get("op"), exc)
                     return {"ok": False, "error": name, "message": str(exc)}, {}
             log.exception("data plane %s failed", head.get("op"))
             return {"ok": False, "error": "internal", "message": type(exc).__name__}, {}

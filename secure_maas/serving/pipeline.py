@@ -431,7 +431,7 @@ class Call:
         self.reason_code = "unavailable"
         self.reason = f"{exc} (the answer would have been {status})"
         try:
-            self.services.audit.append(self.event(503, AuditDecision.ERROR))
+            exc.record_locally(self.event(503, AuditDecision.ERROR))
         except Exception as again:
             log.error("could not record the 503 either: %s", again)
 

@@ -15,6 +15,7 @@ answer in between is a 200 or an audited 503.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from secure_maas.dataplane.client import InstanceAudit, NotDelivered, RemoteData
 from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.dataplane.server import DataPlaneServer
 from secure_maas.dataplane.wire import receive
+from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import Keyring
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.models import Privacy
@@ -137,6 +139,29 @@ def test_a_version_the_caller_saw_first_is_looked_for_again(
             client.predict(ModelRef("fresh", version=2), {"x": X}, {2})
     finally:
         client.close()
+
+
+def test_state_the_model_process_cannot_read_is_a_503_at_the_worker(
+    instance: Instance, folder: Path
+) -> None:
+    down = dataclasses.replace(
+        instance.settings, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
+    )
+    served = DataPlaneServer.build(down, folder / "down.sock")
+    served.listen()
+    thread = threading.Thread(target=served.serve_forever, daemon=True)
+    thread.start()
+    client = RemoteDataPlane(served.path)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            client.predict(ModelRef("digits"), {"x": X}, {2})
+        with pytest.raises(AuditUnavailable):
+            client.audit(audit_event("down-1"))
+        assert client.ping()["pid"] == os.getpid()  # it still answers
+    finally:
+        client.close()
+        served.close()
+        thread.join(30)
 
 
 def test_model_events_of_the_model_process_carry_the_request_id(

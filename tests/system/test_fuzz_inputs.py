@@ -394,7 +394,10 @@ def model_path(draw: st.DrawFn) -> tuple[str, bytes]:
             continue
         segment = draw(st.sampled_from(KNOWN[name]) | value_text | text)
         safe = draw(st.sampled_from(["", "/", "/:@!$&'()*+,;="]))
-        path = path.replace("{" + name + "}", quote(segment, safe=safe))
+        # A lone surrogate cannot be UTF-8: sent as the bytes `surrogatepass` spells it with
+        # (invalid UTF-8 on the wire, which a client can send too).
+        raw = segment.encode("utf-8", "surrogatepass")
+        path = path.replace("{" + name + "}", quote(raw, safe=safe))
     return method, path.encode("ascii")
 
 
