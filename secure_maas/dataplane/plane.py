@@ -81,9 +81,9 @@ class LocalDataPlane:
             entry = self.cache.get(ref)
         except NotFound:
             # The caller resolved `ref` from its own copy of the registry, which may have seen
-            # a new version before this one (each refreshes every 0.25 s): look again, once.
-            if not self.cache.refresh(force=True):
-                raise
+            # a new version before this one (each refreshes every 0.25 s): look again, once
+            # (after a refresh, ours or the one another thread was doing meanwhile).
+            self.cache.refresh(force=True)
             entry = self.cache.get(ref)
         version = entry.facts.version
         if version not in allowed:

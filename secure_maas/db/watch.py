@@ -56,12 +56,17 @@ class Watcher:
         """Call `reload(counters)` if they moved; look only when the interval passed (or `force`).
 
         Returns whether it reloaded. Until the first load succeeds every caller waits for it;
-        afterwards a caller that finds another thread polling goes on with the current data.
+        afterwards a caller that finds another thread polling goes on with the current data
+        while that is less than two intervals old, and waits for the poll otherwise: the first
+        concurrent requests of a worker that was idle must not act on data from before its
+        idle spell (a revoked token, a rule changed seconds ago).
         A database error while looking or reloading raises `DatabaseUnavailable` (fail closed).
         """
-        if not force and self._clock() < self._next_poll:
+        now = self._clock()
+        if not force and now < self._next_poll:
             return False
-        if not self._lock.acquire(blocking=self._seen is None or force):
+        stale = now >= self._next_poll + self._interval
+        if not self._lock.acquire(blocking=self._seen is None or force or stale):
             return False
         try:
             if not force and self._clock() < self._next_poll:

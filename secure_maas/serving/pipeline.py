@@ -323,8 +323,7 @@ class Call:
         try:
             return self.services.cache.facts(ref)
         except NotFound:
-            if not self.services.cache.refresh(force=True):
-                raise
+            self.services.cache.refresh(force=True)  # ours, or one another thread was doing
             return self.services.cache.facts(ref)
 
     def _run_model(self, ref: ModelRef, parsed: Parsed, allowed: set[int]) -> Served | Fallback:

@@ -3,6 +3,7 @@ reload retried rather than forgotten. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import pytest
@@ -61,3 +62,44 @@ def test_a_failed_reload_is_retried(migrated_engine: Engine) -> None:
     loaded: list[int] = []
     assert watcher.refresh(lambda counters: loaded.append(counters["policy"]))
     assert loaded == [0]
+
+
+def test_stale_data_waits_for_the_poll_another_thread_is_doing(migrated_engine: Engine) -> None:
+    """A caller that finds another thread polling goes on with the current data only while it
+    is less than two intervals old; older (a worker that sat idle), it waits for that poll, so
+    it never acts on what changed before the idle spell."""
+    clock = Clock()
+    watcher = Watcher(migrated_engine, ("policy",), interval=0.5, clock=clock)
+    watcher.refresh(lambda _counters: None)  # loaded at t=0: next poll due at 0.5
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(_counters: Mapping[str, int]) -> None:
+        entered.set()
+        release.wait(30)
+
+    def poll_in_thread() -> threading.Thread:
+        with session_scope(session_factory(migrated_engine)) as session:
+            bump(session, "policy")
+        thread = threading.Thread(target=watcher.refresh, args=(slow,))
+        thread.start()
+        assert entered.wait(30)
+        return thread
+
+    clock.now = 0.6  # due, but younger than two intervals: go on with what is there
+    first = poll_in_thread()
+    assert watcher.refresh(lambda _counters: None) is False
+    release.set()
+    first.join(30)
+
+    entered.clear()
+    release.clear()
+    clock.now = 5.0  # idle for seconds: wait for the poll in progress
+    second = poll_in_thread()
+    waited = threading.Thread(target=watcher.refresh, args=(lambda _counters: None,))
+    waited.start()
+    waited.join(0.5)
+    assert waited.is_alive(), "a caller with stale data went on without the poll in progress"
+    release.set()
+    second.join(30)
+    waited.join(30)
+    assert not waited.is_alive()

@@ -54,6 +54,7 @@ from tests.system.support import (
     children,
     rss_kib,
     soak_seconds,
+    wait_until,
 )
 
 CONCURRENCY = 32
@@ -207,6 +208,8 @@ def test_mixed_load_soak(
     expect = {kind.name: kind.expect for kind in load_kinds}
     days = {utcnow().date()}
 
+    # /readyz can be answered by the first worker before the master forked the second.
+    wait_until(lambda: len(children(served.process.pid)) == 2, 60, step=0.1)
     workers = children(served.process.pid)
     assert len(workers) == 2, f"expected 2 gunicorn workers, found {workers}"
     warm = run_load(served.url, load_kinds, warmup)
