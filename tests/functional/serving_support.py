@@ -340,6 +340,10 @@ def comm(pid: int) -> str:
         return ""
 
 
+def _workers(master: int) -> list[int]:
+    return [pid for pid in child_processes(master) if comm(pid) != MODEL_PROCESS]
+
+
 def model_process(master: int) -> int | None:
     """The pid of the model process of the gunicorn master `master` (None when there is none)."""
     found = [pid for pid in child_processes(master) if comm(pid) == MODEL_PROCESS]
@@ -378,9 +382,11 @@ class Served:
 
 @contextmanager
 def server(instance: Instance, *args: str, limit: float = 120.0) -> Iterator[Served]:
-    """`secure-maas serve ARGS --port P` as a child process, once /readyz says ready; stopped
-    with SIGTERM at the end, and then checked to have exited cleanly."""
+    """`secure-maas serve ARGS --port P` as a child process, once /readyz says ready (and, with
+    `--workers N`, all N workers are forked); stopped with SIGTERM at the end, and then checked
+    to have exited cleanly."""
     port = free_port()
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 0
     log = instance.settings.keys_dir.parent / f"server-{port}.log"
     with open(log, "wb") as output:
         child = subprocess.Popen(
@@ -395,7 +401,9 @@ def server(instance: Instance, *args: str, limit: float = 120.0) -> Iterator[Ser
                     raise AssertionError(f"server exited early:\n{log.read_text()[-4000:]}")
                 try:
                     with urllib.request.urlopen(served.url + "/readyz", timeout=2) as answer:
-                        if answer.status == 200:
+                        # Under gunicorn the first worker may answer before the master forked
+                        # the others: ready means every worker is there.
+                        if answer.status == 200 and len(_workers(child.pid)) >= workers:
                             break
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
                     pass
