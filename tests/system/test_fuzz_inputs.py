@@ -179,16 +179,17 @@ value_text = st.one_of(text, latin1, tricky, number_like, moment)
 
 
 def header_bytes(value: str) -> bytes:
-    """`value` as a client may put it on the wire: latin-1 when it can be, else UTF-8."""
+    """`value` as a client may put it on the wire: latin-1 when it can be, else UTF-8 (a lone
+    surrogate as the bytes `surrogatepass` spells it: invalid UTF-8, which a client can send)."""
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
-        return value.encode("utf-8")
+        return value.encode("utf-8", "surrogatepass")
 
 
 header_value = st.one_of(
     value_text.map(header_bytes),
-    text.map(lambda t: t.encode("utf-8")),
+    text.map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b),
 )
 
