@@ -8,14 +8,13 @@ by the worker reads the same once rebuilt).
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from secure_maas.audit import AuditEvent
-from secure_maas.audit.events import to_microseconds
+from secure_maas.audit.events import EPOCH, to_microseconds
 from secure_maas.dataplane.wire import WireError
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIELDS = tuple(field.name for field in dataclasses.fields(AuditEvent))
 
 
@@ -36,5 +35,5 @@ def from_wire(data: object) -> AuditEvent:
     at = fields.pop("at")
     if at is not None and (not isinstance(at, int) or isinstance(at, bool)):
         raise WireError("audit event time is not an integer")
-    moment = None if at is None else _EPOCH + timedelta(microseconds=at)
+    moment = None if at is None else EPOCH + timedelta(microseconds=at)
     return AuditEvent(**fields, at=moment)
