@@ -126,6 +126,8 @@ def main() -> int:
             for role, raw in raws.items():
                 for line in raw.read_text().splitlines():
                     stack, _, count = line.rpartition(" ")
+                    if not count.isdigit():  # py-spy's blank or note lines
+                        continue
                     frames = stack.split(";")
                     stage = stage_of(frames)
                     counts[role][stage] += int(count)

@@ -34,6 +34,25 @@ CHECKPOINT_EVERY = 10_000
 SERVICE_ACTOR = "secure-maas"
 
 
+# The statements of an append, built once: constructing them per batch cost about as much
+# Python time as the rest of the batch's SQLAlchemy work (bench/profile_serve.py).
+_HEAD = sa.select(head_table.c.seq, head_table.c.mac, head_table.c.key_id).where(
+    head_table.c.id == HEAD_ID
+)
+_HEAD_LOCKED = _HEAD.with_for_update()
+_INSERT = sa.insert(events_table)
+_MOVE = (
+    sa.update(head_table)
+    .where(head_table.c.id == HEAD_ID, head_table.c.seq == sa.bindparam("old_seq"))
+    .values(
+        seq=sa.bindparam("seq"),
+        mac=sa.bindparam("mac"),
+        key_id=sa.bindparam("key_id"),
+        updated_at=sa.bindparam("updated_at"),
+    )
+)
+
+
 class AuditUnavailable(SecureMaasError):
     """An event could not be committed; whatever it records must fail (503, failed command)."""
 
@@ -122,11 +141,7 @@ def checkpoint_event(head: Head, *, reason: str = "periodic") -> AuditEvent:
 
 def read_head(connection: Connection, *, lock: bool = False) -> Head:
     """The head row; with `lock`, held until the transaction ends (PostgreSQL row lock)."""
-    query = sa.select(head_table.c.seq, head_table.c.mac, head_table.c.key_id).where(
-        head_table.c.id == HEAD_ID
-    )
-    if lock and connection.dialect.name != "sqlite":
-        query = query.with_for_update()
+    query = _HEAD_LOCKED if lock and connection.dialect.name != "sqlite" else _HEAD
     row = connection.execute(query).one_or_none()
     if row is None:
         raise AuditUnavailable(
@@ -201,11 +216,10 @@ def append_events(
         previous = record.mac
     if not stored:
         return []
-    connection.execute(sa.insert(events_table), [_row(record) for record in stored])
+    connection.execute(_INSERT, [_row(record) for record in stored])
     moved = connection.execute(
-        sa.update(head_table)
-        .where(head_table.c.id == HEAD_ID, head_table.c.seq == head.seq)
-        .values(seq=seq, mac=previous, key_id=key_id, updated_at=now)
+        _MOVE,
+        {"old_seq": head.seq, "seq": seq, "mac": previous, "key_id": key_id, "updated_at": now},
     )
     if moved.rowcount != 1:
         raise AuditUnavailable("the audit head moved during an append; nothing was written")
