@@ -53,6 +53,7 @@ class Settings:
     cache_bytes: int = 2 * GIB
     batch_max_size: int = 64
     batch_max_wait_us: int = 2000
+    model_processes: int = 0
 
     def describe(self) -> list[tuple[str, str]]:
         """(variable, display value) pairs, safe to print: passwords in URLs are masked."""
@@ -181,6 +182,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "cache_bytes": _bytes_between(MIB, 1 << 40),
     "batch_max_size": _int_between(1, 4096),
     "batch_max_wait_us": _int_between(0, 1_000_000),
+    "model_processes": _int_between(0, 64),
 }
 
 

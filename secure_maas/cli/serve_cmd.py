@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import signal
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -18,17 +19,10 @@ from secure_maas.db import migrate
 from secure_maas.db.migrate import SchemaDrift
 
 
-def _settings(
-    app: AppContext, batch_max_size: int | None, batch_max_wait_us: int | None
-) -> Settings:
-    settings = app.settings
-    return dataclasses.replace(
-        settings,
-        batch_max_size=settings.batch_max_size if batch_max_size is None else batch_max_size,
-        batch_max_wait_us=(
-            settings.batch_max_wait_us if batch_max_wait_us is None else batch_max_wait_us
-        ),
-    )
+def _settings(app: AppContext, **given: int | None) -> Settings:
+    """The instance's settings with the options given on the command line in place."""
+    chosen: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    return dataclasses.replace(app.settings, **chosen)
 
 
 def _preflight(app: AppContext) -> None:
@@ -76,6 +70,12 @@ def _preflight(app: AppContext) -> None:
     help="Longest wait for batch-mates in microseconds (default: SECURE_MAAS_BATCH_MAX_WAIT_US).",
 )
 @click.option(
+    "--model-processes",
+    type=click.IntRange(0, 64),
+    help="Model processes under gunicorn, 0 for one per visible GPU, at least one "
+    "(default: SECURE_MAAS_MODEL_PROCESSES).",
+)
+@click.option(
     "--access-log",
     is_flag=True,
     help="Under gunicorn, log each request to standard error (method, path without its query "
@@ -98,6 +98,7 @@ def serve(
     threads: int,
     batch_max_size: int | None,
     batch_max_wait_us: int | None,
+    model_processes: int | None,
     access_log: bool,
     graceful_timeout: int,
 ) -> None:
@@ -114,7 +115,12 @@ def serve(
         secure-maas serve --preload digits                      # http://127.0.0.1:8501
         secure-maas serve --workers 4 --threads 8 --port 8501   # production (gunicorn)
     """
-    settings = _settings(app, batch_max_size, batch_max_wait_us)
+    settings = _settings(
+        app,
+        batch_max_size=batch_max_size,
+        batch_max_wait_us=batch_max_wait_us,
+        model_processes=model_processes,
+    )
     from secure_maas.audit.text import EscapingFormatter
 
     # Log lines quote what callers sent (paths, names): never a raw control character.

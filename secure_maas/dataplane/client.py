@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from secure_maas.audit import AuditEvent, AuditUnavailable
 from secure_maas.dataplane import events
+from secure_maas.dataplane.devices import route
 from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
@@ -169,6 +170,50 @@ class RemoteDataPlane:
         sock.close()
 
 
+class RoutedDataPlane:
+    """The `DataPlane` of an instance with several model processes (one per accelerator): each
+    model's calls go to the one process `devices.route` names for it; audit events go to the
+    first, which hosts the instance's writer."""
+
+    def __init__(self, paths: Sequence[Path], *, timeout: float = CALL_TIMEOUT_S) -> None:
+        if not paths:
+            raise ValueError("an instance has at least one model process")
+        self.planes = [RemoteDataPlane(path, timeout=timeout) for path in paths]
+
+    def plane_of(self, name: str) -> RemoteDataPlane:
+        """The model process that holds the model `name`."""
+        return self.planes[route(name, len(self.planes))]
+
+    def predict(
+        self,
+        ref: ModelRef,
+        inputs: Mapping[str, Array],
+        allowed: Collection[int],
+        request_id: str | None = None,
+    ) -> Served | Fallback:
+        return self.plane_of(ref.name).predict(ref, inputs, allowed, request_id)
+
+    def ready(self, ref: ModelRef, *, load: bool = False) -> bool:
+        return self.plane_of(ref.name).ready(ref, load=load)
+
+    def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
+        results: dict[str, str | None] = {}
+        for ref in refs:
+            results.update(self.plane_of(ModelRef.parse(ref).name).preload([ref]))
+        return results
+
+    def audit(self, event: AuditEvent, request_id: str | None = None) -> None:
+        self.planes[0].audit(event, request_id)
+
+    def ping(self) -> list[Head]:
+        """Every model process's answer (raises if one does not answer)."""
+        return [plane.ping() for plane in self.planes]
+
+    def close(self) -> None:
+        for plane in self.planes:
+            plane.close()
+
+
 class AuditSinkLike(Protocol):
     """What `InstanceAudit` needs of a local writer (an `AuditWriter`)."""
 
@@ -180,7 +225,9 @@ class AuditSinkLike(Protocol):
 class InstanceAudit:
     """The audit sink of a worker: the instance's writer, a local one when it is unreachable."""
 
-    def __init__(self, plane: RemoteDataPlane, local: Callable[[], AuditSinkLike]) -> None:
+    def __init__(
+        self, plane: RemoteDataPlane | RoutedDataPlane, local: Callable[[], AuditSinkLike]
+    ) -> None:
         self._plane = plane
         self._make_local = local
         self._local: AuditSinkLike | None = None

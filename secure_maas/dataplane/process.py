@@ -1,4 +1,4 @@
-"""The model process: started beside the HTTP workers, watched, restarted when it dies.
+"""The model processes: started beside the HTTP workers, watched, restarted when they die.
 
 `ModelProcess.start` forks it from the gunicorn master before the workers exist (the master
 has not imported TensorFlow, so neither has the child until it loads a model). The child
@@ -10,6 +10,10 @@ The master calls `check()` about once a second from its loop: a child that died 
 `kill -9`, a crash in native code) is restarted, at once the first time and then with a
 back-off that doubles up to `MAX_BACKOFF_S` while it keeps dying within a minute of its start.
 Meanwhile workers answer 503 (audited by their local fallback writer, see `client`).
+
+An instance has one model process per accelerator (`devices.plan`; one when there is no GPU);
+`ModelProcesses` starts, checks and stops them together, and each loads only the models
+`devices.route` gives it (its `--preload` share included).
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ from pathlib import Path
 
 from secure_maas.config import Settings
 from secure_maas.dataplane.client import DataPlaneUnavailable, RemoteDataPlane
+from secure_maas.dataplane.devices import VISIBLE, Placement, plan, route, visible_accelerators
+from secure_maas.registry.catalog import ModelRef
 
 log = logging.getLogger(__name__)
+
+#: The one model process of an instance without GPUs.
+ON_CPU = Placement(0, None)
 
 NAME = "smaas-model"
 SOCKET_NAME = "data-plane.sock"
@@ -42,9 +51,15 @@ _RESET = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWI
 class ModelProcess:
     """One instance's model process, owned by the process that calls `start` (the master)."""
 
-    def __init__(self, settings: Settings, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        preload: Sequence[str] = (),
+        placement: Placement = ON_CPU,
+    ) -> None:
         self.settings = settings
         self.preload = tuple(preload)
+        self.placement = placement
         self.folder = Path(tempfile.mkdtemp(prefix="secure-maas-"))  # 0700
         self.path = self.folder / SOCKET_NAME
         self.pid: int | None = None
@@ -127,10 +142,59 @@ class ModelProcess:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(self.settings, self.path, self.preload, parent, self._close_in_child)
+            _child(self.settings, self.path, self.preload, parent, self._close_in_child,
+                   self.placement)  # fmt: skip
         self.pid = pid
         self._started_at = time.monotonic()
-        log.info("model process %d started (socket %s)", pid, self.path)
+        log.info("model process %d (#%d) started on %s (socket %s)",
+                 pid, self.placement.index, self.placement.describe(), self.path)  # fmt: skip
+
+
+class ModelProcesses:
+    """An instance's model processes, one per `devices.plan` placement, handled together."""
+
+    def __init__(self, settings: Settings, preload: Sequence[str] = ()) -> None:
+        placements = plan(settings.model_processes, visible_accelerators())
+        shares: list[list[str]] = [[] for _ in placements]
+        for ref in preload:
+            shares[route(ModelRef.parse(ref).name, len(placements))].append(ref)
+        self.members = [
+            ModelProcess(settings, share, placement)
+            for share, placement in zip(shares, placements, strict=True)
+        ]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Each process's socket, in route order (what workers are given)."""
+        return [member.path for member in self.members]
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [member.pid for member in self.members]
+
+    def start(self, close_in_child: Iterable[int] = ()) -> None:
+        keep_out = tuple(close_in_child)
+        for member in self.members:
+            member.start(keep_out)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether every process answered within `timeout` seconds (each waited for in turn)."""
+        deadline = time.monotonic() + timeout
+        return all([m.wait_ready(max(0.0, deadline - time.monotonic())) for m in self.members])
+
+    def check(self) -> None:
+        for member in self.members:
+            member.check()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM them all at once, then wait for each within the one `timeout`."""
+        for pid in self.pids:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for member in self.members:
+            member.stop(max(0.0, deadline - time.monotonic()))
 
 
 def _running(pid: int) -> bool:
@@ -147,10 +211,14 @@ def _child(
     preload: Sequence[str],
     parent: int,
     close: Sequence[int],
+    placement: Placement,
 ) -> None:
     """The model process's whole life; never returns into the master's code."""
     code = 1
     try:
+        if placement.accelerator is not None:
+            # Before anything imports TensorFlow: its only GPU is this one, seen as /GPU:0.
+            os.environ[VISIBLE] = placement.accelerator
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)
         for name in _RESET:

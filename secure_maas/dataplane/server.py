@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from secure_maas.audit import AuditUnavailable
 from secure_maas.config import Settings
 from secure_maas.dataplane import events
+from secure_maas.dataplane.devices import VISIBLE
 from secure_maas.dataplane.plane import Array, Fallback, LocalDataPlane
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
@@ -197,7 +198,9 @@ class DataPlaneServer:
         return {"ok": True, "results": self.plane.preload(refs)}, {}
 
     def _ping(self, _head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
-        return {"ok": True, "pid": os.getpid(), "loaded": [list(k) for k in self.loaded()]}, {}
+        loaded = [list(k) for k in self.loaded()]
+        accelerator = os.environ.get(VISIBLE)
+        return {"ok": True, "pid": os.getpid(), "loaded": loaded, "accelerator": accelerator}, {}
 
     def loaded(self) -> list[tuple[str, int]]:
         return self.services.cache.loaded()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,15 @@ def create_app(
     *,
     services: Services | None = None,
     preload: Iterable[str] = (),
-    data_plane: Path | None = None,
+    data_plane: Path | Sequence[Path] | None = None,
 ) -> Flask:
     """A ready app for `settings` (default: from the environment).
 
     `services` lets a caller share or fake the process's services (the app then does not own
     them: `close_app` leaves them open). `preload` names models (NAME, NAME:VERSION, NAME@LABEL)
     to load now rather than on first use; one that cannot be loaded is logged, not fatal.
-    `data_plane` is the socket of the instance's model process (under gunicorn): models run
-    there, and this process never imports TensorFlow.
+    `data_plane` is the socket of the instance's model process, or their list in route order
+    (under gunicorn): models run there, and this process never imports TensorFlow.
     """
     settings = settings or (services.settings if services is not None else load_settings())
     owned = services is None

@@ -60,7 +60,7 @@ from gunicorn.http.unreader import Unreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
 
 from secure_maas.config import Settings
-from secure_maas.dataplane.process import ModelProcess
+from secure_maas.dataplane.process import ModelProcesses
 from secure_maas.serving.app import redact_queries
 from secure_maas.serving.bodies import CLOSE_CONNECTION
 
@@ -115,7 +115,7 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
         self.options = {**DEFAULTS, **options}
         self.preload = tuple(preload)
         self.app_factory = app_factory
-        self.model_process = ModelProcess(settings, self.preload)
+        self.model_processes = ModelProcesses(settings, self.preload)
         super().__init__()
 
     def run(self) -> None:
@@ -143,31 +143,31 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
             from secure_maas.serving.app import create_app
 
             factory = create_app
-        return factory(self.settings, data_plane=self.model_process.path)
+        return factory(self.settings, data_plane=self.model_processes.paths)
 
 
 class ServingArbiter(Arbiter):  # type: ignore[misc]
-    """gunicorn's master, which also starts, watches and stops the model process."""
+    """gunicorn's master, which also starts, watches and stops the model processes."""
 
     #: How long the first start may take (TensorFlow's import, `--preload` models).
     START_TIMEOUT_S = 600.0
 
     def start(self) -> None:
         super().start()
-        process: ModelProcess = self.app.model_process
+        processes: ModelProcesses = self.app.model_processes
         keep_out = [listener.fileno() for listener in self.LISTENERS]
         keep_out += [fd for fd in getattr(self, "PIPE", []) if isinstance(fd, int)]
-        process.start(close_in_child=keep_out)
-        if not process.wait_ready(self.START_TIMEOUT_S):
-            self.log.error("the model process did not start; workers will answer 503 until it does")
+        processes.start(close_in_child=keep_out)
+        if not processes.wait_ready(self.START_TIMEOUT_S):
+            self.log.error("a model process did not start; workers will answer 503 until it does")
 
     def manage_workers(self) -> None:
-        self.app.model_process.check()
+        self.app.model_processes.check()
         super().manage_workers()
 
     def stop(self, graceful: bool = True) -> None:
         super().stop(graceful)
-        self.app.model_process.stop(timeout=float(self.cfg.graceful_timeout))
+        self.app.model_processes.stop(timeout=float(self.cfg.graceful_timeout))
 
 
 def _worker_exit(_server: Any, worker: Any) -> None:

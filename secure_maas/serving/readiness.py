@@ -56,7 +56,7 @@ def check_audit(engine: Engine, keys: AuditKeys) -> None:
 
 
 def check_models(services: Services) -> None:
-    """The model process answers (under gunicorn; in-process models always do)."""
+    """Every model process answers (under gunicorn; in-process models always do)."""
     ping = getattr(services.models, "ping", None)
     if ping is not None:
         ping()

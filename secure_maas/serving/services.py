@@ -21,6 +21,7 @@ request, as any audit failure does).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,18 +85,22 @@ class Services:
     closed: bool = False
 
     @classmethod
-    def build(cls, settings: Settings, *, data_plane: Path | None = None) -> Services:
+    def build(
+        cls, settings: Settings, *, data_plane: Path | Sequence[Path] | None = None
+    ) -> Services:
         """Connect and load everything a request needs; fails now (not at the first request)
-        when the keyring cannot be opened. With `data_plane` (the model process's socket)
-        models run there and audit events go to its writer."""
-        from secure_maas.dataplane.client import InstanceAudit, RemoteDataPlane
+        when the keyring cannot be opened. With `data_plane` (the model processes' sockets,
+        in route order) models run there and audit events go to the first one's writer."""
+        from secure_maas.dataplane.client import InstanceAudit, RoutedDataPlane
         from secure_maas.dataplane.plane import LocalDataPlane
 
         keyring = Keyring.open(settings.keys_dir)
         engine = create_engine(settings.database_url)
         audit_keys = KeyringAuditKeys(keyring)
         audit_keys.active()  # no audit key, no service: MissingAuditKey now, not per request
-        remote = RemoteDataPlane(data_plane) if data_plane is not None else None
+        if isinstance(data_plane, Path):
+            data_plane = [data_plane]
+        remote = RoutedDataPlane(data_plane) if data_plane is not None else None
         audit: AuditSink
         if remote is None:
             audit = AuditWriter(engine, audit_keys)

@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -368,6 +368,7 @@ class Served:
 
     url: str
     process: subprocess.Popen[bytes]
+    log: Path
     stopping: bool = False
 
     @property
@@ -381,19 +382,22 @@ class Served:
 
 
 @contextmanager
-def server(instance: Instance, *args: str, limit: float = 120.0) -> Iterator[Served]:
-    """`secure-maas serve ARGS --port P` as a child process, once /readyz says ready (and, with
-    `--workers N`, all N workers are forked); stopped with SIGTERM at the end, and then checked
-    to have exited cleanly."""
+def server(
+    instance: Instance, *args: str, limit: float = 120.0, env: Mapping[str, str] | None = None
+) -> Iterator[Served]:
+    """`secure-maas serve ARGS --port P` as a child process (`env` added to the instance's
+    environment), once /readyz says ready (and, with `--workers N`, all N workers are forked);
+    stopped with SIGTERM at the end, and then checked to have exited cleanly."""
     port = free_port()
     workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 0
     log = instance.settings.keys_dir.parent / f"server-{port}.log"
     with open(log, "wb") as output:
         child = subprocess.Popen(
             [str(SCRIPT), "serve", "--port", str(port), *args],
-            env=instance.env(), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+            env={**instance.env(), **(env or {})}, cwd=ROOT, stdout=output,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
-        served = Served(f"http://127.0.0.1:{port}", child)
+        served = Served(f"http://127.0.0.1:{port}", child, log)
         try:
             deadline = time.monotonic() + limit
             while True:

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,7 +36,9 @@ import pytest
 
 from secure_maas.actions import Action
 from secure_maas.audit import AuditEvent, AuditUnavailable, KeyringAuditKeys, verify_database
+from secure_maas.client import Client
 from secure_maas.dataplane.client import InstanceAudit, NotDelivered, RemoteDataPlane
+from secure_maas.dataplane.devices import route
 from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.dataplane.server import DataPlaneServer
 from secure_maas.dataplane.wire import receive
@@ -48,9 +51,11 @@ from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.app import close_app, create_app
 from secure_maas.serving.batcher import BatchRefused
 from tests.functional.serving_support import (
+    MODEL_PROCESS,
     Instance,
     by_request,
     child_processes,
+    comm,
     events,
     maps_tensorflow,
     model_process,
@@ -334,3 +339,44 @@ def test_the_socket_folder_is_private_and_removed_on_stop(instance: Instance) ->
         with contextlib.suppress(Exception):
             served.process.wait(60)
     assert not folder.exists()
+
+
+def test_one_model_process_per_accelerator_each_model_held_by_one(instance: Instance) -> None:
+    # Three GPUs named to the instance (none exists here: TensorFlow falls back to the CPU, so
+    # what is checked is the placement: each process was started with its one GPU visible).
+    three = {"CUDA_VISIBLE_DEVICES": "0,1,2"}
+    args = ("--workers", "2", "--threads", "2", "--preload", "digits")
+    sent: dict[str, int] = {}
+    with server(instance, *args, env=three) as served:
+        master = served.process.pid
+        started = re.findall(
+            r"model process (\d+) \(#(\d+)\) started on GPU (\d+) \(socket (\S+)\)",
+            served.log.read_text(),
+        )
+        assert sorted(int(index) for _, index, _, _ in started) == [0, 1, 2], started
+        pids = {pid for pid in child_processes(master) if comm(pid) == MODEL_PROCESS}
+        assert pids == {int(pid) for pid, _, _, _ in started}
+        for n in range(6):
+            request_id = f"acc-{n}-{uuid.uuid4().hex[:8]}"
+            sent[request_id] = post(served.url, instance, request_id)
+        alice = Client(served.url, instance.tokens["alice"])
+        columns = {"a": np.ones((2, 3), np.float32), "b": np.zeros((2, 2), np.float32)}
+        assert np.asarray(alice.predict_columns("multi", columns)["score"]).shape == (2, 2)
+        homes = {"digits": route("digits", 3), "multi": route("multi", 3)}
+        assert len(set(homes.values())) == 2
+        for pid, index, gpu, path in started:
+            client = RemoteDataPlane(Path(path))
+            try:
+                ping = client.ping()
+            finally:
+                client.close()
+            assert ping["pid"] == int(pid) and ping["accelerator"] == gpu == index
+            held = {name for name, _version in ping["loaded"]}
+            assert held == {name for name, home in homes.items() if home == int(index)}, ping
+            assert maps_tensorflow(int(pid)) == bool(held)
+        workers = [pid for pid in child_processes(master) if pid not in pids]
+        assert len(workers) == 2 and not any(maps_tensorflow(pid) for pid in workers)
+    assert set(sent.values()) == {200}
+    found = by_request(instance.engine, set(sent))
+    assert all([e.http_status for e in found[r]] == [200] for r in sent)
+    intact(instance)
