@@ -1,9 +1,9 @@
-"""Test accuracy of the README's DP models, with the whole artifact covered, and what it costs.
+"""Test accuracy of the documented DP models (docs/training.md), with the whole artifact covered, and what it costs.
 
     .venv/bin/python bench/utility.py [--repeats N] [--bc-repeats N] [--cnn-repeats M]
                                       [--quick]
 
-Each configuration is the demo's (`secure_maas.cli.demo_cmd.MODELS`, the README's commands),
+Each configuration is the demo's (`secure_maas.cli.demo_cmd.MODELS`, the commands of docs/training.md),
 trained through the library's `train.train` with fresh noise every time (no `--noise-seed`: a
 known seed voids the guarantee) and a fresh random split key per round (a registered dataset
 gets its own), so the spread covers both the DP noise and the split:
@@ -43,7 +43,7 @@ from secure_maas.training import datasets, train
 
 
 def options(model: str, **override: Any) -> dict[str, Any]:
-    """The demo's (README's) training options for `model`, as `train.train` keywords."""
+    """The demo's (docs/training.md's) training options for `model`, as `train.train` keywords."""
     (item,) = [m for m in MODELS if m.model == model]
     given = dict(item.train)
     kwargs: dict[str, Any] = {
@@ -54,7 +54,7 @@ def options(model: str, **override: Any) -> dict[str, Any]:
         k: given.pop(k) for k in ("units", "activation", "filters", "dense_units") if k in given
     }
     arch = override.pop("arch", given.pop("arch"))
-    if arch == "cnn":  # the README's CNN: the MLP's schedule, its own layers
+    if arch == "cnn":  # the documented CNN: the MLP's schedule, its own layers
         sizes = {"filters": (16, 32), "dense_units": 32}
     kwargs.update(given)
     kwargs.update(override)

@@ -40,7 +40,7 @@ class DemoModel:
     train: dict[str, Any]
 
 
-# The README's utility targets (bench figures there); `--quick` cuts the epochs for tests.
+# The utility targets of docs/training.md (bench/utility.py's figures there); `--quick` cuts the epochs for tests.
 MODELS = (
     DemoModel(
         "digits",
