@@ -1,9 +1,9 @@
-"""Test accuracy of the documented DP models (docs/training.md), with the whole artifact covered, and what it costs.
+"""Test accuracy of the DP models of docs/training.md, the whole artifact covered, and its cost.
 
     .venv/bin/python bench/utility.py [--repeats N] [--bc-repeats N] [--cnn-repeats M]
                                       [--quick]
 
-Each configuration is the demo's (`secure_maas.cli.demo_cmd.MODELS`, the commands of docs/training.md),
+Each configuration is the demo's (`secure_maas.cli.demo_cmd.MODELS`, docs/training.md's commands),
 trained through the library's `train.train` with fresh noise every time (no `--noise-seed`: a
 known seed voids the guarantee) and a fresh random split key per round (a registered dataset
 gets its own), so the spread covers both the DP noise and the split:

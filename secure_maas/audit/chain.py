@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,13 +24,20 @@ from secure_maas.actions import AdminAction
 from secure_maas.audit.encoding import VERSION, canonical
 from secure_maas.audit.events import ActorKind, AuditEvent, AuditRecord, encode_detail
 from secure_maas.audit.keys import AuditKeys, MissingAuditKey
-from secure_maas.audit.models import HEAD_ID, MAC_BYTES, events_table, head_table
+from secure_maas.audit.models import (
+    CANONICAL_COLUMNS,
+    HEAD_ID,
+    MAC_BYTES,
+    events_table,
+    head_table,
+)
 from secure_maas.audit.times import canonical_time
 from secure_maas.db.engine import begin_immediate, describe_error, serialised_writes
 from secure_maas.errors import SecureMaasError
 from secure_maas.timeutil import utcnow
 
 GENESIS_MAC = bytes(MAC_BYTES)
+_AT = CANONICAL_COLUMNS.index("at")
 CHECKPOINT_EVERY = 10_000
 SERVICE_ACTOR = "secure-maas"
 
@@ -81,51 +89,30 @@ def seal(
     """The stored form of `event` at position `seq`, MAC'd onto `previous` (encoding `VERSION`:
     the time enters the MAC as the canonical text the `at` column stores)."""
     moment = (event.at or at).astimezone(UTC)
-    detail = None if event.detail is None else encode_detail(event.detail)
-    latency_us = event.latency_us
-    values = (
-        seq,
-        canonical_time(moment),
-        event.request_id,
-        event.actor,
-        event.actor_kind,
-        event.action,
-        event.model,
-        event.model_version,
-        event.decision,
-        event.reason_code,
-        event.reason,
-        event.http_status,
-        event.client,
-        latency_us,
-        event.rows,
-        event.body_sha256,
-        detail,
-        key_id,
-    )
+    stored: dict[str, Any] = {
+        "seq": seq,
+        "at": moment,
+        "request_id": event.request_id,
+        "actor": event.actor,
+        "actor_kind": event.actor_kind,
+        "action": event.action,
+        "model": event.model,
+        "model_version": event.model_version,
+        "decision": event.decision,
+        "reason_code": event.reason_code,
+        "reason": event.reason,
+        "http_status": event.http_status,
+        "client": event.client,
+        "latency_us": event.latency_us,
+        "rows": event.rows,
+        "body_sha256": event.body_sha256,
+        "detail": None if event.detail is None else encode_detail(event.detail),
+        "key_id": key_id,
+    }
+    values = [stored[name] for name in CANONICAL_COLUMNS]
+    values[_AT] = canonical_time(moment)
     mac = compute_mac(key, canonical(VERSION, values), previous)
-    return AuditRecord(
-        seq,
-        moment,
-        event.request_id,
-        event.actor,
-        event.actor_kind,
-        event.action,
-        event.model,
-        event.model_version,
-        event.decision,
-        event.reason_code,
-        event.reason,
-        event.http_status,
-        event.client,
-        latency_us,
-        event.rows,
-        event.body_sha256,
-        detail,
-        key_id,
-        mac,
-        VERSION,
-    )
+    return AuditRecord(**stored, mac=mac, encoding=VERSION)
 
 
 def checkpoint_event(head: Head, *, reason: str = "periodic") -> AuditEvent:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -178,6 +178,10 @@ class AuditEvent:
         return None if self.latency_ms is None else round(self.latency_ms * 1000)
 
 
+#: Record fields that exports name otherwise: the time as text, the latency in milliseconds.
+EXPORT_NAMES = {"at": "time", "latency_us": "latency_ms"}
+
+
 @dataclass(frozen=True)
 class AuditRecord:
     """A stored event: every field of the row, including its place in the chain."""
@@ -218,25 +222,9 @@ class AuditRecord:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready mapping for exports and `--format json`: the time is the canonical text,
         exactly what encoding 2 MACs."""
-        return {
-            "seq": self.seq,
-            "time": canonical_time(self.at),
-            "request_id": self.request_id,
-            "actor": self.actor,
-            "actor_kind": self.actor_kind,
-            "action": self.action,
-            "model": self.model,
-            "model_version": self.model_version,
-            "decision": self.decision,
-            "reason_code": self.reason_code,
-            "reason": self.reason,
-            "http_status": self.http_status,
-            "client": self.client,
-            "latency_ms": self.latency_ms,
-            "rows": self.rows,
-            "body_sha256": self.body_sha256,
-            "detail": self.details or None,
-            "key_id": self.key_id,
-            "mac": self.mac.hex(),
-            "encoding": self.encoding,
-        }
+        data = {EXPORT_NAMES.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+        data["time"] = canonical_time(self.at)
+        data["latency_ms"] = self.latency_ms
+        data["detail"] = self.details or None
+        data["mac"] = self.mac.hex()
+        return data

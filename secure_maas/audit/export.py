@@ -10,32 +10,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any, TextIO
 
-from secure_maas.audit.events import AuditRecord
+from secure_maas.audit.events import EXPORT_NAMES, AuditRecord
 
-EXPORT_COLUMNS = (
-    "seq",
-    "time",
-    "request_id",
-    "actor",
-    "actor_kind",
-    "action",
-    "model",
-    "model_version",
-    "decision",
-    "reason_code",
-    "reason",
-    "http_status",
-    "client",
-    "latency_ms",
-    "rows",
-    "body_sha256",
-    "detail",
-    "key_id",
-    "mac",
-    "encoding",
-)
+#: The columns of a CSV export: every record field, in its order, as `to_json` names it.
+EXPORT_COLUMNS = tuple(EXPORT_NAMES.get(f.name, f.name) for f in fields(AuditRecord))
 
 
 def flat(record: AuditRecord) -> dict[str, Any]:

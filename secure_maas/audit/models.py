@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from secure_maas.audit.encoding import FIELDS_V2
 from secure_maas.audit.events import LIMITS
 from secure_maas.audit.times import TIME_TEXT_LENGTH, canonical_time, read_time
 from secure_maas.db.base import Base, IdType, UTCDateTime
@@ -84,24 +85,6 @@ class AuditHead(Base):
 events_table: sa.Table = AuditEventRow.__table__  # type: ignore[assignment]
 head_table: sa.Table = AuditHead.__table__  # type: ignore[assignment]
 
-#: Columns in the order of the canonical encoding (see encoding.py), `key_id` last.
-CANONICAL_COLUMNS = (
-    "seq",
-    "at",
-    "request_id",
-    "actor",
-    "actor_kind",
-    "action",
-    "model",
-    "model_version",
-    "decision",
-    "reason_code",
-    "reason",
-    "http_status",
-    "client",
-    "latency_us",
-    "rows",
-    "body_sha256",
-    "detail",
-    "key_id",
-)
+#: Columns in the order of the canonical encoding (`encoding.FIELDS_V2`, the one declaration
+#: of the event's fields and their order), `key_id` last.
+CANONICAL_COLUMNS: tuple[str, ...] = tuple(name for name, _kind in FIELDS_V2)

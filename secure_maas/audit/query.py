@@ -97,9 +97,9 @@ class AuditFilter:
 
 def to_record(row: Sequence[Any]) -> AuditRecord:
     """An `AuditRecord` from a row selected with `RECORD_COLUMNS`."""
-    values = list(row)
-    values[18] = bytes(values[18])
-    return AuditRecord(*values)
+    values = dict(zip(RECORD_COLUMNS, row, strict=True))
+    values["mac"] = bytes(values["mac"])
+    return AuditRecord(**values)
 
 
 def _select(audit_filter: AuditFilter) -> sa.Select[Any]:

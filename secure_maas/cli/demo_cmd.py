@@ -40,7 +40,8 @@ class DemoModel:
     train: dict[str, Any]
 
 
-# The utility targets of docs/training.md (bench/utility.py's figures there); `--quick` cuts the epochs for tests.
+# The utility targets of docs/training.md (bench/utility.py's figures there); `--quick` cuts
+# the epochs for tests.
 MODELS = (
     DemoModel(
         "digits",

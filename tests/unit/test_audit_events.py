@@ -15,7 +15,7 @@ from secure_maas.audit import (
     parse_time,
 )
 from secure_maas.audit.chain import GENESIS_MAC, Head, seal
-from secure_maas.audit.events import REASON_MAX
+from secure_maas.audit.events import REASON_MAX, AuditRecord
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -114,3 +114,20 @@ def test_parse_head_round_trips() -> None:
     for bad in ("42", "42:abcd", "x:" + "00" * 32, "-1:" + "00" * 32):
         with pytest.raises(ValueError, match="SEQ:MACHEX"):
             parse_head(bad)
+
+
+def test_the_record_the_table_and_the_exports_follow_the_one_field_declaration() -> None:
+    from dataclasses import fields as record_fields
+
+    from secure_maas.audit.encoding import FIELDS_V2
+    from secure_maas.audit.export import EXPORT_COLUMNS
+    from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
+    from secure_maas.audit.query import RECORD_COLUMNS
+
+    declared = tuple(name for name, _kind in FIELDS_V2)
+    assert declared == CANONICAL_COLUMNS
+    assert tuple(f.name for f in record_fields(AuditRecord)) == RECORD_COLUMNS
+    assert (*declared, "mac", "encoding") == RECORD_COLUMNS
+    assert set(events_table.c.keys()) == set(RECORD_COLUMNS)
+    assert EXPORT_COLUMNS[1] == "time" and EXPORT_COLUMNS[13] == "latency_ms"
+    assert len(EXPORT_COLUMNS) == len(RECORD_COLUMNS)
