@@ -38,8 +38,8 @@ from secure_maas.audit import AuditEvent, AuditWriter, StaticAuditKeys, append_n
 from secure_maas.audit.chain import GENESIS_MAC
 from secure_maas.audit.encoding import VERSION_2, canonical_v2
 from secure_maas.audit.events import body_digest
+from secure_maas.audit.parallel import verify_database
 from secure_maas.audit.times import canonical_time
-from secure_maas.audit.verify import verify_database
 from secure_maas.db import create_engine, migrate
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -32,8 +32,9 @@ from secure_maas.audit.keys import (
     MissingAuditKey,
     StaticAuditKeys,
 )
+from secure_maas.audit.parallel import verify_database
 from secure_maas.audit.query import AuditFilter, parse_time
-from secure_maas.audit.verify import VerifyReport, parse_head, verify, verify_database
+from secure_maas.audit.verify import VerifyReport, parse_head, verify
 from secure_maas.audit.writer import AuditWriter
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Verifying a large log with several processes.
+"""Verifying a whole database's log: `verify_database`, with several processes when asked.
 
 Each link `mac_i = HMAC(key, canonical(event_i) || mac_{i-1})` can be checked from the stored
 `mac_{i-1}` alone, so the log splits into ranges of sequence numbers checked independently: a
@@ -28,7 +28,15 @@ from sqlalchemy.pool import NullPool
 from secure_maas.audit.chain import Head, read_head
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.audit.models import events_table
-from secure_maas.audit.verify import ChainWalk, VerifyReport, find_anchor, finish, report
+from secure_maas.audit.query import read_snapshot
+from secure_maas.audit.verify import (
+    ChainWalk,
+    VerifyReport,
+    find_anchor,
+    finish,
+    report,
+    verify,
+)
 from secure_maas.db.engine import create_engine
 from secure_maas.errors import SecureMaasError
 
@@ -178,3 +186,22 @@ def _check_range(
     intact = walk.problem is None and walk.next_seq == high + 1
     used = tuple(k for k, v in walk.key_cache.items() if v is not None)
     return _Outcome(intact, walk.checked, walk.checkpoints, used, walk.previous)
+
+
+def verify_database(
+    engine: Engine, keys: AuditKeys, *, expected: Head | None = None, jobs: int = 1
+) -> VerifyReport:
+    """`verify` in one read-only snapshot of `engine`'s database.
+
+    With `jobs` > 1 a large log is checked by that many processes, each over a range of
+    sequence numbers (links are independent once the MACs are stored); whenever that finds
+    anything wrong, or cannot run, the sequential walk runs and its report is the answer, so
+    the problem named is always the first one. Use `jobs` > 1 only from a single-threaded
+    process such as the CLI: the workers are forked.
+    """
+    with read_snapshot(engine) as connection:
+        if jobs > 1:
+            found = verify_parallel(engine, connection, keys, expected=expected, jobs=jobs)
+            if found is not None:
+                return found
+        return verify(connection, keys, expected=expected)

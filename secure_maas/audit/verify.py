@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from secure_maas.actions import AdminAction
 from secure_maas.audit.chain import GENESIS_MAC, Head, read_head
@@ -33,7 +33,6 @@ from secure_maas.audit.encoding import VERSION_1, VERSION_2, canonical_v1, canon
 from secure_maas.audit.events import EPOCH, MICROSECOND, to_microseconds
 from secure_maas.audit.keys import AuditKeys, KeyGeneration
 from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
-from secure_maas.audit.query import read_snapshot
 from secure_maas.audit.text import quote
 from secure_maas.audit.times import TIME_TEXT_LENGTH, is_canonical
 from secure_maas.errors import SecureMaasError
@@ -482,24 +481,3 @@ def report(walk: ChainWalk, head: Head | None, notes: Sequence[str] = ()) -> Ver
 
 def _rank(place: KeyGeneration | None) -> int:
     return 0 if place is None else place.generation
-
-
-def verify_database(
-    engine: Engine, keys: AuditKeys, *, expected: Head | None = None, jobs: int = 1
-) -> VerifyReport:
-    """`verify` in one read-only snapshot of `engine`'s database.
-
-    With `jobs` > 1 a large log is checked by that many processes, each over a range of
-    sequence numbers (links are independent once the MACs are stored); whenever that finds
-    anything wrong, or cannot run, the sequential walk runs and its report is the answer, so
-    the problem named is always the first one. Use `jobs` > 1 only from a single-threaded
-    process such as the CLI: the workers are forked.
-    """
-    with read_snapshot(engine) as connection:
-        if jobs > 1:
-            from secure_maas.audit.parallel import verify_parallel
-
-            found = verify_parallel(engine, connection, keys, expected=expected, jobs=jobs)
-            if found is not None:
-                return found
-        return verify(connection, keys, expected=expected)

@@ -15,7 +15,7 @@ from secure_maas.audit import Decision as AuditDecision
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change, os_event, os_user, record_in, record_now
-from secure_maas.crypto.envelope import InvalidArtifact
+from secure_maas.crypto import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.errors import SecureMaasError
 from secure_maas.registry import artifacts, catalog

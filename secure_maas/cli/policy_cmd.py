@@ -14,7 +14,7 @@ from secure_maas.actions import Action, AdminAction
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change
-from secure_maas.crypto.envelope import InvalidArtifact
+from secure_maas.crypto import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import directory, grants, sync
 from secure_maas.policy.errors import InvalidRule

@@ -3,6 +3,7 @@
 Callers get opaque key handles and one exception per failed check; algorithms are fixed here.
 """
 
+from secure_maas.crypto.attest import Attested, authenticate_header
 from secure_maas.crypto.envelope import (
     Header,
     Inspection,
@@ -33,6 +34,7 @@ from secure_maas.crypto.signing import BadSignature, sign, verify
 
 __all__ = [
     "Algorithm",
+    "Attested",
     "BadSignature",
     "GeneratedKey",
     "Header",
@@ -45,6 +47,7 @@ __all__ = [
     "SealInfo",
     "SecretKey",
     "Verified",
+    "authenticate_header",
     "generate",
     "inspect_artifact",
     "load_private",

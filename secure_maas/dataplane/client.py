@@ -27,14 +27,14 @@ from typing import Protocol
 
 from secure_maas.audit import AuditEvent, AuditUnavailable
 from secure_maas.dataplane import events
+from secure_maas.dataplane.batcher import BatchRefused, QueueFull
+from secure_maas.dataplane.cache import ModelUnavailable
 from secure_maas.dataplane.devices import route
 from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import KeyringError
 from secure_maas.registry.catalog import ModelRef, NotFound
-from secure_maas.serving.batcher import BatchRefused, QueueFull
-from secure_maas.serving.cache import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
+from secure_maas.dataplane.cache import ModelCache
 from secure_maas.registry.catalog import ModelRef, NotFound
-from secure_maas.serving.cache import ModelCache
 
 Array = npt.NDArray[Any]
 
@@ -75,7 +75,7 @@ class LocalDataPlane:
 
         Raises `NotFound`, `ModelUnavailable`, `BatchRefused`, `QueueFull` as the cache and
         the batcher do. `request_id` is for the caller's model events (set by the caller in
-        `services.current_request_id` here; the model process sets it from the frame).
+        `dataplane.loads.current_request_id` here; the model process sets it from the frame).
         """
         try:
             entry = self.cache.get(ref)

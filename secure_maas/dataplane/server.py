@@ -1,6 +1,6 @@
 """The model process's side of the socket: one thread per worker connection, one data plane.
 
-`DataPlaneServer` holds the instance's only `Services` that load models (the `ModelCache`, so
+`DataPlaneServer` holds a `ModelHost`: the instance's only `ModelCache` that loads models (so
 TensorFlow, decryption and the GPU live here alone) and the instance's audit writer, so the
 events of every worker's requests share its group commits. Each connection (one per worker
 thread) gets a thread that reads a frame, does what it asks and answers:
@@ -33,16 +33,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from secure_maas.audit import AuditUnavailable
 from secure_maas.config import Settings
 from secure_maas.dataplane import events
+from secure_maas.dataplane.batcher import BatcherClosed, BatchRefused, QueueFull
+from secure_maas.dataplane.cache import ModelUnavailable
 from secure_maas.dataplane.devices import VISIBLE
+from secure_maas.dataplane.host import ModelHost
+from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Array, Fallback, LocalDataPlane
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import KeyringError
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.store import InvalidName
-from secure_maas.serving.batcher import BatcherClosed, BatchRefused, QueueFull
-from secure_maas.serving.cache import ModelUnavailable
-from secure_maas.serving.services import Services, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ UNREADABLE = frozenset({"database", "keys"})
 
 
 class DataPlaneServer:
-    """Serves `LocalDataPlane` and the audit writer of `services` on a Unix socket."""
+    """Serves `LocalDataPlane` and the audit writer of `host` on a Unix socket."""
 
-    def __init__(self, services: Services, path: Path) -> None:
-        self.services = services
-        self.plane = LocalDataPlane(services.cache)
+    def __init__(self, host: ModelHost, path: Path) -> None:
+        self.host = host
+        self.plane = LocalDataPlane(host.cache)
         self.path = path
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
@@ -85,7 +86,7 @@ class DataPlaneServer:
 
     @classmethod
     def build(cls, settings: Settings, path: Path) -> DataPlaneServer:
-        return cls(Services.build(settings), path)
+        return cls(ModelHost.build(settings), path)
 
     def listen(self) -> None:
         """Bind the socket (replacing a stale one left by a killed predecessor)."""
@@ -138,7 +139,7 @@ class DataPlaneServer:
     def close(self) -> None:
         """Unload the models and write every queued audit event."""
         self.stop()
-        self.services.close()
+        self.host.close()
 
     # -- one connection ----------------------------------------------------------------------
 
@@ -187,7 +188,7 @@ class DataPlaneServer:
         return {"ok": True, "version": result.version}, result.outputs
 
     def _audit(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
-        self.services.audit.append(events.from_wire(head["event"]))
+        self.host.audit.append(events.from_wire(head["event"]))
         return {"ok": True}, {}
 
     def _ready(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
@@ -203,7 +204,7 @@ class DataPlaneServer:
         return {"ok": True, "pid": os.getpid(), "loaded": loaded, "accelerator": accelerator}, {}
 
     def loaded(self) -> list[tuple[str, int]]:
-        return self.services.cache.loaded()
+        return self.host.cache.loaded()
 
 
 def _ref(head: Head) -> ModelRef:

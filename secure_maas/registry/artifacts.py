@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,11 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, joinedload
 
-from secure_maas.crypto.attest import Attested, authenticate_header
-from secure_maas.crypto.envelope import (
+from secure_maas.crypto import (
+    Attested,
     InvalidArtifact,
     Opened,
     Verified,
+    authenticate_header,
     inspect_artifact,
     open_artifact,
     rewrap,
@@ -48,31 +48,13 @@ def _check_row(row: ModelVersion, checked: Verified | Attested) -> SignedFacts:
     return check_row(row, checked.header, checked.publisher_key_id)
 
 
-@contextmanager
-def reading(store: ArtifactStore, row: ModelVersion) -> Iterator[io.BufferedReader]:
-    """The artifact file of `row`, open for the body of the `with`.
-
-    A file that cannot be opened or read (gone, a folder, EACCES, EIO) is refused as a tampered
-    one is, with `InvalidArtifact` (`missing_file`, `unreadable`): to serving, a storage fault at
-    load is then a refusal like any other, audited, and a label keeps its loaded version.
-    """
-    try:
-        with store.open(row.artifact_path) as handle:
-            yield handle
-    except FileNotFoundError as exc:
-        raise InvalidArtifact("missing_file", f"{row.artifact_path} is missing") from exc
-    except OSError as exc:
-        reason = f"{row.artifact_path} cannot be read: {exc.strerror or exc}"
-        raise InvalidArtifact("unreadable", reason) from exc
-
-
 def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Opened:
     """Verify and decrypt one version into memory (the caller wipes it after loading).
 
     The row is checked against the verified header (`signed.check_row`): a row whose privacy,
     guarantee, dataset or serving signature differs is refused like a tampered artifact."""
     private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
-    with reading(store, row) as handle:
+    with store.reading(row.artifact_path) as handle:
         opened = open_artifact(
             handle,
             private_keys=private_keys,
@@ -105,7 +87,7 @@ def signed_facts(
     fields that differ). With `reconcile=False` the header's facts are returned as signed,
     without comparing the rest of the row (to show what the publisher signed)."""
     trusted = keyring.trusted_publishers()
-    with reading(store, row) as handle:
+    with store.reading(row.artifact_path) as handle:
         attested = authenticate_header(
             handle,
             trusted_publishers=trusted,
@@ -121,7 +103,7 @@ def signed_facts(
 def verify_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Verified:
     """Every check of `open_version` without keeping the plaintext (for `models verify`)."""
     private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
-    with reading(store, row) as handle:
+    with store.reading(row.artifact_path) as handle:
         checked = verify_artifact(
             handle,
             private_keys=private_keys,

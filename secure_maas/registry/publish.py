@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from secure_maas.crypto.attest import Attested, authenticate_header
-from secure_maas.crypto.envelope import (
+from secure_maas.crypto import (
+    Attested,
     InvalidArtifact,
     SealInfo,
     Verified,
+    authenticate_header,
     seal,
     verify_artifact,
 )

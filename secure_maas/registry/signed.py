@@ -27,9 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from secure_maas.crypto.attest import Attested, authenticate_header
-from secure_maas.crypto.envelope import Header, InvalidArtifact
-from secure_maas.crypto.keys import PublicKey
+from secure_maas.crypto import Attested, Header, InvalidArtifact, PublicKey, authenticate_header
 from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import DP_FIELDS
 from secure_maas.registry.store import ArtifactStore
@@ -178,9 +176,7 @@ class HeaderCache:
     ) -> Attested:
         """`row`'s header, authenticated with the row's ciphertext digest (`InvalidArtifact`
         if it cannot be); the rest of the row is not compared here (see `reconcile`)."""
-        from secure_maas.registry.artifacts import reading
-
-        with reading(store, row) as handle:
+        with store.reading(row.artifact_path) as handle:
             stat = os.fstat(handle.fileno())
             key = (
                 row.artifact_path,

@@ -17,11 +17,13 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from secure_maas.atomic import fsync_dir
+from secure_maas.crypto import InvalidArtifact
 from secure_maas.errors import SecureMaasError
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,24 @@ class ArtifactStore:
             if new_folder and not published:
                 _remove_if_empty(folder)
         return final
+
+    @contextmanager
+    def reading(self, relative: str) -> Iterator[io.BufferedReader]:
+        """The artifact file at `relative`, open for the body of the `with`.
+
+        A file that cannot be opened or read (gone, a folder, EACCES, EIO) is refused as a
+        tampered one is, with `InvalidArtifact` (`missing_file`, `unreadable`): to serving, a
+        storage fault at load is then a refusal like any other, audited, and a label keeps its
+        loaded version.
+        """
+        try:
+            with self.open(relative) as handle:
+                yield handle
+        except FileNotFoundError as exc:
+            raise InvalidArtifact("missing_file", f"{relative} is missing") from exc
+        except OSError as exc:
+            reason = f"{relative} cannot be read: {exc.strerror or exc}"
+            raise InvalidArtifact("unreadable", reason) from exc
 
     def open(self, relative: str) -> io.BufferedReader:
         """Open an artifact for reading by its path relative to the store root."""

@@ -47,7 +47,10 @@ from secure_maas.audit import Decision as AuditDecision
 from secure_maas.auth.keyset import KeySetError
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
+from secure_maas.dataplane.batcher import Array, BatcherClosed, BatchRefused, QueueFull
+from secure_maas.dataplane.cache import ModelFacts, ModelUnavailable
 from secure_maas.dataplane.client import AuditUnconfirmed
+from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyringError
@@ -55,14 +58,12 @@ from secure_maas.policy import Decision, RequestFacts
 from secure_maas.policy import ModelFacts as PolicyFacts
 from secure_maas.registry.catalog import ModelRef, NotFound
 from secure_maas.registry.store import InvalidName
-from secure_maas.serving.batcher import Array, BatcherClosed, BatchRefused, QueueFull
 from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, read_up_to, watch_body
-from secure_maas.serving.cache import ModelFacts, ModelUnavailable
 from secure_maas.serving.errors import ApiError, error_response
 from secure_maas.serving.formats.tensors import BadRequest
 from secure_maas.serving.headers import AuthError, bearer_token, check_content_type
 from secure_maas.serving.refs import Api, not_found_message, parse_ref
-from secure_maas.serving.services import Services, current_request_id
+from secure_maas.serving.services import Services
 from secure_maas.timeutil import utcnow
 
 log = logging.getLogger(__name__)

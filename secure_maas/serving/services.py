@@ -12,52 +12,36 @@ gunicorn, given `data_plane=PATH`). In a worker of the latter the cache only res
 references and never loads a model (TensorFlow is never imported there), and the audit sink
 is the instance's writer (`InstanceAudit`).
 
-The model cache reports what it does (`model.loaded`, `.refused`, `.evicted`, `.fallback`);
-each report becomes an audit event `model:load` by the service itself, carrying the id of the
-request that caused it, and is committed before that request goes on (a failed write fails the
-request, as any audit failure does).
+The model cache's reports become `model:load` audit events (`dataplane.loads`), counted in
+the metrics too.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 
-from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent, AuditWriter, KeyringAuditKeys
-from secure_maas.audit import Decision as AuditDecision
-from secure_maas.audit.chain import SERVICE_ACTOR
+from secure_maas.audit import AuditEvent, AuditWriter, KeyringAuditKeys
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.auth.verify import Verifier
 from secure_maas.config import Settings
+from secure_maas.dataplane.cache import ModelCache
+from secure_maas.dataplane.loads import model_load_event
 from secure_maas.db import create_engine
 from secure_maas.keys import Keyring
 from secure_maas.policy.leases import QuotaLeases
 from secure_maas.policy.live import PolicyCache
-from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.batcher import DEFAULT_MAX_QUEUE_ROWS
-from secure_maas.serving.cache import (
-    EVENT_REFUSED,
-    BatchOptions,
-    ModelCache,
-)
 from secure_maas.serving.metrics import Metrics
 
 if TYPE_CHECKING:
     from secure_maas.dataplane.plane import DataPlane
 
 log = logging.getLogger(__name__)
-
-#: The id of the request being served on this thread (None outside requests, e.g. preload).
-current_request_id: ContextVar[str | None] = ContextVar("secure_maas_request_id", default=None)
-
-_DETAIL_KEYS = ("bytes", "device", "code", "ref", "refused_version")
 
 
 class AuditSink(Protocol):
@@ -107,23 +91,15 @@ class Services:
         else:
             audit = InstanceAudit(remote, lambda: AuditWriter(engine, audit_keys))
         metrics = Metrics()
-        batch = BatchOptions(
-            max_batch_size=settings.batch_max_size,
-            max_wait_us=settings.batch_max_wait_us,
-            max_queue_rows=max(DEFAULT_MAX_QUEUE_ROWS, 4 * settings.batch_max_size),
-        )
         holder: list[Services] = []
 
         def on_event(kind: str, details: dict[str, Any]) -> None:
             holder[0].model_event(kind, details)
 
-        cache = ModelCache(
+        cache = ModelCache.of(
+            settings,
             engine,
-            ArtifactStore(settings.store_dir),
-            lambda: Keyring.open(settings.keys_dir),
-            settings.cache_bytes,
             on_event,
-            batch=batch,
             on_batch=metrics.on_batch,
             decode=_never_here if remote is not None else None,
         )
@@ -144,24 +120,9 @@ class Services:
         return services
 
     def model_event(self, kind: str, details: dict[str, Any]) -> None:
-        """Record a model cache event as a `model:load` audit event (raises if it cannot)."""
+        """Record a model cache report as a `model:load` audit event (raises if it cannot)."""
         self.metrics.model_events.labels(kind).inc()
-        extra = {key: details[key] for key in _DETAIL_KEYS if key in details}
-        summary = " ".join(f"{key}={value}" for key, value in extra.items())
-        reason = str(details.get("reason", "")) or summary or None
-        event = AuditEvent(
-            action=AdminAction.MODEL_LOAD,
-            actor=SERVICE_ACTOR,
-            actor_kind=ActorKind.SERVICE,
-            decision=AuditDecision.ERROR if kind == EVENT_REFUSED else AuditDecision.ALLOW,
-            model=str(details.get("model")) if details.get("model") is not None else None,
-            model_version=_int(details.get("version")),
-            reason_code=kind,
-            reason=reason,
-            request_id=current_request_id.get(),
-            detail={key: _plain(value) for key, value in extra.items()} or None,
-        )
-        self.audit.append(event)
+        self.audit.append(model_load_event(kind, details))
 
     def close(self) -> None:
         """Unload models, write the queued audit events, release the database (idempotent)."""
@@ -178,13 +139,3 @@ class Services:
 def _never_here(_plaintext: memoryview) -> Any:
     """The decoder of a worker whose models live in the model process: never called there."""
     raise RuntimeError("this process does not load models: the model process does")
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _plain(value: object) -> str | int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    return str(value)

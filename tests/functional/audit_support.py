@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from secure_maas.audit import AuditEvent, AuditKeys, StaticAuditKeys, body_digest
 from secure_maas.audit.chain import append_events, write_transaction
 from secure_maas.audit.models import events_table
-from secure_maas.audit.verify import VerifyReport, verify_database
+from secure_maas.audit.parallel import verify_database
+from secure_maas.audit.verify import VerifyReport
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 KEYS = StaticAuditKeys({"audit-test": b"t" * 32}, "audit-test")

@@ -37,6 +37,7 @@ import pytest
 from secure_maas.actions import Action
 from secure_maas.audit import AuditEvent, AuditUnavailable, KeyringAuditKeys, verify_database
 from secure_maas.client import Client
+from secure_maas.dataplane.batcher import BatchRefused
 from secure_maas.dataplane.client import InstanceAudit, NotDelivered, RemoteDataPlane
 from secure_maas.dataplane.devices import route
 from secure_maas.dataplane.plane import Fallback, Served
@@ -49,7 +50,6 @@ from secure_maas.registry.models import Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.app import close_app, create_app
-from secure_maas.serving.batcher import BatchRefused
 from tests.functional.serving_support import (
     MODEL_PROCESS,
     Instance,
@@ -178,7 +178,7 @@ def test_model_events_of_the_model_process_carry_the_request_id(
         client.predict(ModelRef("digits", version=1), {"x": X}, {1}, request_id)
     finally:
         client.close()
-    plane.services.close()  # everything queued is written
+    plane.host.close()  # everything queued is written
     loads = [e for e in events(instance.engine, action="model:load") if e.request_id == request_id]
     assert [(e.model, e.model_version, e.reason_code) for e in loads] == [
         ("digits", 1, "model.loaded")

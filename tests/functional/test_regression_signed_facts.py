@@ -27,6 +27,7 @@ from secure_maas.actions import Action
 from secure_maas.auth import tokens
 from secure_maas.config import Settings
 from secure_maas.crypto.envelope import InvalidArtifact
+from secure_maas.dataplane.cache import EVENT_FALLBACK, EVENT_REFUSED, ModelCache, ModelUnavailable
 from secure_maas.db import create_engine
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.instance import initialise
@@ -40,7 +41,6 @@ from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.app import close_app, create_app
-from secure_maas.serving.cache import EVENT_FALLBACK, EVENT_REFUSED, ModelCache, ModelUnavailable
 from secure_maas.timeutil import utcnow
 from tests.functional.cli import run_cli
 from tests.functional.serving_support import dp, events, models

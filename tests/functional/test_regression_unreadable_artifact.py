@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from secure_maas.config import Settings
+from secure_maas.dataplane.cache import EVENT_FALLBACK, EVENT_REFUSED, ModelCache, ModelUnavailable
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import Keyring
 from secure_maas.registry.artifacts import verify_all
 from secure_maas.registry.models import Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.cache import EVENT_FALLBACK, EVENT_REFUSED, ModelCache, ModelUnavailable
 from tests.functional.serving_support import models
 
 

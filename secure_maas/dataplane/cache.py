@@ -47,8 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-from secure_maas.crypto.envelope import InvalidArtifact
-from secure_maas.crypto.keys import PublicKey
+from secure_maas.config import Settings
+from secure_maas.crypto import InvalidArtifact, PublicKey
+from secure_maas.dataplane.batcher import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_ROWS,
+    DEFAULT_MAX_WAIT_US,
+    Array,
+    BatcherClosed,
+    BatchInfo,
+    MicroBatcher,
+)
 from secure_maas.db.session import SessionFactory, session_factory, session_scope
 from secure_maas.db.watch import POLL_INTERVAL_S, Watcher
 from secure_maas.errors import SecureMaasError
@@ -61,15 +70,6 @@ from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, VersionStatu
 from secure_maas.registry.signature import InvalidModelData, ServingSignature
 from secure_maas.registry.signed import HeaderCache, SignedFacts, header_facts, reconcile
 from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.batcher import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_QUEUE_ROWS,
-    DEFAULT_MAX_WAIT_US,
-    Array,
-    BatcherClosed,
-    BatchInfo,
-    MicroBatcher,
-)
 
 if TYPE_CHECKING:
     from secure_maas.registry.codec import LoadedModel
@@ -155,6 +155,15 @@ class BatchOptions:
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS
     adaptive: bool = True
+
+    @classmethod
+    def of(cls, settings: Settings) -> BatchOptions:
+        """The options `settings` (`SECURE_MAAS_BATCH_*`) give; the queue holds four batches."""
+        return cls(
+            max_batch_size=settings.batch_max_size,
+            max_wait_us=settings.batch_max_wait_us,
+            max_queue_rows=max(DEFAULT_MAX_QUEUE_ROWS, 4 * settings.batch_max_size),
+        )
 
 
 @dataclass
@@ -306,6 +315,28 @@ class ModelCache:
         self._stats = CacheStats(max_bytes=max_bytes)
         self._headers = HeaderCache()
         self._mismatch_reported: set[tuple[Key, str]] = set()
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        on_event: OnEvent,
+        *,
+        on_batch: Callable[[BatchInfo], None] | None = None,
+        decode: Decoder | None = None,
+    ) -> ModelCache:
+        """The cache `settings` describe (store, keys folder, memory bound, batching)."""
+        return cls(
+            engine,
+            ArtifactStore(settings.store_dir),
+            lambda: Keyring.open(settings.keys_dir),
+            settings.cache_bytes,
+            on_event,
+            batch=BatchOptions.of(settings),
+            on_batch=on_batch,
+            decode=decode,
+        )
 
     # -- resolution (no weights) -----------------------------------------------------------
 

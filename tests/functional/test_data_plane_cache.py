@@ -15,6 +15,14 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from secure_maas.config import Settings
+from secure_maas.dataplane.cache import (
+    EVENT_EVICTED,
+    EVENT_FALLBACK,
+    EVENT_LOADED,
+    EVENT_REFUSED,
+    ModelCache,
+    ModelUnavailable,
+)
 from secure_maas.db import create_engine
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import Keyring
@@ -23,14 +31,6 @@ from secure_maas.registry.catalog import NotFound
 from secure_maas.registry.models import Privacy, VersionStatus
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.cache import (
-    EVENT_EVICTED,
-    EVENT_FALLBACK,
-    EVENT_LOADED,
-    EVENT_REFUSED,
-    ModelCache,
-    ModelUnavailable,
-)
 
 IMPORTED = Provenance(Privacy.IMPORTED)
 Event = tuple[str, dict[str, Any]]

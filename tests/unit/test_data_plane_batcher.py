@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secure_maas.registry.signature import TensorSpec
-from secure_maas.serving.batcher import (
+from secure_maas.dataplane.batcher import (
     BatcherClosed,
     BatchInfo,
     BatchRefused,
     MicroBatcher,
     QueueFull,
 )
+from secure_maas.registry.signature import TensorSpec
 
 SPECS = [TensorSpec("x", (None, 3), "float32"), TensorSpec("k", (None,), "int64")]
 
