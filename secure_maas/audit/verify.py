@@ -168,12 +168,6 @@ class ChainWalk:
             self.key_cache[key_id] = self.keys.get(key_id)
         return self.key_cache[key_id]
 
-    def key_generation(self, key_id: str) -> KeyGeneration | None:
-        """`key_id`'s generation and rotation point, None when it is not a usable audit key."""
-        if self.key(key_id) is None:
-            return None
-        return self.keys.generation(key_id)
-
     def run(self, rows: Iterable[Sequence[Any]]) -> None:
         """Check `rows` (selected with `chain_columns`, in seq order) until the first problem.
 

@@ -171,8 +171,15 @@ def _development(settings: Settings, host: str, port: int, preload: tuple[str, .
         err=True,
     )
     try:
-        run_simple(host, port, flask_app, threaded=True, use_reloader=False, use_debugger=False,
-                   request_handler=development_handler(settings))  # fmt: skip
+        run_simple(
+            host,
+            port,
+            flask_app,
+            threaded=True,
+            use_reloader=False,
+            use_debugger=False,
+            request_handler=development_handler(settings),
+        )
     except KeyboardInterrupt:
         pass
     finally:

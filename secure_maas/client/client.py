@@ -88,8 +88,9 @@ class Client:
     ) -> list[Any]:
         """Row format: `instances` (one per row) -> `predictions`, one per row."""
         body = {"instances": _plain(instances)}
-        answer = self._json("POST", _model_path("/v1/models", model, version, label) + ":predict",
-                            body)  # fmt: skip
+        answer = self._json(
+            "POST", _model_path("/v1/models", model, version, label) + ":predict", body
+        )
         return list(answer["predictions"])
 
     def predict_columns(
@@ -101,8 +102,9 @@ class Client:
     ) -> Any:
         """Columnar format: `inputs` (a tensor, or tensors by input name) -> `outputs`."""
         body = {"inputs": _plain(inputs)}
-        answer = self._json("POST", _model_path("/v1/models", model, version, label) + ":predict",
-                            body)  # fmt: skip
+        answer = self._json(
+            "POST", _model_path("/v1/models", model, version, label) + ":predict", body
+        )
         return answer["outputs"]
 
     def status(self, model: str, version: int | None = None, label: str | None = None) -> Any:
@@ -155,8 +157,9 @@ class Client:
             body["outputs"] = [{"name": name} for name in outputs]
         if request_id is not None:
             body["id"] = request_id
-        answer = self._json("POST", _model_path("/v2/models", model, version, None) + "/infer",
-                            body)  # fmt: skip
+        answer = self._json(
+            "POST", _model_path("/v2/models", model, version, None) + "/infer", body
+        )
         by_type = {oip: np.dtype(dtype) for dtype, oip in _OIP_DATATYPES.items()}
         return {
             tensor["name"]: np.asarray(tensor["data"], dtype=by_type[tensor["datatype"]]).reshape(

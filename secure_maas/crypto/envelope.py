@@ -219,12 +219,19 @@ def seal(
     a JSON object, a name out of range) raise ValueError; keys of the wrong kind, InvalidKey.
     """
     return _seal(
-        plaintext, out, model=model, version=version, metadata=metadata,
-        recipient=recipient, recipient_key_id=recipient_key_id, signer=signer,
-        signer_key_id=signer_key_id, chunk_size=chunk_size,
+        plaintext,
+        out,
+        model=model,
+        version=version,
+        metadata=metadata,
+        recipient=recipient,
+        recipient_key_id=recipient_key_id,
+        signer=signer,
+        signer_key_id=signer_key_id,
+        chunk_size=chunk_size,
         data_key=secrets.token_bytes(DATA_KEY_BYTES),
         nonce_prefix=secrets.token_bytes(NONCE_PREFIX_BYTES),
-    )  # fmt: skip
+    )
 
 
 def open_artifact(
@@ -256,9 +263,13 @@ def open_artifact(
     try:
         with memoryview(memory) as out:
             digest = _decrypt_body(
-                src, prelude, aead, out, reuse_out=False,
+                src,
+                prelude,
+                aead,
+                out,
+                reuse_out=False,
                 observe=None if plaintext_hash is None else plaintext_hash.update,
-            )  # fmt: skip
+            )
         _check_signature(prelude, publisher, digest)
         if plaintext_hash is not None:
             _check_plaintext(prelude, plaintext_hash.hexdigest())
@@ -332,9 +343,12 @@ def rewrap(
     prelude = read_prelude(src, None)
     header = prelude.header
     keyblock = _keyblock(
-        _unwrap(prelude, old_private_keys), prelude.header_digest, new_recipient, new_key_id,
+        _unwrap(prelude, old_private_keys),
+        prelude.header_digest,
+        new_recipient,
+        new_key_id,
         header.format,
-    )  # fmt: skip
+    )
     write_all(out, MAGICS[header.format] + U32.pack(len(prelude.header_bytes)))
     write_all(out, prelude.header_bytes)
     write_all(out, keyblock)
@@ -371,18 +385,27 @@ def reseal(
     for the duration, as for any open, and unmapped before this returns.
     """
     opened = open_artifact(
-        src, private_keys=private_keys, trusted_publishers=trusted_publishers,
-        expect_model=expect_model, expect_version=expect_version,
-    )  # fmt: skip
+        src,
+        private_keys=private_keys,
+        trusted_publishers=trusted_publishers,
+        expect_model=expect_model,
+        expect_version=expect_version,
+    )
     header = opened.header
     try:
         with opened.plaintext as plaintext:
             return seal(
-                plaintext, out, model=header.model, version=header.version,
-                metadata=header.metadata, recipient=recipient,
-                recipient_key_id=recipient_key_id, signer=signer, signer_key_id=signer_key_id,
+                plaintext,
+                out,
+                model=header.model,
+                version=header.version,
+                metadata=header.metadata,
+                recipient=recipient,
+                recipient_key_id=recipient_key_id,
+                signer=signer,
+                signer_key_id=signer_key_id,
                 chunk_size=header.chunk_size,
-            )  # fmt: skip
+            )
     finally:
         opened.wipe()
 
@@ -423,9 +446,15 @@ def _seal(
     with memoryview(plaintext) as raw, raw.cast("B") as flat:
         digest = hashlib.sha256(flat).hexdigest()
         header = Header(
-            model, version, plain_metadata, len(flat), digest, chunk_size, nonce_prefix,
+            model,
+            version,
+            plain_metadata,
+            len(flat),
+            digest,
+            chunk_size,
+            nonce_prefix,
             commitment,
-        )  # fmt: skip
+        )
         header_block = encode_block(header.as_dict())
         if len(header_block) - 4 > MAX_BLOCK["header"]:
             raise ValueError("metadata too large for an artifact header")

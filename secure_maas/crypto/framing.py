@@ -187,9 +187,17 @@ def read_prelude(src: Source, max_plaintext: int | None) -> Prelude:
     publisher_id, signature = _parse_trailer(read_bytes(src, trailer_length, "trailer"))
     src.seek(body_start)
     return Prelude(
-        header, header_bytes, keyblock_bytes, kem_suite, key_id, wrapped, publisher_id,
-        signature, trailer_length, size,
-    )  # fmt: skip
+        header,
+        header_bytes,
+        keyblock_bytes,
+        kem_suite,
+        key_id,
+        wrapped,
+        publisher_id,
+        signature,
+        trailer_length,
+        size,
+    )
 
 
 def encode_block(value: dict[str, Any]) -> bytes:

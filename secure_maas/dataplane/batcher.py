@@ -319,8 +319,11 @@ class MicroBatcher:
             if len(batch) == 1:
                 batch[0].error = exc
             else:
-                log.info("merged call of %d parts failed on %s; running each alone",
-                         len(batch), self.name)  # fmt: skip
+                log.info(
+                    "merged call of %d parts failed on %s; running each alone",
+                    len(batch),
+                    self.name,
+                )
                 for part in batch:
                     try:
                         part.outputs = self._call([part])[0]
@@ -337,8 +340,9 @@ class MicroBatcher:
         for part in batch:
             part.done.set()
         if self._on_batch is not None:
-            info = BatchInfo(self.name, len(batch), sum(p.rows for p in batch), waited,
-                             duration, ok)  # fmt: skip
+            info = BatchInfo(
+                self.name, len(batch), sum(p.rows for p in batch), waited, duration, ok
+            )
             try:
                 self._on_batch(info)
             except Exception:  # a metrics hook must never stop the worker

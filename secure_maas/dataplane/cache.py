@@ -589,8 +589,9 @@ class ModelCache:
                     continue
                 self._stats.refusals += 1
             log.warning("refused %s:%d: %s (%s)", key[0], key[1], code, reason)
-            self._emit(EVENT_REFUSED, {"model": key[0], "version": key[1], "code": code,
-                                       "reason": reason})  # fmt: skip
+            self._emit(
+                EVENT_REFUSED, {"model": key[0], "version": key[1], "code": code, "reason": reason}
+            )
             with self._lock:
                 self._mismatch_reported.add(report)
 
@@ -651,8 +652,13 @@ def _signed(
         attested = headers.attest(store, trusted, row)
         signed = header_facts(attested.header, attested.publisher_key_id)
     except InvalidArtifact as exc:
-        log.warning("%s:%d: header not authenticated: %s (%s)",
-                    row.model.name, row.version, exc.code, exc.reason)  # fmt: skip
+        log.warning(
+            "%s:%d: header not authenticated: %s (%s)",
+            row.model.name,
+            row.version,
+            exc.code,
+            exc.reason,
+        )
         return None
     try:
         return reconcile(row, signed)

@@ -88,8 +88,12 @@ class RemoteDataPlane:
         allowed: Collection[int],
         request_id: str | None = None,
     ) -> Served | Fallback:
-        head = {"op": "predict", "ref": str(ref), "allowed": sorted(allowed),
-                "request_id": request_id}  # fmt: skip
+        head = {
+            "op": "predict",
+            "ref": str(ref),
+            "allowed": sorted(allowed),
+            "request_id": request_id,
+        }
         reply, outputs = self.call(head, inputs)
         if "fallback" in reply:
             return Fallback(int(reply["fallback"]))

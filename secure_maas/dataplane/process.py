@@ -44,8 +44,18 @@ SOCKET_NAME = "data-plane.sock"
 MAX_BACKOFF_S = 30.0
 #: A child that lived this long before dying is restarted at once.
 STABLE_AFTER_S = 60.0
-_RESET = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCHLD",
-          "SIGTTIN", "SIGTTOU")  # fmt: skip
+_RESET = (
+    "SIGTERM",
+    "SIGINT",
+    "SIGHUP",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGWINCH",
+    "SIGCHLD",
+    "SIGTTIN",
+    "SIGTTOU",
+)
 
 
 class ModelProcess:
@@ -112,8 +122,12 @@ class ModelProcess:
             self._backoff = (
                 0.0 if lived >= STABLE_AFTER_S else min(MAX_BACKOFF_S, max(1.0, 2 * self._backoff))
             )
-            log.error("model process %d exited after %.0f s; restarting in %.0f s",
-                      self.pid, lived, self._backoff)  # fmt: skip
+            log.error(
+                "model process %d exited after %.0f s; restarting in %.0f s",
+                self.pid,
+                lived,
+                self._backoff,
+            )
             self.pid = None
             self._next_start = now + self._backoff
         if now >= self._next_start:
@@ -142,12 +156,18 @@ class ModelProcess:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(self.settings, self.path, self.preload, parent, self._close_in_child,
-                   self.placement)  # fmt: skip
+            _child(
+                self.settings, self.path, self.preload, parent, self._close_in_child, self.placement
+            )
         self.pid = pid
         self._started_at = time.monotonic()
-        log.info("model process %d (#%d) started on %s (socket %s)",
-                 pid, self.placement.index, self.placement.describe(), self.path)  # fmt: skip
+        log.info(
+            "model process %d (#%d) started on %s (socket %s)",
+            pid,
+            self.placement.index,
+            self.placement.describe(),
+            self.path,
+        )
 
 
 class ModelProcesses:

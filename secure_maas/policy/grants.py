@@ -65,13 +65,6 @@ def load_rules(session: Session) -> list[Rule]:
     return [to_rule(row) for row in session.scalars(sa.select(AccessRule).order_by(AccessRule.id))]
 
 
-def get_rule(session: Session, rule_id: int) -> Rule:
-    row = session.get(AccessRule, rule_id)
-    if row is None:
-        raise NotFound(f"no rule with id {rule_id} (see `secure-maas policy list`)")
-    return to_rule(row)
-
-
 def _row_by_key(session: Session, key: str) -> AccessRule | None:
     return session.scalars(sa.select(AccessRule).where(AccessRule.rule_key == key)).one_or_none()
 

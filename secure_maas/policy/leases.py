@@ -108,8 +108,9 @@ class QuotaLeases:
         self.transactions = 0  # lease transactions, for tests and benchmarks
         self._thread: threading.Thread | None = None
         if reaper:
-            self._thread = threading.Thread(target=self._reap_loop, name="quota-leases",
-                                            daemon=True)  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._reap_loop, name="quota-leases", daemon=True
+            )
             self._thread.start()
 
     def consume(

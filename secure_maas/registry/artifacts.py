@@ -153,16 +153,23 @@ def verify_all(
             signed_facts(store, keyring, row, hash_body=True)
             verify_version(store, keyring, row)
         except InvalidArtifact as exc:
-            yield Finding(row.model.name, row.version, row.artifact_path, False, exc.code,
-                          exc.reason)  # fmt: skip
+            yield Finding(
+                row.model.name, row.version, row.artifact_path, False, exc.code, exc.reason
+            )
         else:
             yield Finding(row.model.name, row.version, row.artifact_path, True, "ok", "intact")
     known = {row.artifact_path for row in rows}
     for relative in store.files():
         model = relative.split("/", 1)[0]
         if relative not in known and (name is None or model == name):
-            yield Finding(model, None, relative, False, "orphan_file",
-                          "file has no registry row (an interrupted publish?)")  # fmt: skip
+            yield Finding(
+                model,
+                None,
+                relative,
+                False,
+                "orphan_file",
+                "file has no registry row (an interrupted publish?)",
+            )
 
 
 @dataclass(frozen=True)

@@ -57,18 +57,6 @@ _CODES = {
 }
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
-
-
-def unauthenticated(message: str = "missing or invalid bearer token") -> ApiError:
-    return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="secure-maas"'})
-
-
-def not_found(message: str) -> ApiError:
-    return ApiError(404, message)
-
-
 def unavailable(message: str = "service unavailable") -> ApiError:
     return ApiError(503, message)
 

@@ -241,9 +241,10 @@ class GuardedThreadWorker(ThreadWorker):  # type: ignore[misc]
             missing.append("Unreader.take_buffered")
         if missing:
             raise RuntimeError(
-                "this gunicorn's gthread worker lacks " + ", ".join(missing)
+                "this gunicorn's gthread worker lacks "
+                + ", ".join(missing)
                 + ": secure-maas's slow-client guard needs gunicorn 27"
-            )  # fmt: skip
+            )
         super().check_config(cfg, log)
 
     def load_wsgi(self) -> None:

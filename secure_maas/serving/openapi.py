@@ -117,55 +117,112 @@ def _paths() -> dict[str, dict[str, Any]]:
         paths.setdefault(path, {})[method] = operation
 
     for path, params in _model_paths("/v1/models", ("",), labels=True):
-        add(path, "get", _operation(
-            "TF Serving model status: the state of the version(s)", "TF Serving",
-            _ok("ModelStatus"), action="model:metadata", path_params=params,
-        ))  # fmt: skip
+        add(
+            path,
+            "get",
+            _operation(
+                "TF Serving model status: the state of the version(s)",
+                "TF Serving",
+                _ok("ModelStatus"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     for path, params in _model_paths("/v1/models", ("/metadata",), labels=True):
-        add(path, "get", _operation(
-            "TF Serving model metadata (signature_def), with the DP guarantee under "
-            "secure_maas", "TF Serving", _ok("TFServingMetadata"), action="model:metadata",
-            path_params=params,
-        ))  # fmt: skip
+        add(
+            path,
+            "get",
+            _operation(
+                "TF Serving model metadata (signature_def), with the DP guarantee under "
+                "secure_maas",
+                "TF Serving",
+                _ok("TFServingMetadata"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     for path, params in _model_paths("/v1/models", (":predict",), labels=True):
-        add(path, "post", _operation(
-            "TF Serving predict: row (instances -> predictions) or columnar "
-            "(inputs -> outputs) format", "TF Serving", _ok("PredictResponse"),
-            action="model:predict", errors=(400, 408, 415, 429), body="PredictRequest",
-            path_params=params,
-        ))  # fmt: skip
-    add("/v1/models", "get", _operation(
-        "The models and active versions the caller may list (model:list)", "Platform",
-        _ok("ModelList"), action="model:list",
-    ))  # fmt: skip
-    add("/v2", "get", _operation("OIP server metadata", "Open Inference Protocol",
-                                 _ok("ServerMetadata")))  # fmt: skip
-    add("/v2/health/live", "get", _operation(
-        "OIP liveness", "Open Inference Protocol", _ok("Live")
-    ))  # fmt: skip
-    add("/v2/health/ready", "get", _operation(
-        "OIP readiness: database, keys and audit log usable", "Open Inference Protocol",
-        _ok("Ready"), errors=(503,),
-    ))  # fmt: skip
+        add(
+            path,
+            "post",
+            _operation(
+                "TF Serving predict: row (instances -> predictions) or columnar "
+                "(inputs -> outputs) format",
+                "TF Serving",
+                _ok("PredictResponse"),
+                action="model:predict",
+                errors=(400, 408, 415, 429),
+                body="PredictRequest",
+                path_params=params,
+            ),
+        )
+    add(
+        "/v1/models",
+        "get",
+        _operation(
+            "The models and active versions the caller may list (model:list)",
+            "Platform",
+            _ok("ModelList"),
+            action="model:list",
+        ),
+    )
+    add(
+        "/v2",
+        "get",
+        _operation("OIP server metadata", "Open Inference Protocol", _ok("ServerMetadata")),
+    )
+    add(
+        "/v2/health/live", "get", _operation("OIP liveness", "Open Inference Protocol", _ok("Live"))
+    )
+    add(
+        "/v2/health/ready",
+        "get",
+        _operation(
+            "OIP readiness: database, keys and audit log usable",
+            "Open Inference Protocol",
+            _ok("Ready"),
+            errors=(503,),
+        ),
+    )
     for path, params in _model_paths("/v2/models", ("",), labels=False):
-        add(path, "get", _operation(
-            "OIP model metadata, with the DP guarantee under secure_maas",
-            "Open Inference Protocol", _ok("OipMetadata"), action="model:metadata",
-            path_params=params,
-        ))  # fmt: skip
+        add(
+            path,
+            "get",
+            _operation(
+                "OIP model metadata, with the DP guarantee under secure_maas",
+                "Open Inference Protocol",
+                _ok("OipMetadata"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     for path, params in _model_paths("/v2/models", ("/ready",), labels=False):
-        add(path, "get", _operation(
-            "OIP model readiness (loads the version if needed; 503 if it cannot be loaded)",
-            "Open Inference Protocol", _ok("ModelReady"), action="model:metadata",
-            path_params=params,
-        ))  # fmt: skip
+        add(
+            path,
+            "get",
+            _operation(
+                "OIP model readiness (loads the version if needed; 503 if it cannot be loaded)",
+                "Open Inference Protocol",
+                _ok("ModelReady"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     for path, params in _model_paths("/v2/models", ("/infer",), labels=False):
-        add(path, "post", _operation(
-            "OIP inference (JSON, or JSON then binary tensors with "
-            "Inference-Header-Content-Length)", "Open Inference Protocol",
-            _ok("InferResponse"), action="model:predict", errors=(400, 408, 429),
-            body="InferRequest", path_params=params,
-        ))  # fmt: skip
+        add(
+            path,
+            "post",
+            _operation(
+                "OIP inference (JSON, or JSON then binary tensors with "
+                "Inference-Header-Content-Length)",
+                "Open Inference Protocol",
+                _ok("InferResponse"),
+                action="model:predict",
+                errors=(400, 408, 429),
+                body="InferRequest",
+                path_params=params,
+            ),
+        )
     audit_query = tuple(
         _param(name, "query", text)
         for name, text in (
@@ -179,23 +236,48 @@ def _paths() -> dict[str, dict[str, Any]]:
             ("limit", "Page size, 1 to 1000 (default 100)"),
         )
     )
-    add("/admin/audit", "get", _operation(
-        "Audit events, oldest first, filtered and paged (audit:read)", "Audit",
-        _ok("AuditPage"), action="audit:read", errors=(400,), query=audit_query,
-    ))  # fmt: skip
-    add("/admin/audit/verify", "get", _operation(
-        "Verify the whole audit chain and report the first bad record (audit:read)", "Audit",
-        _ok("VerifyReport"), action="audit:read",
-    ))  # fmt: skip
+    add(
+        "/admin/audit",
+        "get",
+        _operation(
+            "Audit events, oldest first, filtered and paged (audit:read)",
+            "Audit",
+            _ok("AuditPage"),
+            action="audit:read",
+            errors=(400,),
+            query=audit_query,
+        ),
+    )
+    add(
+        "/admin/audit/verify",
+        "get",
+        _operation(
+            "Verify the whole audit chain and report the first bad record (audit:read)",
+            "Audit",
+            _ok("VerifyReport"),
+            action="audit:read",
+        ),
+    )
     add("/healthz", "get", _operation("The process is up", "Operations", _ok("Status")))
-    add("/readyz", "get", _operation(
-        "Database reachable, keys loadable, audit log writable", "Operations", _ok("Status"),
-        errors=(503,),
-    ))  # fmt: skip
-    add("/metrics", "get", _operation(
-        "Prometheus metrics of this process (no model names in labels)", "Operations",
-        {"description": "Prometheus text exposition", "content": {"text/plain": {}}},
-    ))  # fmt: skip
+    add(
+        "/readyz",
+        "get",
+        _operation(
+            "Database reachable, keys loadable, audit log writable",
+            "Operations",
+            _ok("Status"),
+            errors=(503,),
+        ),
+    )
+    add(
+        "/metrics",
+        "get",
+        _operation(
+            "Prometheus metrics of this process (no model names in labels)",
+            "Operations",
+            {"description": "Prometheus text exposition", "content": {"text/plain": {}}},
+        ),
+    )
     add("/openapi.json", "get", _operation("This document", "Operations", _ok(None)))
     return paths
 

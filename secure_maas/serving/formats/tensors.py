@@ -30,7 +30,6 @@ Locate = Callable[[tuple[int, ...]], str]
 
 #: How much of a caller's name or key an error message shows.
 SHOWN_CHARS = 80
-_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
 _ALLOWED: dict[str, frozenset[type]] = {
     "b": frozenset({bool}),
     "i": frozenset({int}),
@@ -133,11 +132,6 @@ def preview(value: object, limit: int = 40) -> str:
 def shape_text(shape: Iterable[int | None]) -> str:
     """`[-1,4]`: a shape as the APIs print it, -1 for a free dimension."""
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
-
-
-def indexed(prefix: str) -> Locate:
-    """A locator that renders an index path as `prefix[i][j]`."""
-    return lambda index: prefix + "".join(f"[{i}]" for i in index)
 
 
 def read_tensor(
