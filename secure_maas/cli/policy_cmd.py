@@ -8,20 +8,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy.orm import Session
 
 from secure_maas.actions import Action, AdminAction
+from secure_maas.admin.explain import explain_access
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change
-from secure_maas.crypto import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
-from secure_maas.policy import directory, grants, sync
+from secure_maas.policy import grants, sync
 from secure_maas.policy.errors import InvalidRule
-from secure_maas.policy.evaluate import Caller, ModelFacts, RequestFacts
-from secure_maas.policy.index import CompiledPolicy, rules_for
-from secure_maas.policy.rules import Effect, Quota, Rule, Window, is_external
-from secure_maas.registry import artifacts, catalog
+from secure_maas.policy.index import rules_for
+from secure_maas.policy.rules import Effect, Quota, Rule, Window
 from secure_maas.timeutil import isoformat, utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,30 +179,6 @@ def list_rules(app: AppContext, subject: str | None, model: str | None, fmt: str
     emit([rule_row(r) for r in rules], COLUMNS, fmt)
 
 
-def _facts(
-    app: AppContext, session: Session, ref_text: str | None
-) -> tuple[ModelFacts | None, str | None]:
-    """The model facts a rule sees: ε from the version's signed header, never from its row."""
-    if ref_text is None:
-        return None, None
-    ref = catalog.ModelRef.parse(ref_text)
-    try:
-        row = catalog.resolve(session, ref, include_disabled=True)
-    except catalog.NotFound:
-        note = f"{ref} is not in the registry: judged by name only, with no DP guarantee"
-        return ModelFacts(ref.name, ref.version), note
-    labels = catalog.labels_of(row.model).get(row.version, [])
-    try:
-        signed = artifacts.signed_facts(app.store(), app.keyring(), row)
-    except InvalidArtifact as exc:
-        note = (
-            f"{ref.name}:{row.version}: {exc.code}: {exc.reason}; judged with no DP guarantee "
-            "(serving refuses this version; run `secure-maas models verify`)"
-        )
-        return ModelFacts(ref.name, row.version, tuple(labels), None), note
-    return ModelFacts(ref.name, row.version, tuple(labels), signed.epsilon), None
-
-
 @policy.command("explain")
 @click.option(
     "--subject",
@@ -228,27 +201,18 @@ def explain(
     Example:
         secure-maas policy explain --subject alice --model digits:2 --action model:predict
     """
-    notes = []
-    with session_scope(session_factory(app.engine())) as session:
-        identity = directory.load_directory(session).resolve(subject)
-        model, note = _facts(app, session, model_ref)
-        compiled = CompiledPolicy(grants.load_rules(session))
-    if identity is None:
-        notes.append(f"no principal {subject!r}: judged as user:{subject} with no roles")
-        caller = Caller(subject)
-    else:
-        caller = Caller(identity.subject, identity.roles, also=identity.names[1:])
-        if identity.linked_to is not None:
-            notes.append(f"{subject} is linked to {identity.linked_to}: judged as both names")
-        if is_external(subject):
-            notes.append("roles its identity provider's claim would add are not known here")
-        if identity.disabled:
-            notes.append(f"{subject} is disabled: every token of it is refused anyway")
+    found = explain_access(
+        app.engine(),
+        app.store(),
+        app.keyring(),
+        subject=subject,
+        action=Action(action),
+        model_ref=model_ref,
+        rows=rows,
+        now=utcnow(),
+    )
+    caller, result, notes = found.caller, found.explanation, list(found.notes)
     roles = caller.roles
-    if note:
-        notes.append(note)
-    facts = RequestFacts(rows=rows, now=utcnow())
-    result = compiled.explain(caller, Action(action), model, facts)
     decision = result.decision
     checks = [{**rule_row(c.rule), "matched": c.matched, "why": c.why} for c in result.checks]
     if fmt == "json":
@@ -270,7 +234,7 @@ def explain(
     verdict = "ALLOW" if decision.allowed else "DENY"
     click.echo(f"{verdict}: {decision.reason}")
     names = ", ".join(f"user:{name}" for name in caller.names)
-    click.echo(f"subject {names}, roles: {','.join(roles) or '-'}; at {isoformat(facts.now)}")
+    click.echo(f"subject {names}, roles: {','.join(roles) or '-'}; at {isoformat(found.at)}")
     for line in notes:
         click.echo(f"note: {line}")
     if decision.quotas:

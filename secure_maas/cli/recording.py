@@ -1,10 +1,8 @@
-"""Admin changes and their audit events, committed together or not at all.
+"""How the commands record what they change: as the OS user running them.
 
-Every command that changes principals, rules or tokens runs its change inside `admin_change`:
-one write transaction in which the change is made and then the audit event (actor: the OS
-user) is appended to the chain. If the event cannot be written, the change is rolled back
-(fail closed, invariant 8); if the change fails, nothing is recorded because nothing happened.
-This is the one place the access-control commands touch the audit API.
+Every command that changes principals, rules or tokens runs its change inside `admin_change`
+(`secure_maas.admin.changes`: the change and its audit event commit together or not at all),
+with the OS user as the actor. This is the one place the commands touch the audit API.
 """
 
 from __future__ import annotations
@@ -13,15 +11,15 @@ import getpass
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
+from secure_maas.admin import changes
+from secure_maas.admin.changes import AdminChange
 from secure_maas.audit import ActorKind, AuditEvent, Decision, KeyringAuditKeys, append_now
 from secure_maas.audit.chain import append_events
 from secure_maas.cli.context import AppContext
-from secure_maas.db.engine import begin_immediate, serialised_writes
 from secure_maas.timeutil import utcnow
 
 
@@ -33,55 +31,12 @@ def os_user() -> str:
         return f"uid:{os.getuid()}"
 
 
-@dataclass
-class AdminChange:
-    """The session to make the change with, and what the audit event will say about it."""
-
-    session: Session
-    action: AdminAction
-    actor: str
-    reason: str | None = None
-    reason_code: str | None = None
-    model: str | None = None
-    detail: dict[str, str | int | None] = field(default_factory=dict)
-
-    def note(
-        self,
-        reason: str,
-        *,
-        code: str | None = None,
-        model: str | None = None,
-        **detail: str | int | None,
-    ) -> None:
-        """Say what was done (never a token or a secret: this text is stored)."""
-        self.reason = reason
-        self.reason_code = code
-        self.model = model
-        self.detail.update(detail)
-
-
 @contextmanager
 def admin_change(app: AppContext, action: AdminAction) -> Iterator[AdminChange]:
-    """A write transaction for an admin change that ends by recording it in the audit log."""
-    engine = app.engine()
+    """`admin.changes.admin_change` for this instance, as the OS user."""
     keys = KeyringAuditKeys(app.keyring())
-    with serialised_writes(engine), engine.connect() as connection:
-        begin_immediate(connection)
-        with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
-            change = AdminChange(session, action, os_user())
-            yield change
-            session.flush()
-            event = AuditEvent(
-                action=action,
-                actor=change.actor,
-                actor_kind=ActorKind.OS,
-                decision=Decision.ALLOW,
-                model=change.model,
-                reason_code=change.reason_code,
-                reason=change.reason,
-                detail=change.detail or None,
-            )
-            append_events(connection, [event], keys, now=utcnow())
+    with changes.admin_change(app.engine(), keys, action, actor=os_user()) as change:
+        yield change
 
 
 def os_event(
