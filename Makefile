@@ -1,6 +1,7 @@
 # The two commands of the README. Both create or refresh the virtual environment first.
 #   make demo   the main job: set up a local instance from nothing and show it working
 #   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
+#   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only
 #   make system the hardening scenarios of tests/system in full (60 s soak) and their report
 #   make bench-tools  what the benchmarks need beyond the venv (wrk, a C load generator)
 
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := secure_maas migrations tests $(wildcard bench)
 
-.PHONY: demo test system venv lint clean bench-tools
+.PHONY: demo test check system venv lint clean bench-tools
 
 venv: $(STAMP)
 
@@ -31,6 +32,10 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+
+# The edit loop; CI (make test) still runs everything on both databases.
+check: lint
+	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q tests/unit tests/functional
 
 # The regular suite runs these too, with a shorter soak.
 system: venv

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import Engine, make_url
 
 from secure_maas.config import Settings
@@ -25,8 +27,21 @@ from secure_maas.db import create_engine, migrate
 
 PG_URL = os.environ.get("SMAAS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("SMAAS_TEST_REQUIRE_POSTGRES") == "1"
+#: `sqlite` (what `make check` sets) leaves the PostgreSQL runs out of the edit loop.
+DATABASES = os.environ.get("SMAAS_TEST_DATABASES", "sqlite,postgresql").split(",")
 RUN_ID = secrets.token_hex(4)
 _schema_numbers = itertools.count()
+
+# One Hypothesis profile for every property test: CI runs on a busy 2-core machine, so no test
+# may fail because an example ran slowly (no deadline, no too-slow health check). A test that
+# sets its own `suppress_health_check` replaces this list: it must name `too_slow` too.
+hypothesis_settings.register_profile(
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+hypothesis_settings.load_profile(os.environ.get("SMAAS_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _pg_answers() -> bool:
@@ -120,3 +135,21 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return {**os.environ, **env}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the runs on a database `SMAAS_TEST_DATABASES` leaves out (every fixture whose
+    parameter is a database name: `database_url` and the serving tests' instances)."""
+    if REQUIRE_PG and "postgresql" not in DATABASES:
+        raise pytest.UsageError("SMAAS_TEST_REQUIRE_POSTGRES=1 with PostgreSQL left out")
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        left_out = any(
+            isinstance(value, str) and value in ("sqlite", "postgresql") and value not in DATABASES
+            for value in params.values()
+        )
+        (dropped if left_out else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -414,7 +414,10 @@ def _zero_signature(trailer: dict[str, Any]) -> None:
     trailer["signature"] = b64(bytes(64))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.binary(max_size=2048))
 def test_random_bytes_only_raise_invalid_artifact(keys: dict[str, PrivateKey], data: bytes) -> None:
     with pytest.raises(InvalidArtifact):
@@ -423,7 +426,10 @@ def test_random_bytes_only_raise_invalid_artifact(keys: dict[str, PrivateKey], d
         open_blob(keys, MAGIC + data)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(position=st.integers(min_value=0), value=st.integers(min_value=1, max_value=255))
 def test_any_changed_byte_is_refused(
     keys: dict[str, PrivateKey], blob: bytes, position: int, value: int

@@ -156,7 +156,9 @@ def scratch_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(policies, rules(), some_requests)
 def test_revoke_removes_exactly_what_the_grant_added(
