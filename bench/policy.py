@@ -50,7 +50,7 @@ from secure_maas.policy import (
     Window,
     grants,
 )
-from secure_maas.policy.models import Principal, Role
+from secure_maas.policy.models import PrincipalRow, Role
 from secure_maas.timeutil import utcnow
 
 ROLES = [f"role{i:02d}" for i in range(50)]
@@ -102,7 +102,7 @@ def populate(session: Session, rng: random.Random, args: argparse.Namespace) -> 
         held = sorted(rng.sample(ROLES, rng.randint(1, 3)))
         name = f"user{i:04d}"
         session.add(
-            Principal(
+            PrincipalRow(
                 name=name,
                 created_by="bench",
                 created_at=now,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent, Decision
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.audit.chain import append_events
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.db.engine import begin_immediate, serialised_writes
@@ -57,7 +57,7 @@ class AdminChange:
             action=self.action,
             actor=self.actor,
             actor_kind=self.actor_kind,
-            decision=Decision.ALLOW,
+            decision=AuditDecision.ALLOW,
             model=self.model,
             reason_code=self.reason_code,
             reason=self.reason,

@@ -79,7 +79,7 @@ def _facts(
     ref = catalog.ModelRef.parse(ref_text)
     try:
         row = catalog.resolve(session, ref, include_disabled=True)
-    except catalog.NotFound:
+    except catalog.ModelNotFound:
         note = f"{ref} is not in the registry: judged by name only, with no DP guarantee"
         return ModelFacts(ref.name, ref.version), note
     labels = catalog.labels_of(row.model).get(row.version, [])

@@ -19,9 +19,9 @@ from secure_maas.audit.chain import (
 )
 from secure_maas.audit.events import (
     ActorKind,
+    AuditDecision,
     AuditEvent,
     AuditRecord,
-    Decision,
     InvalidAuditEvent,
     body_digest,
 )
@@ -39,13 +39,13 @@ from secure_maas.audit.writer import AuditWriter
 
 __all__ = [
     "ActorKind",
+    "AuditDecision",
     "AuditEvent",
     "AuditFilter",
     "AuditKeys",
     "AuditRecord",
     "AuditUnavailable",
     "AuditWriter",
-    "Decision",
     "Head",
     "InvalidAuditEvent",
     "KeyGeneration",

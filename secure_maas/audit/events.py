@@ -50,7 +50,7 @@ class ActorKind(StrEnum):
     ANONYMOUS = "anonymous"  # a request whose credentials did not verify
 
 
-class Decision(StrEnum):
+class AuditDecision(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     ERROR = "error"
@@ -133,7 +133,7 @@ class AuditEvent:
     action: str
     actor: str
     actor_kind: str = ActorKind.USER
-    decision: str = Decision.ALLOW
+    decision: str = AuditDecision.ALLOW
     model: str | None = None
     model_version: int | None = None
     reason_code: str | None = None
@@ -152,7 +152,7 @@ class AuditEvent:
             raise InvalidAuditEvent(f"unknown action {self.action!r}")
         if self.actor_kind not in ActorKind._value2member_map_:
             raise InvalidAuditEvent(f"unknown actor kind {self.actor_kind!r}")
-        if self.decision not in Decision._value2member_map_:
+        if self.decision not in AuditDecision._value2member_map_:
             raise InvalidAuditEvent(f"unknown decision {self.decision!r}")
         if not self.actor:
             raise InvalidAuditEvent("actor must not be empty")

@@ -36,7 +36,7 @@ from secure_maas.audit.chain import (
     append_now,
     read_head,
 )
-from secure_maas.audit.events import ActorKind, AuditEvent, AuditRecord, Decision
+from secure_maas.audit.events import ActorKind, AuditDecision, AuditEvent, AuditRecord
 from secure_maas.audit.keys import KeyringAuditKeys
 from secure_maas.db.engine import begin_immediate, describe_error, serialised_writes
 from secure_maas.timeutil import utcnow
@@ -77,7 +77,7 @@ def rotate_audit_key(
             action=AdminAction.KEYS_ROTATE,
             actor=actor,
             actor_kind=ActorKind.OS,
-            decision=Decision.ALLOW,
+            decision=AuditDecision.ALLOW,
             reason=(
                 f"new active audit key; {previous.id} verifies events up to the rotation "
                 "point only (the key-rotation checkpoint after this event)"

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
-from secure_maas.audit.events import Decision
+from secure_maas.audit.events import AuditDecision
 from secure_maas.audit.models import events_table
 from secure_maas.audit.query import AuditFilter
 from secure_maas.timeutil import isoformat
@@ -95,7 +95,7 @@ def stats(
         .order_by(slot)
     )
     for index, decision, n in rows:
-        per_slot.setdefault(int(index), {d.value: 0 for d in Decision})[decision] = int(n)
+        per_slot.setdefault(int(index), {d.value: 0 for d in AuditDecision})[decision] = int(n)
     buckets = [
         Bucket(
             start=datetime.fromtimestamp(index * seconds, UTC),

@@ -25,9 +25,9 @@ from sqlalchemy.engine import Connection
 
 from secure_maas.actions import Action, AdminAction
 from secure_maas.audit import (
+    AuditDecision,
     AuditFilter,
     AuditRecord,
-    Decision,
     KeyringAuditKeys,
     VerifyReport,
     append_checkpoint,
@@ -69,7 +69,9 @@ def filter_options(func: F) -> F:
         click.option("--model", help="Only events about this model."),
         click.option("--action", type=click.Choice(ACTIONS), help="Only this action."),
         click.option(
-            "--decision", type=click.Choice([d.value for d in Decision]), help="Only this outcome."
+            "--decision",
+            type=click.Choice([d.value for d in AuditDecision]),
+            help="Only this outcome.",
         ),
     ]
     for option in reversed(options):
@@ -248,7 +250,7 @@ def stats(app: AppContext, /, bucket: str, top: int, fmt: str, **options: Any) -
     click.echo("")
     emit(
         [{"start": isoformat(b.start), "total": b.total, **b.decisions} for b in result.buckets],
-        ["start", "total", *[d.value for d in Decision]],
+        ["start", "total", *[d.value for d in AuditDecision]],
         "table",
     )
 

@@ -134,11 +134,11 @@ def register(
             --feature-range 0:1 --feature-range age=18:120
         secure-maas dataset register digits-copy --source npz:digits.npz --budget-of digits
     """
-    from secure_maas.training import catalog
+    from secure_maas.training import dataset_catalog
 
     if budget_of is None and epsilon_budget is None:
         raise click.UsageError("give --epsilon-budget, or --budget-of DATASET to share one")
-    registered = catalog.register_dataset(
+    registered = dataset_catalog.register_dataset(
         app.engine(),
         KeyringAuditKeys(app.keyring()),
         name=name,

@@ -25,7 +25,7 @@ from secure_maas.cli.token_cmd import issue_token
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.instance import initialise
 from secure_maas.registry import catalog
-from secure_maas.training import catalog as datasets
+from secure_maas.training import dataset_catalog
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -82,8 +82,8 @@ MODELS = (
 def _has_dataset(app: AppContext, name: str) -> bool:
     with session_scope(session_factory(app.engine())) as session:
         try:
-            datasets.get_dataset(session, name)
-        except datasets.UnknownDataset:
+            dataset_catalog.get_dataset(session, name)
+        except dataset_catalog.UnknownDataset:
             return False
     return True
 
@@ -92,7 +92,7 @@ def _has_model(app: AppContext, name: str) -> bool:
     with session_scope(session_factory(app.engine())) as session:
         try:
             catalog.get_model(session, name)
-        except catalog.NotFound:
+        except catalog.ModelNotFound:
             return False
     return True
 

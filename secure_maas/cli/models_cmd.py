@@ -10,8 +10,7 @@ import click
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent
-from secure_maas.audit import Decision as AuditDecision
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.output import emit, format_option
 from secure_maas.cli.recording import admin_change, os_event, os_user, record_in, record_now
@@ -130,7 +129,7 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
 def _record_refused_import(app: AppContext, file: Path, name: str, refusal: Exception) -> None:
     """Audit a refused import before the refusal is reported (never a secret: it names the
     file and the reason, such as the Lambda layer's place in the architecture)."""
-    from secure_maas.audit import ActorKind, AuditEvent, Decision
+    from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
     from secure_maas.registry.codec import UnsafeModel
 
     code = "unsafe-model" if isinstance(refusal, UnsafeModel) else "not-importable"
@@ -138,7 +137,7 @@ def _record_refused_import(app: AppContext, file: Path, name: str, refusal: Exce
         action=AdminAction.MODEL_PUBLISH,
         actor=os_user(),
         actor_kind=ActorKind.OS,
-        decision=Decision.DENY,
+        decision=AuditDecision.DENY,
         model=name,
         reason_code=code,
         reason=f"import of {file.name} refused: {refusal}",

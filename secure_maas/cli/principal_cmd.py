@@ -17,13 +17,13 @@ from secure_maas.config import env_name
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import directory, grants
 from secure_maas.policy.index import rules_for
-from secure_maas.policy.models import Principal
+from secure_maas.policy.models import PrincipalRow
 from secure_maas.timeutil import isoformat
 
 COLUMNS = ["name", "status", "roles", "created_at", "created_by"]
 
 
-def principal_row(principal: Principal) -> dict[str, Any]:
+def principal_row(principal: PrincipalRow) -> dict[str, Any]:
     return {
         "name": principal.name,
         "status": "disabled" if principal.disabled else "enabled",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from secure_maas.actions import AdminAction
 from secure_maas.admin import changes
 from secure_maas.admin.changes import AdminChange
-from secure_maas.audit import ActorKind, AuditEvent, Decision, KeyringAuditKeys, append_now
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, KeyringAuditKeys, append_now
 from secure_maas.audit.chain import append_events
 from secure_maas.cli.context import AppContext
 from secure_maas.timeutil import utcnow
@@ -52,7 +52,7 @@ def os_event(
         action=action,
         actor=os_user(),
         actor_kind=ActorKind.OS,
-        decision=Decision.ALLOW,
+        decision=AuditDecision.ALLOW,
         model=model,
         model_version=model_version,
         reason=reason,

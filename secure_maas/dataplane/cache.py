@@ -20,7 +20,7 @@ its facts stay the header's, and a copy already in memory (verified when it was 
 serving, as it does when its file is tampered with. A version whose header cannot be
 authenticated (file missing, unreadable, bad signature) is listed with privacy `unverified`
 and no guarantee, so no `max_epsilon` rule lets its metadata be read, and loading it is
-refused as before (see `ModelFacts.epsilon_for` for how a prediction is decided).
+refused as before (see `VersionFacts.epsilon_for` for how a prediction is decided).
 
 An artifact that fails verification or decoding is refused: `on_event("model.refused", ...)`
 carries the reason, the caller gets `ModelUnavailable`, and the attempt is not repeated for
@@ -64,7 +64,7 @@ from secure_maas.errors import SecureMaasError
 from secure_maas.keys import Keyring
 from secure_maas.registry import catalog
 from secure_maas.registry.artifacts import open_version
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.disclosure import public_guarantee
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, VersionStatus
 from secure_maas.registry.signature import InvalidModelData, ServingSignature
@@ -95,7 +95,7 @@ class ModelUnavailable(SecureMaasError):
 
 
 @dataclass(frozen=True)
-class ModelFacts:
+class VersionFacts:
     """What the registry says about one version: enough to decide access without its weights."""
 
     name: str
@@ -182,7 +182,7 @@ class CachedModel:
 
     def __init__(
         self,
-        facts: ModelFacts,
+        facts: VersionFacts,
         model: LoadedModel,
         options: BatchOptions,
         on_batch: Callable[[BatchInfo], None] | None,
@@ -235,33 +235,33 @@ class CachedModel:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    facts: dict[str, dict[int, ModelFacts]] = field(default_factory=dict)
+    facts: dict[str, dict[int, VersionFacts]] = field(default_factory=dict)
     labels: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: dict[Key, ModelVersion] = field(default_factory=dict)
     #: Versions whose row differs from their signed header: key -> (code, reason).
     mismatched: dict[Key, tuple[str, str]] = field(default_factory=dict)
 
-    def resolve(self, ref: ModelRef) -> ModelFacts:
+    def resolve(self, ref: ModelRef) -> VersionFacts:
         """`catalog.resolve`'s rules, on this copy of the registry."""
         versions = self.facts.get(ref.name)
         if versions is None:
-            raise NotFound(f"no model named {ref.name!r}")
+            raise ModelNotFound(f"no model named {ref.name!r}")
         if ref.label is not None:
             number = self.labels.get(ref.name, {}).get(ref.label)
             if number is None or number not in versions:
-                raise NotFound(f"model {ref.name!r} has no label {ref.label!r}")
+                raise ModelNotFound(f"model {ref.name!r} has no label {ref.label!r}")
             found = versions[number]
         elif ref.version is not None:
             if ref.version not in versions:
-                raise NotFound(f"model {ref.name!r} has no version {ref.version}")
+                raise ModelNotFound(f"model {ref.name!r} has no version {ref.version}")
             found = versions[ref.version]
         else:
             active = [number for number, facts in versions.items() if facts.active]
             if not active:
-                raise NotFound(f"model {ref.name!r} has no active version")
+                raise ModelNotFound(f"model {ref.name!r} has no active version")
             found = versions[max(active)]
         if not found.active:
-            raise NotFound(f"version {found.version} of model {ref.name!r} is disabled")
+            raise ModelNotFound(f"version {found.version} of model {ref.name!r} is disabled")
         return found
 
 
@@ -347,20 +347,20 @@ class ModelCache:
         """
         return self._watcher.refresh(self._reload, force=force)
 
-    def facts(self, ref: ModelRef | str) -> ModelFacts:
-        """The version `ref` names, from the registry (`NotFound` if none may be served)."""
+    def facts(self, ref: ModelRef | str) -> VersionFacts:
+        """The version `ref` names, from the registry (`ModelNotFound` if none may be served)."""
         self.refresh()
         return self._snapshot.resolve(_as_ref(ref))
 
-    def versions(self, name: str) -> list[ModelFacts]:
+    def versions(self, name: str) -> list[VersionFacts]:
         """Every version of `name`, disabled ones included, oldest first."""
         self.refresh()
         versions = self._snapshot.facts.get(name)
         if versions is None:
-            raise NotFound(f"no model named {name!r}")
+            raise ModelNotFound(f"no model named {name!r}")
         return [versions[number] for number in sorted(versions)]
 
-    def models(self) -> list[ModelFacts]:
+    def models(self) -> list[VersionFacts]:
         """Every version of every model, by name then version."""
         self.refresh()
         snapshot = self._snapshot
@@ -375,7 +375,7 @@ class ModelCache:
     def get(self, ref: ModelRef | str) -> CachedModel:
         """The loaded model `ref` names, loading it if needed.
 
-        Raises `NotFound` (no such, or disabled) and `ModelUnavailable` (artifact refused).
+        Raises `ModelNotFound` (no such, or disabled) and `ModelUnavailable` (artifact refused).
         """
         ref = _as_ref(ref)
         facts = self.facts(ref)
@@ -394,7 +394,7 @@ class ModelCache:
     def ready(self, ref: ModelRef | str, *, load: bool = False) -> bool:
         """Whether `get(ref)` would answer without loading: its version is in memory (or, for a
         label or bare name whose version was refused, the fallback `get` serves). With `load`,
-        loads it first. `NotFound` for an unknown or disabled reference."""
+        loads it first. `ModelNotFound` for an unknown or disabled reference."""
         ref = _as_ref(ref)
         facts = self.facts(ref)
         key = (facts.name, facts.version)
@@ -422,7 +422,7 @@ class ModelCache:
         for ref in refs:
             try:
                 self.get(ref)
-            except (NotFound, ModelUnavailable) as exc:
+            except (ModelNotFound, ModelUnavailable) as exc:
                 results[str(ref)] = str(exc)
             else:
                 results[str(ref)] = None
@@ -450,7 +450,7 @@ class ModelCache:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _entry(self, facts: ModelFacts) -> CachedModel:
+    def _entry(self, facts: VersionFacts) -> CachedModel:
         key = (facts.name, facts.version)
         with self._lock:
             entry = self._cached(key)
@@ -464,7 +464,7 @@ class ModelCache:
                     return entry
                 row = self._snapshot.rows.get(key)
             if row is None:
-                raise NotFound(f"model {facts.name!r} has no version {facts.version}")
+                raise ModelNotFound(f"model {facts.name!r} has no version {facts.version}")
             entry = self._load(facts, row)
             evicted = self._insert(key, entry)
         for old in evicted:
@@ -483,7 +483,7 @@ class ModelCache:
             raise ModelUnavailable(f"version {key[1]} of model {key[0]!r} is unavailable")
         return None
 
-    def _load(self, facts: ModelFacts, row: ModelVersion) -> CachedModel:
+    def _load(self, facts: VersionFacts, row: ModelVersion) -> CachedModel:
         keyring = self._keyring_loader()
         try:
             opened = open_version(self._store, keyring, row)
@@ -511,7 +511,7 @@ class ModelCache:
             self._decode = decode_model
         return self._decode
 
-    def _refuse(self, facts: ModelFacts, code: str, reason: str) -> ModelUnavailable:
+    def _refuse(self, facts: VersionFacts, code: str, reason: str) -> ModelUnavailable:
         log.warning("refused %s:%d: %s (%s)", facts.name, facts.version, code, reason)
         with self._lock:
             self._failed[(facts.name, facts.version)] = self._clock()
@@ -525,7 +525,7 @@ class ModelCache:
             current = self._snapshot.facts.get(key[0], {}).get(key[1])
             if current is None or not current.active:  # disabled while it was loading
                 entry.close()
-                raise NotFound(f"version {key[1]} of model {key[0]!r} is disabled")
+                raise ModelNotFound(f"version {key[1]} of model {key[0]!r} is disabled")
             self._entries[key] = entry
             self._bytes += entry.weight
             self._failed.pop(key, None)
@@ -538,7 +538,7 @@ class ModelCache:
             old.close()
         return evicted
 
-    def _fallback(self, ref: ModelRef, refused: ModelFacts) -> CachedModel | None:
+    def _fallback(self, ref: ModelRef, refused: VersionFacts) -> CachedModel | None:
         if ref.version is not None:
             return None
         with self._lock:
@@ -547,7 +547,7 @@ class ModelCache:
             return None
         try:
             entry = self._entry(self._snapshot.resolve(ModelRef(ref.name, version=previous)))
-        except (NotFound, ModelUnavailable):
+        except (ModelNotFound, ModelUnavailable):
             return None
         report = (ref, refused.version)
         with self._lock:
@@ -604,7 +604,7 @@ def _as_ref(ref: ModelRef | str) -> ModelRef:
     return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
 
 
-def _details(facts: ModelFacts, **extra: Any) -> dict[str, Any]:
+def _details(facts: VersionFacts, **extra: Any) -> dict[str, Any]:
     return {"model": facts.name, "version": facts.version, **extra}
 
 
@@ -619,7 +619,7 @@ def _read_snapshot(
     with session_scope(factory) as session:
         for model in catalog.list_models(session):
             labels = catalog.labels_of(model)
-            versions: dict[int, ModelFacts] = {}
+            versions: dict[int, VersionFacts] = {}
             for row in model.versions:
                 _ = row.model  # open_version reads row.model.name after the session closes
                 key = (model.name, row.version)
@@ -669,11 +669,11 @@ def _signed(
 
 def _facts(
     name: str, row: ModelVersion, labels: list[str], signed: SignedFacts | None
-) -> ModelFacts:
+) -> VersionFacts:
     """A version's facts: the signed ones, or none to rely on when the header could not be
     authenticated (privacy `unverified`, no guarantee; the row's signature only parses
     requests for a version whose load will be refused or will check it)."""
-    return ModelFacts(
+    return VersionFacts(
         name=name,
         version=row.version,
         status=row.status,

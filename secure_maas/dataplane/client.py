@@ -4,7 +4,7 @@ Each worker thread keeps its own connection to the model process (thread-local, 
 first use, reopened after a failure), so calls never queue behind another thread's. A call
 that cannot reach the model process raises `DataPlaneUnavailable`, a `ModelUnavailable`: the
 request fails closed with 503 and is audited like any refusal. Replies carrying an error are
-raised as the exception the model process caught (`NotFound`, `BatchRefused`, ...).
+raised as the exception the model process caught (`ModelNotFound`, `BatchRefused`, ...).
 
 `InstanceAudit` sends each event to the instance's one writer, so the events of all workers
 share its transactions, and returns once it is committed. When the model process cannot be
@@ -34,7 +34,7 @@ from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import KeyringError
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class NotDelivered(DataPlaneUnavailable):
 
 
 _RAISED: dict[str, Callable[[str], Exception]] = {
-    "not_found": NotFound,
+    "not_found": ModelNotFound,
     "refused": BatchRefused,
     "busy": QueueFull,
     "unavailable": ModelUnavailable,

@@ -14,8 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent
-from secure_maas.audit import Decision as AuditDecision
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.audit.chain import SERVICE_ACTOR
 from secure_maas.dataplane.cache import EVENT_REFUSED
 

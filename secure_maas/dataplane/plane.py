@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy.typing as npt
 
 from secure_maas.dataplane.cache import ModelCache
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 
 Array = npt.NDArray[Any]
 
@@ -73,13 +73,13 @@ class LocalDataPlane:
     ) -> Served | Fallback:
         """Run `ref`'s model on `inputs` unless it is served by a version not in `allowed`.
 
-        Raises `NotFound`, `ModelUnavailable`, `BatchRefused`, `QueueFull` as the cache and
+        Raises `ModelNotFound`, `ModelUnavailable`, `BatchRefused`, `QueueFull` as the cache and
         the batcher do. `request_id` is for the caller's model events (set by the caller in
         `dataplane.loads.current_request_id` here; the model process sets it from the frame).
         """
         try:
             entry = self.cache.get(ref)
-        except NotFound:
+        except ModelNotFound:
             # The caller resolved `ref` from its own copy of the registry, which may have seen
             # a new version before this one (each refreshes every 0.25 s): look again, once
             # (after a refresh, ours or the one another thread was doing meanwhile).

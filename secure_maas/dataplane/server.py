@@ -42,14 +42,14 @@ from secure_maas.dataplane.plane import Array, Fallback, LocalDataPlane
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import KeyringError
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.store import InvalidName
 
 log = logging.getLogger(__name__)
 
 #: Error kinds a reply may carry, by the exception that causes them (first match wins).
 ERRORS: tuple[tuple[type[BaseException], str], ...] = (
-    (NotFound, "not_found"),
+    (ModelNotFound, "not_found"),
     (InvalidName, "not_found"),
     (BatchRefused, "refused"),
     (QueueFull, "busy"),

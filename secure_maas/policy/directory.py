@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from secure_maas.db.state import bump
 from secure_maas.policy.errors import Conflict, NotFound
-from secure_maas.policy.models import PRINCIPALS_SCOPE, Principal, PrincipalLink, Role
+from secure_maas.policy.models import PRINCIPALS_SCOPE, PrincipalLink, PrincipalRow, Role
 from secure_maas.policy.rules import (
     check_description,
     check_external_name,
@@ -97,15 +97,15 @@ def load_directory(session: Session) -> Directory:
     """Read every principal with its roles, and every link, in three queries."""
     states: dict[str, tuple[bool, list[str]]] = {
         name: (bool(disabled), [])
-        for name, disabled in session.execute(sa.select(Principal.name, Principal.disabled))
+        for name, disabled in session.execute(sa.select(PrincipalRow.name, PrincipalRow.disabled))
     }
     memberships = session.execute(
-        sa.select(Principal.name, Role.name).join(Principal.roles).order_by(Role.name)
+        sa.select(PrincipalRow.name, Role.name).join(PrincipalRow.roles).order_by(Role.name)
     )
     for principal, role in memberships:
         states[principal][1].append(role)
     links = session.execute(
-        sa.select(PrincipalLink.external_subject, Principal.name).join(PrincipalLink.principal)
+        sa.select(PrincipalLink.external_subject, PrincipalRow.name).join(PrincipalLink.principal)
     )
     principals = {
         name: PrincipalState(disabled, tuple(roles)) for name, (disabled, roles) in states.items()
@@ -113,8 +113,12 @@ def load_directory(session: Session) -> Directory:
     return Directory(principals, {external: local for external, local in links})
 
 
-def list_principals(session: Session) -> list[Principal]:
-    query = sa.select(Principal).options(selectinload(Principal.roles)).order_by(Principal.name)
+def list_principals(session: Session) -> list[PrincipalRow]:
+    query = (
+        sa.select(PrincipalRow)
+        .options(selectinload(PrincipalRow.roles))
+        .order_by(PrincipalRow.name)
+    )
     return list(session.scalars(query))
 
 
@@ -122,12 +126,12 @@ def list_roles(session: Session) -> list[Role]:
     return list(session.scalars(sa.select(Role).order_by(Role.name)))
 
 
-def find_principal(session: Session, name: str) -> Principal | None:
-    query = sa.select(Principal).options(selectinload(Principal.roles))
-    return session.scalars(query.where(Principal.name == name)).one_or_none()
+def find_principal(session: Session, name: str) -> PrincipalRow | None:
+    query = sa.select(PrincipalRow).options(selectinload(PrincipalRow.roles))
+    return session.scalars(query.where(PrincipalRow.name == name)).one_or_none()
 
 
-def get_principal(session: Session, name: str) -> Principal:
+def get_principal(session: Session, name: str) -> PrincipalRow:
     principal = find_principal(session, name)
     if principal is None:
         raise NotFound(f"no principal {name!r}: add it with `secure-maas principal add {name}`")
@@ -147,13 +151,13 @@ def add_principal(
     disabled: bool = False,
     description: str | None = None,
     now: datetime | None = None,
-) -> Principal:
+) -> PrincipalRow:
     """Create a principal; its roles are created too when they do not exist yet."""
     check_principal_name(name)
     if find_principal(session, name) is not None:
         raise Conflict(f"principal {name!r} already exists")
     moment = now or utcnow()
-    principal = Principal(
+    principal = PrincipalRow(
         name=name,
         disabled=disabled,
         description=check_description(description),
@@ -182,7 +186,7 @@ def ensure_role(session: Session, name: str, description: str | None = None) -> 
 
 def set_disabled(
     session: Session, name: str, disabled: bool, *, now: datetime | None = None
-) -> tuple[Principal, bool]:
+) -> tuple[PrincipalRow, bool]:
     """Disable or enable `name`; returns the principal and whether anything changed."""
     principal = get_principal(session, name)
     if principal.disabled == disabled:
@@ -196,7 +200,7 @@ def set_disabled(
 
 def grant_role(
     session: Session, name: str, role: str, *, now: datetime | None = None
-) -> tuple[Principal, bool]:
+) -> tuple[PrincipalRow, bool]:
     """Give `name` the role `role` (created if missing); returns whether anything changed."""
     principal = get_principal(session, name)
     if role in principal.role_names:
@@ -210,7 +214,7 @@ def grant_role(
 
 def take_role(
     session: Session, name: str, role: str, *, now: datetime | None = None
-) -> tuple[Principal, bool]:
+) -> tuple[PrincipalRow, bool]:
     """Remove `role` from `name`; returns whether anything changed."""
     principal = get_principal(session, name)
     kept = [r for r in principal.roles if r.name != role]
@@ -227,7 +231,7 @@ def list_links(session: Session, local: str | None = None) -> list[PrincipalLink
     """Links (of the principal `local`, if given), by external subject."""
     query = sa.select(PrincipalLink).join(PrincipalLink.principal)
     if local is not None:
-        query = query.where(Principal.name == local)
+        query = query.where(PrincipalRow.name == local)
     return list(session.scalars(query.order_by(PrincipalLink.external_subject)))
 
 

@@ -52,7 +52,7 @@ class Role(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
-class Principal(Base):
+class PrincipalRow(Base):
     __tablename__ = "principals"
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
@@ -83,7 +83,7 @@ class PrincipalLink(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     created_by: Mapped[str] = mapped_column(sa.String(128), nullable=False)
 
-    principal: Mapped[Principal] = relationship()
+    principal: Mapped[PrincipalRow] = relationship()
 
 
 class AccessRule(Base):

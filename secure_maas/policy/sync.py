@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from secure_maas.db.state import bump
 from secure_maas.policy import directory, grants
 from secure_maas.policy.files import SCHEMA_VERSION, PolicyDocument, PrincipalSpec, RoleSpec, load
-from secure_maas.policy.models import PRINCIPALS_SCOPE, Principal, Role
+from secure_maas.policy.models import PRINCIPALS_SCOPE, PrincipalRow, Role
 from secure_maas.policy.rules import Rule
 from secure_maas.timeutil import isoformat, utcnow
 
@@ -197,12 +197,12 @@ def _set_roles(
             directory.take_role(session, name, role, now=now)
 
 
-def _set_description(session: Session, row: Role | Principal, description: str | None) -> None:
+def _set_description(session: Session, row: Role | PrincipalRow, description: str | None) -> None:
     row.description = description  # descriptions decide nothing: no counter to bump
     session.flush()
 
 
-def _delete(session: Session, row: Role | Principal) -> None:
+def _delete(session: Session, row: Role | PrincipalRow) -> None:
     session.delete(row)
     session.flush()
     bump(session, PRINCIPALS_SCOPE)

@@ -29,7 +29,7 @@ from secure_maas.timeutil import utcnow
 LABEL_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-class NotFound(SecureMaasError):
+class ModelNotFound(SecureMaasError):
     """No such model, version or label (or none that may be served)."""
 
 
@@ -75,7 +75,7 @@ def get_model(session: Session, name: str) -> Model:
         )
     ).scalar_one_or_none()
     if model is None:
-        raise NotFound(f"no model named {name!r}")
+        raise ModelNotFound(f"no model named {name!r}")
     return model
 
 
@@ -101,19 +101,19 @@ def resolve(session: Session, ref: ModelRef, *, include_disabled: bool = False) 
                 row = label.version
                 break
         else:
-            raise NotFound(f"model {ref.name!r} has no label {ref.label!r}")
+            raise ModelNotFound(f"model {ref.name!r} has no label {ref.label!r}")
     elif ref.version is not None:
         matches = [v for v in model.versions if v.version == ref.version]
         if not matches:
-            raise NotFound(f"model {ref.name!r} has no version {ref.version}")
+            raise ModelNotFound(f"model {ref.name!r} has no version {ref.version}")
         row = matches[0]
     else:
         active = [v for v in model.versions if v.active]
         if not active:
-            raise NotFound(f"model {ref.name!r} has no active version")
+            raise ModelNotFound(f"model {ref.name!r} has no active version")
         row = active[-1]
     if not include_disabled and not row.active:
-        raise NotFound(f"version {row.version} of model {ref.name!r} is disabled")
+        raise ModelNotFound(f"version {row.version} of model {ref.name!r} is disabled")
     return row
 
 

@@ -42,21 +42,19 @@ from flask import Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from secure_maas.actions import Action
-from secure_maas.audit import ActorKind, AuditEvent, AuditUnavailable, body_digest
-from secure_maas.audit import Decision as AuditDecision
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, AuditUnavailable, body_digest
 from secure_maas.auth.keyset import KeySetError
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
 from secure_maas.dataplane.batcher import Array, BatcherClosed, BatchRefused, QueueFull
-from secure_maas.dataplane.cache import ModelFacts, ModelUnavailable
+from secure_maas.dataplane.cache import ModelUnavailable, VersionFacts
 from secure_maas.dataplane.client import AuditUnconfirmed
 from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyringError
-from secure_maas.policy import Decision, RequestFacts
-from secure_maas.policy import ModelFacts as PolicyFacts
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.policy import Decision, ModelFacts, RequestFacts
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.store import InvalidName
 from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, read_up_to, watch_body
 from secure_maas.serving.errors import ApiError, error_response
@@ -125,7 +123,7 @@ class Call:
         self.now = utcnow()
         self.principal: Principal | None = None
         self.model_name: str | None = None
-        self.facts: ModelFacts | None = None
+        self.facts: VersionFacts | None = None
         self.version: int | None = None
         self.rows: int | None = None
         self.body = b""
@@ -164,7 +162,9 @@ class Call:
 
     # -- steps 3-4: the model, without its weights ----------------------------------------
 
-    def model(self, name: str, version: str | None = None, label: str | None = None) -> ModelFacts:
+    def model(
+        self, name: str, version: str | None = None, label: str | None = None
+    ) -> VersionFacts:
         """Steps 3-4: the version the URL names, if the caller may see it (404 otherwise).
 
         For an action other than prediction the decision is made here (403 if the caller may
@@ -180,7 +180,7 @@ class Call:
         self.model_name = ref.name
         try:
             facts = self.services.cache.facts(ref)
-        except NotFound as exc:
+        except ModelNotFound as exc:
             self.reason = str(exc)
             raise self._missing() from None
         self.facts, self.version = facts, facts.version
@@ -194,11 +194,11 @@ class Call:
         self.reason = f"not visible: {decision.reason}"
         raise self._missing("not_visible")
 
-    def may_list(self, facts: ModelFacts) -> bool:
+    def may_list(self, facts: VersionFacts) -> bool:
         """Whether the caller may see `facts` in listings (`model:list`)."""
         return self.decide(Action.MODEL_LIST, facts, rows=0).allowed
 
-    def may_see(self, facts: ModelFacts) -> bool:
+    def may_see(self, facts: VersionFacts) -> bool:
         """Whether `facts` is visible to the caller: it may do this call's action or list it."""
         return self.decide(self.action, facts, rows=0).allowed or self.may_list(facts)
 
@@ -262,7 +262,7 @@ class Call:
 
     # -- steps 6-8: decision with rows, quota, model call ------------------------------------
 
-    def predict(self, parsed: Parsed) -> tuple[dict[str, Array], ModelFacts]:
+    def predict(self, parsed: Parsed) -> tuple[dict[str, Array], VersionFacts]:
         """Steps 6-8: decide with the rows (403), consume the quota (429), run the model.
 
         Returns the outputs and the version that computed them (a label whose new version
@@ -302,7 +302,7 @@ class Call:
                 served = self._run_model(ref, parsed, allowed)
                 if isinstance(served, Fallback):
                     raise ModelUnavailable(f"{ref} moved again while it was being served")
-        except NotFound as exc:
+        except ModelNotFound as exc:
             self.allowed = False
             self.reason = str(exc)
             raise self._missing() from None
@@ -317,13 +317,13 @@ class Call:
             return served.outputs, facts
         return served.outputs, self._facts_of(ref.name, served.version)
 
-    def _facts_of(self, name: str, version: int) -> ModelFacts:
+    def _facts_of(self, name: str, version: int) -> VersionFacts:
         """The facts of a version the data plane named; the model process's copy of the
         registry may be a moment ahead of this worker's (a new version): look again, once."""
         ref = ModelRef(name, version=version)
         try:
             return self.services.cache.facts(ref)
-        except NotFound:
+        except ModelNotFound:
             self.services.cache.refresh(force=True)  # ours, or one another thread was doing
             return self.services.cache.facts(ref)
 
@@ -339,7 +339,7 @@ class Call:
             raise self._forbidden(decision)
         self._allow(decision)
 
-    def visible(self, candidates: Iterable[ModelFacts]) -> list[ModelFacts]:
+    def visible(self, candidates: Iterable[VersionFacts]) -> list[VersionFacts]:
         """The versions the caller may list (a listing is allowed; it shows only those)."""
         shown = [facts for facts in candidates if self.may_list(facts)]
         self.allowed = True
@@ -348,14 +348,14 @@ class Call:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def decide(self, action: Action, facts: ModelFacts | None, *, rows: int) -> Decision:
+    def decide(self, action: Action, facts: VersionFacts | None, *, rows: int) -> Decision:
         principal = self.principal
         if principal is None:
             raise RuntimeError("decide() before authenticate()")
         target = None
         if facts is not None:
             epsilon = facts.epsilon_for(loads=action is Action.MODEL_PREDICT)
-            target = PolicyFacts(facts.name, facts.version, facts.labels, epsilon)
+            target = ModelFacts(facts.name, facts.version, facts.labels, epsilon)
         return self.services.policy.decide(principal, action, target, RequestFacts(rows, self.now))
 
     def _allow(self, decision: Decision) -> None:
@@ -388,7 +388,7 @@ class Call:
             if self.reason is None:
                 self.reason = error.message
             response = error_response(error.status, error.message, error.headers)
-        except NotFound as exc:  # the registry changed under the request: as if never there
+        except ModelNotFound as exc:  # the registry changed under the request: as if never there
             self.reason_code, self.reason = "not_found", str(exc)
             response = error_response(404, self._not_found or "not found")
         except (ModelUnavailable, BatcherClosed) as exc:

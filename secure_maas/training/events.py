@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import ActorKind, AuditEvent, AuditKeys, Decision, append_now
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, AuditKeys, append_now
 from secure_maas.audit.chain import append_events
 from secure_maas.timeutil import utcnow
 
@@ -25,7 +25,7 @@ def event(
     action: AdminAction,
     actor: str,
     *,
-    decision: Decision = Decision.ALLOW,
+    decision: AuditDecision = AuditDecision.ALLOW,
     reason_code: str,
     reason: str,
     model: str | None = None,

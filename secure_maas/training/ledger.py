@@ -41,11 +41,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import AuditEvent, AuditKeys, Decision
+from secure_maas.audit import AuditDecision, AuditEvent, AuditKeys
 from secure_maas.db.session import write_scope
 from secure_maas.errors import SecureMaasError
 from secure_maas.timeutil import utcnow
-from secure_maas.training import accounting, catalog, events
+from secure_maas.training import accounting, dataset_catalog, events
 from secure_maas.training.accounting import PrivacyReport, RdpCurve
 from secure_maas.training.models import RegisteredDataset, RunStatus, TrainingRun
 
@@ -156,7 +156,7 @@ def curve_of(run: TrainingRun) -> RdpCurve:
 
 def runs_of(session: Session, owner: RegisteredDataset) -> list[TrainingRun]:
     """Every run on `owner`'s budget: on the owner and on each dataset sharing it."""
-    ids = [member.id for member in catalog.budget_members(session, owner)]
+    ids = [member.id for member in dataset_catalog.budget_members(session, owner)]
     return list(
         session.execute(
             sa.select(TrainingRun).where(TrainingRun.dataset_id.in_(ids)).order_by(TrainingRun.id)
@@ -182,8 +182,8 @@ def reserve(
     moment = now or utcnow()
     refusal: BudgetExceeded | NonPrivateRefused | None = None
     with write_scope(engine) as session:
-        dataset = catalog.get_dataset(session, dataset_name, lock=True)
-        owner = catalog.budget_owner(session, dataset, lock=True)
+        dataset = dataset_catalog.get_dataset(session, dataset_name, lock=True)
+        owner = dataset_catalog.budget_owner(session, dataset, lock=True)
         runs = runs_of(session, owner)
         before = spend_of(owner, runs)
         row = _new_run(dataset, plan, actor, moment)
@@ -312,7 +312,7 @@ def abort(
             events.event(
                 AdminAction.TRAIN_RUN,
                 actor,
-                decision=Decision.ERROR,
+                decision=AuditDecision.ERROR,
                 reason_code="aborted",
                 reason=f"run {row.id} aborted, its ε stays counted: {reason}",
                 model=row.model_name,
@@ -332,12 +332,12 @@ class DatasetLedger:
 def report(session: Session, dataset_name: str | None = None) -> list[DatasetLedger]:
     """Every dataset's (or one dataset's) spend and runs."""
     if dataset_name is not None:
-        datasets = [catalog.get_dataset(session, dataset_name)]
+        datasets = [dataset_catalog.get_dataset(session, dataset_name)]
     else:
-        datasets = catalog.list_datasets(session)
+        datasets = dataset_catalog.list_datasets(session)
     found = []
     for dataset in datasets:
-        owner = catalog.budget_owner(session, dataset)
+        owner = dataset_catalog.budget_owner(session, dataset)
         runs = runs_of(session, owner)
         found.append(DatasetLedger(dataset, spend_of(owner, runs), runs))
     return found
@@ -406,7 +406,7 @@ def _reserve_event(
         return events.event(
             AdminAction.TRAIN_RUN,
             actor,
-            decision=Decision.DENY,
+            decision=AuditDecision.DENY,
             reason_code=(
                 "budget-exceeded" if isinstance(refusal, BudgetExceeded) else "non-private-refused"
             ),

@@ -27,8 +27,7 @@ from secure_maas.registry import artifacts, catalog, codec
 from secure_maas.registry.models import ModelVersion
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.timeutil import utcnow
-from secure_maas.training import attack, events
-from secure_maas.training import catalog as datasets_catalog
+from secure_maas.training import attack, dataset_catalog, events
 from secure_maas.training.datasets import SPLIT_METHOD, split
 from secure_maas.training.models import RegisteredDataset, RunStatus, TrainingRun
 
@@ -90,9 +89,9 @@ def check_membership(
                 "trained on cannot be redrawn, so membership cannot be tested"
             )
         seed_split, fraction = run.seed, run.test_fraction
-        owner = datasets_catalog.budget_owner(session, dataset)
+        owner = dataset_catalog.budget_owner(session, dataset)
         delta = float(run.delta if run.delta is not None else owner.delta or 0.0)
-    data = datasets_catalog.load_registered(dataset)
+    data = dataset_catalog.load_registered(dataset)
     train_idx, test_idx = split(data, test_fraction=fraction, seed=seed_split)
     opened = artifacts.open_version(store, keyring, row)
     try:

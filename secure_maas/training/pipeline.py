@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import AuditKeys, Decision
+from secure_maas.audit import AuditDecision, AuditKeys
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.registry import codec
@@ -43,7 +43,15 @@ from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.signature import ServingSignature
 from secure_maas.registry.store import ArtifactStore, check_name
-from secure_maas.training import accounting, architectures, auto, catalog, events, ledger, train
+from secure_maas.training import (
+    accounting,
+    architectures,
+    auto,
+    dataset_catalog,
+    events,
+    ledger,
+    train,
+)
 from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.datasets import (
     COVERED_PREPROCESSING,
@@ -162,18 +170,18 @@ def run_training(
     keyring.active(KeyKind.SERVICE)
     keyring.active(KeyKind.PUBLISHER)
     with session_scope(session_factory(engine)) as session:
-        registered = catalog.get_dataset(session, request.dataset)
-        delta = float(catalog.budget_owner(session, registered).delta or 0.0)
+        registered = dataset_catalog.get_dataset(session, request.dataset)
+        delta = float(dataset_catalog.budget_owner(session, registered).delta or 0.0)
     try:
-        data = catalog.load_registered(registered)
-    except catalog.DataChanged as exc:
+        data = dataset_catalog.load_registered(registered)
+    except dataset_catalog.DataChanged as exc:
         events.record_alone(
             engine,
             audit_keys,
             events.event(
                 AdminAction.TRAIN_RUN,
                 created_by,
-                decision=Decision.DENY,
+                decision=AuditDecision.DENY,
                 reason_code="dataset-changed",
                 reason=str(exc),
                 model=request.model_name,

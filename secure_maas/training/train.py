@@ -53,7 +53,7 @@ from tensorflow_privacy.privacy.keras_models import dp_keras_model
 from secure_maas.errors import SecureMaasError
 from secure_maas.training import accounting, architectures, clipping, dpstats
 from secure_maas.training.accounting import PrivacyReport
-from secure_maas.training.catalog import default_delta
+from secure_maas.training.dataset_catalog import default_delta
 from secure_maas.training.datasets import (
     COVERED_PREPROCESSING,
     Dataset,

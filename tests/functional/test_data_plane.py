@@ -45,7 +45,7 @@ from secure_maas.dataplane.server import DataPlaneServer
 from secure_maas.dataplane.wire import receive
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import Keyring
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.models import Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
@@ -108,7 +108,7 @@ def test_remote_predictions_equal_the_model_and_refusals_cross(plane: DataPlaneS
         np.testing.assert_allclose(served.outputs["probs"], want, rtol=0, atol=1e-6)
         # Served by a version the caller was not allowed: named, not run.
         assert client.predict(ModelRef("digits"), {"x": X}, {1}) == Fallback(2)
-        with pytest.raises(NotFound, match="no model named 'nope'"):
+        with pytest.raises(ModelNotFound, match="no model named 'nope'"):
             client.predict(ModelRef("nope"), {"x": X}, {1})
         with pytest.raises(BatchRefused):
             client.predict(ModelRef("digits"), {"x": np.zeros((2, 3), np.float32)}, {2})
@@ -140,7 +140,7 @@ def test_a_version_the_caller_saw_first_is_looked_for_again(
         assert isinstance(served, Served) and served.version == 1
         want = built.predict("one", X)["probs"]
         np.testing.assert_allclose(served.outputs["probs"], want, rtol=0, atol=1e-6)
-        with pytest.raises(NotFound):  # still a 404 for what does not exist
+        with pytest.raises(ModelNotFound):  # still a 404 for what does not exist
             client.predict(ModelRef("fresh", version=2), {"x": X}, {2})
     finally:
         client.close()

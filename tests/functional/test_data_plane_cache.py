@@ -27,7 +27,7 @@ from secure_maas.db import create_engine
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import Keyring
 from secure_maas.registry import catalog
-from secure_maas.registry.catalog import NotFound
+from secure_maas.registry.catalog import ModelNotFound
 from secure_maas.registry.models import Privacy, VersionStatus
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
@@ -141,7 +141,7 @@ def resolves(cache: ModelCache, ref: str, version: int) -> Callable[[], bool]:
     def check() -> bool:
         try:
             return cache.facts(ref).version == version
-        except NotFound:
+        except ModelNotFound:
             return False
 
     return check
@@ -167,7 +167,7 @@ def test_facts_come_without_weights_then_the_model_serves_its_own_outputs(
     assert facts.dp_epsilon == 1.25 and facts.guarantee()["dp"]["delta"] == 1e-5
     assert facts.signature.input_names == ["x"]
     for missing in ("absent", "m:9", "m@stable"):
-        with pytest.raises(NotFound):
+        with pytest.raises(ModelNotFound):
             cache.facts(missing)
     assert cache.loaded() == [] and events == [] and not cache.ready("m")  # no weights yet
 
@@ -235,7 +235,7 @@ def test_registry_changes_reach_the_cache_within_one_second(
     assert ("model.evicted", {"model": "m", "version": 2, "reason": "disabled",
                               "bytes": cache.facts("m").plaintext_bytes}) in events  # fmt: skip
     for ref in ("m:2", "m@stable"):
-        with pytest.raises(NotFound, match="disabled"):
+        with pytest.raises(ModelNotFound, match="disabled"):
             cache.get(ref)
 
 

@@ -18,7 +18,7 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.db.state import current
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.registry import artifacts, catalog
-from secure_maas.registry.catalog import ModelRef, NotFound
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore, InvalidName, StoreError
@@ -112,11 +112,11 @@ def test_labels_and_status(migrated_engine: Engine, store: ArtifactStore, keyrin
         catalog.set_status(session, "churn", 2, VersionStatus.DISABLED)
     with session_scope(factory) as session:
         assert catalog.resolve(session, ModelRef("churn")).version == 1
-        with pytest.raises(NotFound, match="disabled"):
+        with pytest.raises(ModelNotFound, match="disabled"):
             catalog.resolve(session, ModelRef.parse("churn@stable"))
-        with pytest.raises(NotFound, match="no version 7"):
+        with pytest.raises(ModelNotFound, match="no version 7"):
             catalog.resolve(session, ModelRef("churn", version=7))
-        with pytest.raises(NotFound, match="no model named"):
+        with pytest.raises(ModelNotFound, match="no model named"):
             catalog.resolve(session, ModelRef("absent"))
 
 

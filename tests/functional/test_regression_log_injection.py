@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from secure_maas.audit import AuditEvent, KeyringAuditKeys, append_now
-from secure_maas.audit.events import ActorKind, Decision
+from secure_maas.audit.events import ActorKind, AuditDecision
 from secure_maas.keys import Keyring
 from tests.functional.cli import run_cli
 from tests.functional.serving_support import (
@@ -143,7 +143,7 @@ def test_an_old_record_with_raw_characters_is_printed_escaped(instance: Instance
         action="model:predict",
         actor="mallory",
         actor_kind=ActorKind.USER,
-        decision=Decision.ERROR,
+        decision=AuditDecision.ERROR,
         model="digits",
         reason_code="bad_request",
         reason="plain",

@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 from secure_maas.config import Settings
 from secure_maas.db import create_engine, migrate
 from secure_maas.db.session import session_factory, session_scope
-from secure_maas.training import accounting, catalog, ledger
-from secure_maas.training.catalog import DuplicateData, InvalidBudget
+from secure_maas.training import accounting, dataset_catalog, ledger
+from secure_maas.training.dataset_catalog import DuplicateData, InvalidBudget
 from secure_maas.training.datasets import fingerprint_v1, load_dataset
 from secure_maas.training.ledger import NonPrivateRefused, RunPlan
 from secure_maas.training.models import RegisteredDataset
@@ -40,7 +40,7 @@ def instance(settings: Settings) -> Iterator[Engine]:
 
 
 def register(engine: Engine, settings: Settings, name: str, source: str, **options):
-    return catalog.register_dataset(
+    return dataset_catalog.register_dataset(
         engine, audit_keys(settings), name=name, source=source, actor="tester", **options
     )
 
@@ -140,7 +140,7 @@ def test_budget_of_shares_one_budget_and_one_ledger(
     for extra in ({"epsilon_budget": 1.0}, {"delta": 1e-6}, {"allow_non_private": True}):
         with pytest.raises(InvalidBudget, match="takes its ε, δ and allow-non-private"):
             register(instance, settings, "bc-4", "sklearn:breast_cancer", budget_of="bc", **extra)
-    with pytest.raises(catalog.UnknownDataset):
+    with pytest.raises(dataset_catalog.UnknownDataset):
         register(instance, settings, "bc-5", "sklearn:breast_cancer", budget_of="nope")
     assert datasets(instance) == 3
 
@@ -219,14 +219,14 @@ def test_a_dataset_registered_before_identities_still_trains_on_its_v1_fingerpri
     migrate.upgrade(engine)
     migrate.check(engine)
     with session_scope(session_factory(engine)) as session:
-        row = catalog.get_dataset(session, "wine")
+        row = dataset_catalog.get_dataset(session, "wine")
         assert row.identity is None and row.allow_non_private is False
         assert len(row.split_key) == 64 and row.budget_owner_id is None
-        data = catalog.load_registered(row)
+        data = dataset_catalog.load_registered(row)
         assert data.split_key == bytes.fromhex(row.split_key)
         row.fingerprint = "0" * 64
-        with pytest.raises(catalog.DataChanged):
-            catalog.load_registered(row)
+        with pytest.raises(dataset_catalog.DataChanged):
+            dataset_catalog.load_registered(row)
     migrate.downgrade(engine, "0005")
     migrate.upgrade(engine)
     other = create_engine(settings.database_url)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from secure_maas.config import Settings
 from secure_maas.db.session import session_factory, session_scope
-from secure_maas.training import accounting, catalog, ledger
+from secure_maas.training import accounting, dataset_catalog, ledger
 from secure_maas.training.ledger import BudgetExceeded
 from secure_maas.training.models import RunStatus
 from tests.functional.training_support import (
@@ -34,7 +34,7 @@ def instance(settings: Settings) -> Iterator[Engine]:
 
 
 def register(engine: Engine, settings: Settings, budget: float, name: str = "wine") -> None:
-    catalog.register_dataset(
+    dataset_catalog.register_dataset(
         engine,
         audit_keys(settings),
         name=name,
@@ -212,7 +212,7 @@ def test_changed_data_is_refused_before_planning(
     pipeline = pytest.importorskip("secure_maas.training.pipeline")
     data = tmp_path / "d.csv"
     data.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(60)))
-    catalog.register_dataset(
+    dataset_catalog.register_dataset(
         instance,
         audit_keys(settings),
         name="d",
@@ -223,7 +223,7 @@ def test_changed_data_is_refused_before_planning(
     )
     data.write_text("x,y\n" + "".join(f"{i},{(i + 1) % 2}\n" for i in range(60)))
     request, (store, keyring, keys) = _request_and_tools(settings, pipeline, dataset="d")
-    with pytest.raises(catalog.DataChanged, match="changed since it was registered"):
+    with pytest.raises(dataset_catalog.DataChanged, match="changed since it was registered"):
         pipeline.run_training(instance, store, keyring, keys, request, created_by="tester")
     assert runs(instance) == []
     denied = audit_rows(instance, "train:run")

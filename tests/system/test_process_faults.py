@@ -392,13 +392,19 @@ def runs_of(instance: Instance, model: str) -> list[TrainingRun]:
 def test_a_killed_training_run_publishes_nothing_stays_counted_and_a_rerun_publishes(
     pg_instance: Instance, report: Report
 ) -> None:
-    from secure_maas.training import catalog, ledger
+    from secure_maas.training import dataset_catalog, ledger
 
     instance = pg_instance
     model = "faults-doomed"
     keys = KeyringAuditKeys(Keyring.open(instance.settings.keys_dir))
-    catalog.register_dataset(instance.engine, keys, name=DATASET, source="sklearn:breast_cancer",
-                             epsilon_budget=BUDGET, actor="tests")  # fmt: skip
+    dataset_catalog.register_dataset(
+        instance.engine,
+        keys,
+        name=DATASET,
+        source="sklearn:breast_cancer",
+        epsilon_budget=BUDGET,
+        actor="tests",
+    )
     first_seq = last_seq(instance)
     child = start(instance, "train", "--dataset", DATASET, "--model-name", model,
                   "--target-epsilon", "2", *TINY, "--epochs", "2000")  # fmt: skip

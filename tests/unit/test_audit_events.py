@@ -7,8 +7,8 @@ import pytest
 from secure_maas.actions import Action, AdminAction
 from secure_maas.audit import (
     ActorKind,
+    AuditDecision,
     AuditEvent,
-    Decision,
     InvalidAuditEvent,
     body_digest,
     parse_head,
@@ -25,7 +25,7 @@ def test_a_valid_event_keeps_plain_strings() -> None:
         action=Action.MODEL_PREDICT,
         actor="alice",
         actor_kind=ActorKind.USER,
-        decision=Decision.DENY,
+        decision=AuditDecision.DENY,
         body_sha256=body_digest(b'{"instances": [[1, 2]]}'),
         latency_ms=12.3456,
     )

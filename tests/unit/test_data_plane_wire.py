@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from secure_maas.actions import Action
-from secure_maas.audit import ActorKind, AuditEvent, Decision
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.audit.events import InvalidAuditEvent
 from secure_maas.dataplane import events
 from secure_maas.dataplane.wire import MAX_HEAD_BYTES, PREFIX, WireError, receive, send
@@ -123,7 +123,7 @@ def event(**extra: Any) -> AuditEvent:
         "action": Action.MODEL_PREDICT,
         "actor": "alice\x1b[31m",
         "actor_kind": ActorKind.USER,
-        "decision": Decision.DENY,
+        "decision": AuditDecision.DENY,
         "model": "digits",
         "model_version": 2,
         "reason_code": "not_visible",

@@ -182,7 +182,7 @@ def test_calibration_leaves_room_for_the_statistics() -> None:
     ],
 )
 def test_default_delta_is_a_power_of_ten_below_one_over_n(n, delta) -> None:
-    from secure_maas.training.catalog import default_delta
+    from secure_maas.training.dataset_catalog import default_delta
 
     assert default_delta(n) == delta
     assert default_delta(n) < 1 / n

@@ -24,7 +24,7 @@ import re
 from flask import Blueprint, Response, jsonify, request
 
 from secure_maas.actions import Action
-from secure_maas.audit import AuditFilter, Decision, parse_time, verify_database
+from secure_maas.audit import AuditDecision, AuditFilter, parse_time, verify_database
 from secure_maas.audit.events import LIMITS
 from secure_maas.audit.query import list_events, read_snapshot
 from secure_maas.serving.errors import ApiError
@@ -78,7 +78,7 @@ def _filter(call: Call) -> AuditFilter:
         except ValueError as exc:
             raise ApiError(400, f"{name}: {exc}") from None
     decision = request.args.get("decision")
-    if decision is not None and decision not in Decision._value2member_map_:
+    if decision is not None and decision not in AuditDecision._value2member_map_:
         raise ApiError(400, "decision must be one of allow, deny, error")
     return AuditFilter(
         since=moments["since"],

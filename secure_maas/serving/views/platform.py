@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from secure_maas.actions import Action
-from secure_maas.dataplane.cache import ModelFacts
+from secure_maas.dataplane.cache import VersionFacts
 from secure_maas.registry.disclosure import public_guarantee
 from secure_maas.serving.pipeline import Call, guarded
 from secure_maas.serving.refs import Api
@@ -20,7 +20,7 @@ from secure_maas.serving.refs import Api
 bp = Blueprint("platform", __name__, url_prefix="/v1")
 
 
-def _version(facts: ModelFacts) -> dict[str, Any]:
+def _version(facts: VersionFacts) -> dict[str, Any]:
     dp = public_guarantee(facts.privacy, facts.dp) or {}
     return {
         "version": facts.version,

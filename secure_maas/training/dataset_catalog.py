@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from secure_maas.actions import AdminAction
-from secure_maas.audit import AuditEvent, AuditKeys, Decision
+from secure_maas.audit import AuditDecision, AuditEvent, AuditKeys
 from secure_maas.db.session import write_scope
 from secure_maas.errors import SecureMaasError
 from secure_maas.registry.store import NAME_PATTERN
@@ -242,7 +242,7 @@ def _duplicate_event(
     return events.event(
         AdminAction.DATASET_REGISTER,
         actor,
-        decision=Decision.DENY,
+        decision=AuditDecision.DENY,
         reason_code="duplicate-data",
         reason=f"dataset {name!r} from {source}: {refusal}",
         detail={"dataset": name, "existing": refusal.existing, "identity": data.identity},
