@@ -14,13 +14,12 @@ import click
 from secure_maas.audit import KeyringAuditKeys
 from secure_maas.cli.context import AppContext
 from secure_maas.cli.recording import os_user
+from secure_maas.training import options
 
 if TYPE_CHECKING:
     from secure_maas.training.ledger import Reservation
     from secure_maas.training.pipeline import Outcome, Plan
     from secure_maas.training.train import EpochProgress
-
-ARCHITECTURES = ("mlp", "cnn", "lstm", "gru", "transformer")
 
 
 def _ints(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -119,7 +118,9 @@ def _report(outcome: Outcome) -> None:
 @click.command()
 @click.option("--dataset", "dataset_name", required=True, help="A registered dataset.")
 @click.option("--model-name", required=True, help="Publish as the next version of this model.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), required=True, help="Architecture.")
+@click.option(
+    "--arch", type=click.Choice(options.ARCHITECTURES), required=True, help="Architecture."
+)
 @click.option(
     "--noise-multiplier", type=float, help="DP-SGD noise multiplier (noise std / clip norm)."
 )
@@ -136,7 +137,7 @@ def _report(outcome: Outcome) -> None:
 @click.option("--learning-rate", type=float, help="Learning rate.  [default: 0.05]")
 @click.option(
     "--optimizer",
-    type=click.Choice(["sgd", "momentum", "adam"]),
+    type=click.Choice(options.OPTIMIZERS),
     help="sgd, momentum (SGD, 0.9) or adam.  [default: momentum]",
 )
 @click.option("--units", callback=_ints, help="mlp: widths (128 or 64,32); lstm/gru: one width.")
@@ -159,7 +160,7 @@ def _report(outcome: Outcome) -> None:
 @click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Held out.")
 @click.option(
     "--preprocessing",
-    type=click.Choice(["auto", "public-range", "dp-standardize", "standardize", "none"]),
+    type=click.Choice(options.PREPROCESSING),
     default="auto",
     show_default=True,
     help="Input scaling. auto: the public range when known (format or --feature-range at "
@@ -173,7 +174,7 @@ def _report(outcome: Outcome) -> None:
 )
 @click.option(
     "--clipping-path",
-    type=click.Choice(["auto", "fast", "per-example"]),
+    type=click.Choice(options.CLIPPING_PATHS),
     default="auto",
     show_default=True,
     help="fast (ghost) clipping when every layer allows it, else per-example; logged.",

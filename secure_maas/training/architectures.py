@@ -23,30 +23,11 @@ import tensorflow as tf
 
 from secure_maas.errors import SecureMaasError
 from secure_maas.training.datasets import Preprocessing, image_shape, sequence_shape
+from secure_maas.training.options import ARCHITECTURES, DEFAULT_SIZES
 
 INPUT_NAME = "features"
 LOGITS_NAME = "logits"
 OUTPUT_NAME = "probabilities"
-
-DEFAULT_SIZES: dict[str, dict[str, Any]] = {
-    "mlp": {"units": (128,), "activation": "tanh"},
-    "cnn": {
-        "filters": (16, 32),
-        "kernel_size": 3,
-        "dense_units": 32,
-        "activation": "tanh",
-    },
-    "lstm": {"units": 32},
-    "gru": {"units": 32},
-    "transformer": {
-        "model_dim": 32,
-        "heads": 2,
-        "ff_units": 64,
-        "blocks": 1,
-        "activation": "gelu",
-    },
-}
-ARCHITECTURES = tuple(DEFAULT_SIZES)
 
 
 class ArchitectureError(SecureMaasError):

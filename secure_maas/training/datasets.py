@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 
 from secure_maas.errors import SecureMaasError
 from secure_maas.training import dpstats
+from secure_maas.training.options import PREPROCESSING
 
 FINGERPRINT_FORMAT = "secure-maas/dataset-fingerprint/v2"
 FINGERPRINT_FORMAT_V1 = "secure-maas/dataset-fingerprint/v1"
@@ -56,9 +57,6 @@ SPLIT_METHOD = SPLIT_CONTEXT.decode()
 #: The split key of data that has none of its own (library use, not a registered dataset).
 PUBLIC_SPLIT_KEY = b"secure-maas/public-split-key"
 BUNDLED = ("digits", "breast_cancer", "wine")
-PREPROCESSING = ("auto", "public-range", "dp-standardize", "standardize", "none")
-#: Preprocessing whose output depends on no example, or on examples only through a DP release.
-COVERED_PREPROCESSING = ("public-range", "dp-standardize", "none")
 
 ValueRange = tuple["NDArray[np.float64]", "NDArray[np.float64]"]
 

@@ -50,18 +50,18 @@ from secure_maas.training import (
     dataset_catalog,
     events,
     ledger,
+    options,
     train,
 )
 from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.datasets import (
-    COVERED_PREPROCESSING,
-    PREPROCESSING,
     SPLIT_METHOD,
     Dataset,
     resolve_preprocessing,
     split,
 )
 from secure_maas.training.models import RegisteredDataset
+from secure_maas.training.options import COVERED_PREPROCESSING, PREPROCESSING
 from secure_maas.training.train import (
     ProgressCallback,
     TrainingError,
@@ -534,10 +534,10 @@ def _abort(engine: Engine, keys: AuditKeys, run_id: int, exc: BaseException, act
 
 
 def _check_request(request: TrainingRequest) -> None:
-    if request.arch not in architectures.ARCHITECTURES:
+    if request.arch not in options.ARCHITECTURES:
         raise TrainingError(
             f"unknown architecture {request.arch!r}; choose one of "
-            f"{', '.join(architectures.ARCHITECTURES)}"
+            f"{', '.join(options.ARCHITECTURES)}"
         )
     if request.dp:
         if request.noise_multiplier is None and request.target_epsilon is None:
@@ -554,13 +554,13 @@ def _check_request(request: TrainingRequest) -> None:
             raise TrainingError("the target ε must be a positive number")
     elif request.noise_multiplier is not None or request.target_epsilon is not None or request.auto:
         raise TrainingError("--no-dp takes no noise multiplier, target ε or --auto")
-    if request.optimizer is not None and request.optimizer not in train.OPTIMIZERS:
-        raise TrainingError(f"unknown optimizer {request.optimizer!r}; use {train.OPTIMIZERS}")
+    if request.optimizer is not None and request.optimizer not in options.OPTIMIZERS:
+        raise TrainingError(f"unknown optimizer {request.optimizer!r}; use {options.OPTIMIZERS}")
     if request.learning_rate is not None and not (
         math.isfinite(request.learning_rate) and request.learning_rate > 0
     ):
         raise TrainingError("the learning rate must be a positive number")
-    if request.clipping_path not in train.CLIPPING_PATHS:
+    if request.clipping_path not in options.CLIPPING_PATHS:
         raise TrainingError(f"unknown clipping path {request.clipping_path!r}")
     if request.preprocessing not in PREPROCESSING:
         raise TrainingError(f"unknown preprocessing {request.preprocessing!r}")

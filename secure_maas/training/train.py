@@ -51,23 +51,25 @@ from numpy.typing import NDArray
 from tensorflow_privacy.privacy.keras_models import dp_keras_model
 
 from secure_maas.errors import SecureMaasError
-from secure_maas.training import accounting, architectures, clipping, dpstats
+from secure_maas.training import accounting, architectures, clipping, dpstats, options
 from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.dataset_catalog import default_delta
 from secure_maas.training.datasets import (
-    COVERED_PREPROCESSING,
     Dataset,
     Preprocessing,
     preprocessing_for,
     resolve_preprocessing,
     split,
 )
+from secure_maas.training.options import (
+    CLIPPING_PATHS,
+    COVERED_PREPROCESSING,
+    OPTIMIZERS,
+)
 
 logger = logging.getLogger(__name__)
 
 NON_PRIVATE = "non-private"
-OPTIMIZERS = ("sgd", "momentum", "adam")
-CLIPPING_PATHS = ("auto", "fast", "per-example")
 
 
 class TrainingError(SecureMaasError):
@@ -178,10 +180,8 @@ def train(
     """
     started = time.monotonic()
     sizes = dict(sizes or {})
-    if arch not in architectures.ARCHITECTURES:
-        raise TrainingError(
-            f"unknown architecture {arch!r}; choose one of {architectures.ARCHITECTURES}"
-        )
+    if arch not in options.ARCHITECTURES:
+        raise TrainingError(f"unknown architecture {arch!r}; choose one of {options.ARCHITECTURES}")
     if optimizer not in OPTIMIZERS:
         raise TrainingError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     if not learning_rate > 0:

@@ -39,7 +39,7 @@ tf = pytest.importorskip("tensorflow")
 
 from tensorflow_privacy.privacy.keras_models import dp_keras_model  # noqa: E402
 
-from secure_maas.training import architectures, clipping, train  # noqa: E402
+from secure_maas.training import architectures, clipping, options, train  # noqa: E402
 
 CLIP = 1.0  # large next to the float32 rounding of the weights (|w| < 2: ulp <= 2.4e-7)
 TOLERANCE = 1e-6
@@ -265,7 +265,7 @@ def test_dp_incompatible_reason_names_batch_normalization() -> None:
     assert reason is not None and "td_bn (BatchNormalization)" in reason
 
 
-@pytest.mark.parametrize("arch", architectures.ARCHITECTURES)
+@pytest.mark.parametrize("arch", options.ARCHITECTURES)
 def test_the_project_architectures_are_dp_compatible_and_fast(arch) -> None:
     model = architectures.build_model(arch, (8, 8), 4)
     assert clipping.dp_incompatible_reason(model) is None
