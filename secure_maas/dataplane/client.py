@@ -28,8 +28,8 @@ from typing import Protocol
 from secure_maas.audit import AuditEvent, AuditUnavailable
 from secure_maas.dataplane import events
 from secure_maas.dataplane.batcher import BatchRefused, QueueFull
-from secure_maas.dataplane.cache import ModelUnavailable
 from secure_maas.dataplane.devices import route
+from secure_maas.dataplane.loaded import ModelUnavailable
 from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable

@@ -16,7 +16,7 @@ from typing import Any
 from secure_maas.actions import AdminAction
 from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.audit.chain import SERVICE_ACTOR
-from secure_maas.dataplane.cache import EVENT_REFUSED
+from secure_maas.dataplane.reports import EVENT_REFUSED
 
 #: The id of the request being served on this thread (None outside requests, e.g. preload).
 current_request_id: ContextVar[str | None] = ContextVar("secure_maas_request_id", default=None)

@@ -34,9 +34,9 @@ from secure_maas.audit import AuditUnavailable
 from secure_maas.config import Settings
 from secure_maas.dataplane import events
 from secure_maas.dataplane.batcher import BatcherClosed, BatchRefused, QueueFull
-from secure_maas.dataplane.cache import ModelUnavailable
 from secure_maas.dataplane.devices import VISIBLE
 from secure_maas.dataplane.host import ModelHost
+from secure_maas.dataplane.loaded import ModelUnavailable
 from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Array, Fallback, LocalDataPlane
 from secure_maas.dataplane.wire import Head, WireError, receive, send

@@ -47,8 +47,9 @@ from secure_maas.auth.keyset import KeySetError
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
 from secure_maas.dataplane.batcher import Array, BatcherClosed, BatchRefused, QueueFull
-from secure_maas.dataplane.cache import ModelUnavailable, VersionFacts
 from secure_maas.dataplane.client import AuditUnconfirmed
+from secure_maas.dataplane.facts import VersionFacts
+from secure_maas.dataplane.loaded import ModelUnavailable
 from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Fallback, Served
 from secure_maas.errors import SecureMaasError

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from secure_maas.actions import Action
-from secure_maas.dataplane.cache import VersionFacts
+from secure_maas.dataplane.facts import VersionFacts
 from secure_maas.registry.disclosure import public_guarantee
 from secure_maas.serving.pipeline import Call, guarded
 from secure_maas.serving.refs import Api
