@@ -5,6 +5,7 @@
 - `times`: the one canonical time text that is MAC'd, stored and compared.
 - `chain`: one global HMAC-SHA256 chain serialised by the database; `append_now`.
 - `writer`: `AuditWriter`, group commit for request threads.
+- `sink`: `AuditSink`, what a process appends to (the writer, or a fake in tests).
 - `keys`, `rotation`: audit keys in generations, each bounded by its rotation point.
 - `verify`, `query`, `stats`, `export`, `prune`: what auditors run.
 
@@ -34,6 +35,7 @@ from secure_maas.audit.keys import (
 )
 from secure_maas.audit.parallel import verify_database
 from secure_maas.audit.query import AuditFilter, parse_time
+from secure_maas.audit.sink import AuditSink
 from secure_maas.audit.verify import VerifyReport, parse_head, verify
 from secure_maas.audit.writer import AuditWriter
 
@@ -44,6 +46,7 @@ __all__ = [
     "AuditFilter",
     "AuditKeys",
     "AuditRecord",
+    "AuditSink",
     "AuditUnavailable",
     "AuditWriter",
     "Head",

@@ -23,9 +23,8 @@ import socket
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
-from secure_maas.audit import AuditEvent, AuditUnavailable
+from secure_maas.audit import AuditEvent, AuditSink, AuditUnavailable
 from secure_maas.dataplane import events
 from secure_maas.dataplane.batcher import BatchRefused, QueueFull
 from secure_maas.dataplane.devices import route
@@ -218,23 +217,15 @@ class RoutedDataPlane:
             plane.close()
 
 
-class AuditSinkLike(Protocol):
-    """What `InstanceAudit` needs of a local writer (an `AuditWriter`)."""
-
-    def append(self, event: AuditEvent) -> object: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
-
-
 class InstanceAudit:
     """The audit sink of a worker: the instance's writer, a local one when it is unreachable."""
 
     def __init__(
-        self, plane: RemoteDataPlane | RoutedDataPlane, local: Callable[[], AuditSinkLike]
+        self, plane: RemoteDataPlane | RoutedDataPlane, local: Callable[[], AuditSink]
     ) -> None:
         self._plane = plane
         self._make_local = local
-        self._local: AuditSinkLike | None = None
+        self._local: AuditSink | None = None
         self._lock = threading.Lock()
 
     def append(self, event: AuditEvent) -> None:
@@ -254,7 +245,7 @@ class InstanceAudit:
         if local is not None:
             local.close(timeout)
 
-    def _fallback(self) -> AuditSinkLike:
+    def _fallback(self) -> AuditSink:
         with self._lock:
             if self._local is None:
                 self._local = self._make_local()

@@ -14,6 +14,10 @@ is the instance's writer (`InstanceAudit`).
 
 The model cache's reports become `model:load` audit events (`dataplane.loads`), counted in
 the metrics too.
+
+The audit sink (`audit.AuditSink`) and the access policy (`AccessPolicy`) are protocols: `build`
+wires the production ones, and a test that needs one to fail passes a fake in a `Services` of
+its own (`dataclasses.replace`) to `create_app(services=...)`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 
-from secure_maas.audit import AuditEvent, AuditWriter, KeyringAuditKeys
+from secure_maas.actions import Action
+from secure_maas.audit import AuditSink, AuditWriter, KeyringAuditKeys
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.auth.verify import Verifier
 from secure_maas.config import Settings
@@ -34,6 +39,7 @@ from secure_maas.dataplane.cache import ModelCache
 from secure_maas.dataplane.loads import model_load_event
 from secure_maas.db import create_engine
 from secure_maas.keys import Keyring
+from secure_maas.policy import Decision, ModelFacts, Requester, RequestFacts
 from secure_maas.policy.leases import QuotaLeases
 from secure_maas.policy.live import PolicyCache
 from secure_maas.serving.metrics import Metrics
@@ -44,12 +50,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class AuditSink(Protocol):
-    """Where a process's audit events go: `append` returns once the event is committed."""
+class AccessPolicy(Protocol):
+    """What the pipeline asks of the access policy: one decision per request (`PolicyCache`,
+    which rebuilds from the database; a test may hand in one whose database is down)."""
 
-    def append(self, event: AuditEvent) -> object: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
+    def decide(
+        self,
+        principal: Requester,
+        action: Action,
+        model: ModelFacts | None,
+        facts: RequestFacts,
+    ) -> Decision: ...
 
 
 @dataclass
@@ -59,7 +70,7 @@ class Services:
     settings: Settings
     engine: Engine
     verifier: Verifier
-    policy: PolicyCache
+    policy: AccessPolicy
     audit_keys: AuditKeys
     audit: AuditSink
     cache: ModelCache

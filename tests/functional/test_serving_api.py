@@ -5,6 +5,7 @@ OpenAPI document and the metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 from werkzeug.test import TestResponse
 
-from secure_maas.audit import AuditUnavailable, verify_database
+from secure_maas.actions import Action
+from secure_maas.audit import AuditEvent, AuditUnavailable, verify_database
+from secure_maas.policy import Decision, ModelFacts, Requester, RequestFacts
 from secure_maas.serving.app import close_app, create_app, services_of
 from secure_maas.serving.openapi import document
 from tests.functional.serving_support import (
@@ -503,15 +507,33 @@ def test_audit_endpoints_filter_page_and_verify(client: FlaskClient, instance: I
     assert client.get("/admin/audit/verify", headers=instance.headers("alice")).status_code == 403
 
 
-def test_a_failed_audit_write_turns_any_answer_into_503(
-    client: FlaskClient, instance: Instance, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    services = services_of(client.application)
+class FullDiskAudit:
+    """An audit sink (`AuditSink`) whose every write fails, as a full disk makes it."""
 
-    def broken(*_args: Any, **_kwargs: Any) -> Any:
+    def append(self, event: AuditEvent) -> object:
         raise AuditUnavailable("audit log write failed: disk full")
 
-    monkeypatch.setattr(services.audit, "append", broken)
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+class DatabaseDownPolicy:
+    """An access policy (`AccessPolicy`) whose database does not answer."""
+
+    def decide(
+        self, principal: Requester, action: Action, model: ModelFacts | None, facts: RequestFacts
+    ) -> Decision:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+
+def client_with(app: Flask, **fakes: Any) -> FlaskClient:
+    """A client of an app over `app`'s services but for `fakes` (that app owns nothing, so
+    nothing needs closing; `app` itself is left as it was)."""
+    return create_app(services=dataclasses.replace(services_of(app), **fakes)).test_client()
+
+
+def test_a_failed_audit_write_turns_any_answer_into_503(app: Flask, instance: Instance) -> None:
+    client = client_with(app, audit=FullDiskAudit())
     for who, path in (("alice", PREDICT), ("eve", PREDICT), (None, PREDICT)):
         headers = instance.headers(who) if who else {}
         answer = post(client, path, GOOD, headers)
@@ -519,23 +541,13 @@ def test_a_failed_audit_write_turns_any_answer_into_503(
         assert answer.json == {"error": "service unavailable"}
 
 
-def test_unreadable_state_fails_closed(
-    client: FlaskClient, instance: Instance, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sqlalchemy.exc import OperationalError
-
-    services = services_of(client.application)
-
-    def down(*_args: Any, **_kwargs: Any) -> Any:
-        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
-
-    monkeypatch.setattr(services.policy, "decide", down)
-    answer = post(client, PREDICT, GOOD, instance.headers("alice"))
+def test_unreadable_state_fails_closed(app: Flask, client: FlaskClient, instance: Instance) -> None:
+    down = client_with(app, policy=DatabaseDownPolicy())
+    answer = post(down, PREDICT, GOOD, instance.headers("alice"))
     assert answer.status_code == 503 and answer.json == {"error": "service unavailable"}
     rid = answer.headers["X-Request-Id"]
     [event] = by_request(instance.engine, {rid})[rid]
     assert event.decision == "error" and event.reason_code == "unavailable"
-    monkeypatch.undo()
     assert post(client, PREDICT, GOOD, instance.headers("alice")).status_code == 200
 
 
