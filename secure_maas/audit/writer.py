@@ -110,6 +110,12 @@ class AuditWriter:
             raise AuditUnavailable("audit write finished without a record")
         return pending.record
 
+    def pending(self) -> int:
+        """How many events wait for the background thread to take them (not those in the
+        batch it is committing): what a test or a metric may watch, without the queue."""
+        with self._cond:
+            return len(self._queue)
+
     def close(self, timeout: float | None = None) -> None:
         """Refuse new events, write every queued one, and stop the background thread."""
         with self._cond:

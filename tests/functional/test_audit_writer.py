@@ -71,7 +71,7 @@ def test_group_commit_puts_many_waiting_events_in_one_transaction(
     with ThreadPoolExecutor(50) as pool:
         futures = [pool.submit(writer.append, event(i)) for i in range(50)]
         deadline = time.monotonic() + 10
-        while len(writer._queue) < 49 and time.monotonic() < deadline:
+        while writer.pending() < 49 and time.monotonic() < deadline:
             time.sleep(0.01)
         transaction.commit()  # release the chain's lock: the queue drains in one batch
         blocker.close()
