@@ -42,7 +42,7 @@ from secure_maas.dataplane.reports import (
 from secure_maas.db.watch import POLL_INTERVAL_S
 from secure_maas.keys import Keyring
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import ArtifactStore, SealedStore
 
 __all__ = [
     "EVENT_EVICTED",
@@ -73,7 +73,7 @@ class ModelCache:
     def __init__(
         self,
         engine: Engine,
-        store: ArtifactStore,
+        store: SealedStore,
         keyring_loader: Callable[[], Keyring],
         max_bytes: int,
         on_event: OnEvent | None = None,

@@ -36,7 +36,7 @@ from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion
 from secure_maas.registry.signature import InvalidModelData
 from secure_maas.registry.signed import HeaderCache, SignedFacts, header_facts, reconcile
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import SealedStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class CatalogView:
     def __init__(
         self,
         engine: Engine,
-        store: ArtifactStore,
+        store: SealedStore,
         keyring_loader: Callable[[], Keyring],
         on_event: OnEvent | None = None,
         *,
@@ -170,7 +170,7 @@ class CatalogView:
 
 def read_snapshot(
     factory: SessionFactory,
-    store: ArtifactStore,
+    store: SealedStore,
     trusted: Mapping[str, PublicKey],
     headers: HeaderCache,
 ) -> Snapshot:
@@ -200,7 +200,7 @@ def read_snapshot(
 
 
 def _signed(
-    store: ArtifactStore,
+    store: SealedStore,
     trusted: Mapping[str, PublicKey],
     headers: HeaderCache,
     row: ModelVersion,

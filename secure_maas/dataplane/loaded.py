@@ -44,7 +44,7 @@ from secure_maas.keys import Keyring
 from secure_maas.registry.artifacts import open_version
 from secure_maas.registry.catalog import ModelNotFound
 from secure_maas.registry.models import ModelVersion
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import SealedStore
 
 if TYPE_CHECKING:
     from secure_maas.registry.codec import LoadedModel
@@ -82,7 +82,7 @@ class LoadedModels:
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],
-        store: ArtifactStore,
+        store: SealedStore,
         keyring_loader: Callable[[], Keyring],
         max_bytes: int,
         on_event: OnEvent | None = None,

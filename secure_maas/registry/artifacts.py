@@ -34,7 +34,7 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.registry.models import Model, ModelVersion
 from secure_maas.registry.signed import SignedFacts, check_row, header_facts
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import SealedStore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _check_row(row: ModelVersion, checked: Verified | Attested) -> SignedFacts:
     return check_row(row, checked.header, checked.publisher_key_id)
 
 
-def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Opened:
+def open_version(store: SealedStore, keyring: Keyring, row: ModelVersion) -> Opened:
     """Verify and decrypt one version into memory (the caller wipes it after loading).
 
     The row is checked against the verified header (`signed.check_row`): a row whose privacy,
@@ -72,7 +72,7 @@ def open_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> O
 
 
 def signed_facts(
-    store: ArtifactStore,
+    store: SealedStore,
     keyring: Keyring,
     row: ModelVersion,
     *,
@@ -100,7 +100,7 @@ def signed_facts(
     return _check_row(row, attested)
 
 
-def verify_version(store: ArtifactStore, keyring: Keyring, row: ModelVersion) -> Verified:
+def verify_version(store: SealedStore, keyring: Keyring, row: ModelVersion) -> Verified:
     """Every check of `open_version` without keeping the plaintext (for `models verify`)."""
     private_keys, trusted = keyring.service_private_keys(), keyring.trusted_publishers()
     with store.reading(row.artifact_path) as handle:
@@ -140,7 +140,7 @@ def _rows(session: Session, name: str | None) -> list[ModelVersion]:
 
 
 def verify_all(
-    session: Session, store: ArtifactStore, keyring: Keyring, name: str | None = None
+    session: Session, store: SealedStore, keyring: Keyring, name: str | None = None
 ) -> Iterator[Finding]:
     """Check every artifact (or those of `name`), then report files that no row references.
 
@@ -178,7 +178,7 @@ class RewrapReport:
     already: list[str]
 
 
-def rewrap_all(engine: Engine, store: ArtifactStore, keyring: Keyring) -> RewrapReport:
+def rewrap_all(engine: Engine, store: SealedStore, keyring: Keyring) -> RewrapReport:
     """Move every artifact's data key to the active service key, without touching bodies.
 
     Idempotent and restartable: each file is judged by the key its keyblock names (not by the

@@ -35,7 +35,7 @@ from secure_maas.db.state import bump
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import KeyKind, Keyring
 from secure_maas.registry.models import MODELS_SCOPE, Model, ModelVersion, Privacy
-from secure_maas.registry.store import ArtifactStore, check_name
+from secure_maas.registry.store import SealedStore, check_name
 from secure_maas.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _lock_model(session: Session, name: str, actor: str, now: datetime) -> Model
 
 
 def _check_written(
-    store: ArtifactStore,
+    store: SealedStore,
     relative: str,
     keyring: Keyring,
     service_id: str,
@@ -134,7 +134,7 @@ def _check_written(
 
 def publish(
     engine: Engine,
-    store: ArtifactStore,
+    store: SealedStore,
     keyring: Keyring,
     *,
     name: str,

@@ -30,7 +30,7 @@ from typing import Any
 from secure_maas.crypto import Attested, Header, InvalidArtifact, PublicKey, authenticate_header
 from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import DP_FIELDS
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import SealedStore
 
 #: Codes of `InvalidArtifact` raised here.
 ROW_MISMATCH = "row_mismatch"
@@ -172,7 +172,7 @@ class HeaderCache:
         self._entries: dict[tuple[Any, ...], tuple[str, Attested]] = {}
 
     def attest(
-        self, store: ArtifactStore, trusted: Mapping[str, PublicKey], row: ModelVersion
+        self, store: SealedStore, trusted: Mapping[str, PublicKey], row: ModelVersion
     ) -> Attested:
         """`row`'s header, authenticated with the row's ciphertext digest (`InvalidArtifact`
         if it cannot be); the rest of the row is not compared here (see `reconcile`)."""

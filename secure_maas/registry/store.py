@@ -7,6 +7,10 @@ complete new file and renames it over the old one. A write killed outright (SIGK
 no `finally` runs) leaves its hidden temp file `.<version>.sealed.<random>.tmp` behind; the next
 write of the same artifact removes it (the next publish of that version, the next `rewrap` of
 that file), so an interrupted write is cleaned up by simply running the command again.
+
+`SealedStore` is what publishing, loading, verifying and rewrapping need of a store; the one
+implementation is `ArtifactStore`, and tests hand in fakes (a disk that lies on read, a rewrap
+interrupted halfway) through it rather than patching the class.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from secure_maas.atomic import fsync_dir
 from secure_maas.crypto import InvalidArtifact
@@ -56,8 +60,37 @@ def check_version(version: int) -> int:
     return version
 
 
+class SealedStore(Protocol):
+    """The sealed artifact files, addressed by paths relative to the store (see `ArtifactStore`
+    for each method's contract: atomic writes, reads refused as `InvalidArtifact`)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def relative_path(self, name: str, version: int) -> str: ...
+
+    def write(self, name: str, version: int, produce: Callable[[BinaryIO], None]) -> Path: ...
+
+    def replace(
+        self,
+        relative: str,
+        produce: Callable[[BinaryIO], None],
+        check: Callable[[Path], None],
+    ) -> Path: ...
+
+    def reading(self, relative: str) -> AbstractContextManager[io.BufferedReader]: ...
+
+    def open(self, relative: str) -> io.BufferedReader: ...
+
+    def remove(self, relative: str) -> None: ...
+
+    def files(self) -> Iterator[str]: ...
+
+
 @dataclass(frozen=True)
 class ArtifactStore:
+    """The store on a filesystem path: the `SealedStore` the service and the CLI use."""
+
     root: Path
 
     def relative_path(self, name: str, version: int) -> str:

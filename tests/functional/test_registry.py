@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +25,7 @@ from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import Provenance, publish
-from secure_maas.registry.store import ArtifactStore, InvalidName, StoreError
+from secure_maas.registry.store import ArtifactStore, InvalidName, SealedStore, StoreError
 
 SIGNATURE = {"inputs": [{"name": "x", "shape": [None, 4], "dtype": "float32"}], "outputs": []}
 IMPORTED = Provenance(Privacy.IMPORTED)
@@ -40,7 +44,7 @@ def store(settings: Settings) -> ArtifactStore:
 
 def put(
     engine: Engine,
-    store: ArtifactStore,
+    store: SealedStore,
     keyring: Keyring,
     name: str,
     payload: bytes,
@@ -56,6 +60,66 @@ def put(
         provenance=provenance,
         created_by="tester",
     )
+
+
+class ThroughStore:
+    """A `SealedStore` that hands every call to a real one; a fake overrides what it fakes."""
+
+    def __init__(self, real: ArtifactStore) -> None:
+        self.real = real
+
+    @property
+    def root(self) -> Path:
+        return self.real.root
+
+    def relative_path(self, name: str, version: int) -> str:
+        return self.real.relative_path(name, version)
+
+    def write(self, name: str, version: int, produce: Callable[[BinaryIO], None]) -> Path:
+        return self.real.write(name, version, produce)
+
+    def replace(
+        self, relative: str, produce: Callable[[BinaryIO], None], check: Callable[[Path], None]
+    ) -> Path:
+        return self.real.replace(relative, produce, check)
+
+    def reading(self, relative: str) -> AbstractContextManager[io.BufferedReader]:
+        return self.real.reading(relative)
+
+    def open(self, relative: str) -> io.BufferedReader:
+        return self.real.open(relative)
+
+    def remove(self, relative: str) -> None:
+        self.real.remove(relative)
+
+    def files(self) -> Iterator[str]:
+        return self.real.files()
+
+
+class LyingDisk(ThroughStore):
+    """A disk that reads back other bytes than were written (the last one flipped)."""
+
+    def open(self, relative: str) -> io.BufferedReader:
+        with self.real.open(relative) as handle:
+            data = bytearray(handle.read())
+        data[-1] ^= 0x01
+        return io.BufferedReader(io.BytesIO(bytes(data)))
+
+
+class InterruptedAtSecondReplace(ThroughStore):
+    """The operator's ^C in the middle of a run: the second file replaced never is."""
+
+    def __init__(self, real: ArtifactStore) -> None:
+        super().__init__(real)
+        self.replaced = 0
+
+    def replace(
+        self, relative: str, produce: Callable[[BinaryIO], None], check: Callable[[Path], None]
+    ) -> Path:
+        self.replaced += 1
+        if self.replaced == 2:
+            raise KeyboardInterrupt
+        return super().replace(relative, produce, check)
 
 
 def row_of(engine: Engine, ref: str) -> ModelVersion:
@@ -155,19 +219,11 @@ def test_concurrent_publishes_get_distinct_versions(
 
 
 def test_failed_publish_leaves_nothing(
-    migrated_engine: Engine,
-    store: ArtifactStore,
-    keyring: Keyring,
-    monkeypatch: pytest.MonkeyPatch,
+    migrated_engine: Engine, store: ArtifactStore, keyring: Keyring
 ) -> None:
     put(migrated_engine, store, keyring, "m", b"kept")
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise InvalidArtifact("io", "simulated disk corruption")
-
-    monkeypatch.setattr("secure_maas.registry.publish.verify_artifact", broken)
-    with pytest.raises(InvalidArtifact):
-        put(migrated_engine, store, keyring, "m", b"lost")
+    with pytest.raises(InvalidArtifact):  # the read-back check catches the disk's lie
+        put(migrated_engine, LyingDisk(store), keyring, "m", b"lost")
     assert sorted(store.files()) == ["m/1.sealed"]
     with session_scope(session_factory(migrated_engine)) as session:
         assert [v.version for v in catalog.get_model(session, "m").versions] == [1]
@@ -340,10 +396,7 @@ def test_missing_file_and_file_without_row(
 
 
 def test_rewrap_moves_every_artifact_to_the_new_key_and_resumes(
-    migrated_engine: Engine,
-    store: ArtifactStore,
-    keyring: Keyring,
-    monkeypatch: pytest.MonkeyPatch,
+    migrated_engine: Engine, store: ArtifactStore, keyring: Keyring
 ) -> None:
     payloads = {f"m:{i}": secrets.token_bytes(300 + i) for i in range(1, 4)}
     for payload in payloads.values():
@@ -352,19 +405,9 @@ def test_rewrap_moves_every_artifact_to_the_new_key_and_resumes(
     old = keyring.active(KeyKind.SERVICE)
     keyring.rotate(KeyKind.SERVICE)
 
-    calls = {"n": 0}
-    real_replace = ArtifactStore.replace
-
-    def interrupted(self: ArtifactStore, *args: object, **kwargs: object) -> Path:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the operator's ^C in the middle of the run
-        return real_replace(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ArtifactStore, "replace", interrupted)
+    interrupted = InterruptedAtSecondReplace(store)
     with pytest.raises(KeyboardInterrupt):
-        artifacts.rewrap_all(migrated_engine, store, Keyring.open(keyring.folder))
-    monkeypatch.undo()
+        artifacts.rewrap_all(migrated_engine, interrupted, Keyring.open(keyring.folder))
     for ref, payload in payloads.items():  # nothing undecryptable in between
         assert open_ref(migrated_engine, store, keyring, ref) == payload
 
