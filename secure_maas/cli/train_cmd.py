@@ -18,7 +18,8 @@ from secure_maas.training import options
 
 if TYPE_CHECKING:
     from secure_maas.training.ledger import Reservation
-    from secure_maas.training.pipeline import Outcome, Plan
+    from secure_maas.training.pipeline import Outcome
+    from secure_maas.training.plan import Plan
     from secure_maas.training.train import EpochProgress
 
 
@@ -32,17 +33,6 @@ def _ints(_ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     if not numbers or any(n < 1 for n in numbers):
         raise click.BadParameter(f"{value!r}: sizes must be positive")
     return numbers
-
-
-def sizes_for(arch: str, **given: Any) -> dict[str, Any]:
-    """The architecture options the flags set (unset flags keep the architecture's defaults)."""
-    sizes = {key: value for key, value in given.items() if value is not None}
-    units = sizes.get("units")
-    if units is not None and arch in ("lstm", "gru"):
-        if len(units) != 1:
-            raise click.BadParameter(f"{arch} takes one --units value", param_hint="--units")
-        sizes["units"] = units[0]
-    return sizes
 
 
 def _clock(seconds: float) -> str:
@@ -224,25 +214,21 @@ def train(
         secure-maas train --dataset digits --model-name digits-cnn --arch cnn \\
             --target-epsilon 3 --auto
     """
-    if no_dp and (noise_multiplier is not None or target_epsilon is not None or auto):
-        raise click.UsageError("--no-dp takes no --noise-multiplier, --target-epsilon or --auto")
-    if not no_dp and (noise_multiplier is None) == (target_epsilon is None):
-        raise click.UsageError("give one of --noise-multiplier and --target-epsilon (or --no-dp)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from secure_maas.training.pipeline import TrainingRequest, run_training
+    from secure_maas.training.pipeline import run_training
+    from secure_maas.training.plan import ConflictingOptions, TrainingRequest
 
-    sizes = sizes_for(
-        arch,
-        units=units,
-        activation=activation,
-        filters=filters,
-        kernel_size=kernel_size,
-        dense_units=dense_units,
-        model_dim=model_dim,
-        heads=heads,
-        ff_units=ff_units,
-        blocks=blocks,
-    )
+    given_sizes = {
+        "units": units,
+        "activation": activation,
+        "filters": filters,
+        "kernel_size": kernel_size,
+        "dense_units": dense_units,
+        "model_dim": model_dim,
+        "heads": heads,
+        "ff_units": ff_units,
+        "blocks": blocks,
+    }
     if noise_seed is not None and not no_dp:
         click.echo(
             "warning: --noise-seed fixes the DP noise, so anyone who knows it can subtract the "
@@ -268,7 +254,7 @@ def train(
         preprocessing=preprocessing,
         stats_noise_multiplier=stats_noise_multiplier,
         clipping_path=clipping_path,
-        sizes=sizes,
+        sizes={key: value for key, value in given_sizes.items() if value is not None},
     )
     keyring = app.keyring()
     interactive = sys.stdout.isatty()
@@ -304,6 +290,8 @@ def train(
             progress=progress,
             announce=announce,
         )
+    except ConflictingOptions as exc:
+        raise click.UsageError(str(exc)) from None
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -2,22 +2,26 @@
 
 Order, and why:
 
-1. Everything that can fail without touching the data fails first: the model name, the keys
-   (audit, service, publisher), the hyperparameters, the architecture against the dataset's
-   shape. Budget is only reserved for a run that can run.
+1. What can fail without reading the data fails first: the model name and the keys (audit,
+   service, publisher). Budget is only reserved for a run that can run.
 2. The registered data is read again and must have the fingerprint it was registered with
    (else a `deny` event and `DataChanged`).
-3. The privacy of the whole run is computed before any training (noise calibrated from a target
-   ε, or ε from a given noise multiplier), from public quantities only: n, batch size, epochs,
-   and the noise of the preprocessing statistics' release when there is one.
-4. The ledger reserves that ε or refuses the run (`ledger.reserve`), in one transaction. A run
-   whose model could carry no guarantee (`--no-dp`, a fixed `--noise-seed`: anyone who knows
+3. The run is planned (`plan.make_plan`, the one validator): every parameter and flag
+   combination is checked, the noise is calibrated from a target ε (or taken as given) and the
+   run's privacy is computed, once, before any training, from public quantities only: n, batch
+   size, epochs, and the noise of the preprocessing statistics' release when there is one. A
+   trial build of the architecture on the data's shape follows, so an architecture that cannot
+   take the data fails here too.
+4. The ledger reserves the plan's ε or refuses the run (`ledger.reserve`), in one transaction. A
+   run whose model could carry no guarantee (`--no-dp`, a fixed `--noise-seed`: anyone who knows
    it can subtract the noise) reserves nothing and needs data registered to allow it.
-5. DP-SGD trains in memory (`train.train`); the steps run must be the steps accounted.
-6. The model is encoded in memory and published; the run is marked finished, with its audit
-   events, inside the publishing transaction: a version exists exactly when its run finished.
-   Any failure after step 4 marks the run aborted (its ε stays counted); a killed process
-   leaves it `started` (counted too) and nothing published.
+5. DP-SGD trains the plan in memory (`train.train`, or the `trainer` given); it runs the steps
+   accounted or fails.
+6. The model is encoded in memory and published with the plan's guarantee, the same report
+   the ledger reserved; the run is marked finished, with its audit events, inside the
+   publishing transaction: a version exists exactly when its run finished. Any failure after
+   step 4 marks the run aborted (its ε stays counted); a killed process leaves it `started`
+   (counted too) and nothing published.
 
 TensorFlow is imported by this module; the CLI imports it only inside `secure-maas train`.
 """
@@ -25,11 +29,10 @@ TensorFlow is imported by this module; the CLI imports it only inside `secure-ma
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -43,100 +46,22 @@ from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.signature import ServingSignature
 from secure_maas.registry.store import ArtifactStore, check_name
-from secure_maas.training import (
-    accounting,
-    architectures,
-    auto,
-    dataset_catalog,
-    events,
-    ledger,
-    options,
-    train,
-)
+from secure_maas.training import architectures, dataset_catalog, events, ledger, train
 from secure_maas.training.accounting import PrivacyReport
-from secure_maas.training.datasets import (
-    SPLIT_METHOD,
-    Dataset,
-    resolve_preprocessing,
-    split,
-)
+from secure_maas.training.datasets import SPLIT_METHOD, Dataset
 from secure_maas.training.models import RegisteredDataset
-from secure_maas.training.options import COVERED_PREPROCESSING, PREPROCESSING
-from secure_maas.training.train import (
-    ProgressCallback,
-    TrainingError,
-    TrainResult,
-    stats_noise_for,
-)
+from secure_maas.training.plan import Plan, TrainingRequest, make_plan
+from secure_maas.training.train import ProgressCallback, TrainResult
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EPOCHS = 60
-DEFAULT_LEARNING_RATE = 0.05
-DEFAULT_OPTIMIZER = "momentum"
-DEFAULT_CLIP = 1.0
 
+class Trainer(Protocol):
+    """What trains a plan: `train.train`, or a stand-in where a test must not train."""
 
-@dataclass(frozen=True)
-class TrainingRequest:
-    """What the operator asked for; None means "the default" (or `--auto`'s choice)."""
-
-    dataset: str
-    model_name: str
-    arch: str
-    dp: bool = True
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    auto: bool = False
-    l2_norm_clip: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    optimizer: str | None = None
-    seed: int = 0
-    noise_seed: int | None = None
-    test_fraction: float = 0.2
-    preprocessing: str = "auto"
-    clipping_path: str = "auto"
-    sizes: dict[str, Any] = field(default_factory=dict)
-    stats_noise_multiplier: float | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The run as it will train, fixed before training; `privacy` is its exact guarantee."""
-
-    request: TrainingRequest
-    dataset: str
-    n_train: int
-    n_test: int
-    batch_size: int
-    epochs: int
-    steps: int
-    learning_rate: float
-    optimizer: str
-    l2_norm_clip: float
-    noise_multiplier: float | None
-    delta: float | None
-    privacy: PrivacyReport | None  # the mechanism's (ε, δ); None without DP-SGD
-    preprocessing: str  # resolved: public-range, dp-standardize, standardize or none
-    stats_noise_multiplier: float | None
-    auto_reason: str | None = None
-
-    @property
-    def private(self) -> bool:
-        """Whether the model will carry the guarantee: DP-SGD with secret noise (a fixed
-        noise seed publishes the noise) and preprocessing the guarantee covers."""
-        return (
-            self.privacy is not None
-            and self.request.noise_seed is None
-            and self.preprocessing in COVERED_PREPROCESSING
-        )
-
-    @property
-    def guarantee(self) -> PrivacyReport | None:
-        """The privacy report the model and the ledger carry: None unless `private`."""
-        return self.privacy if self.private else None
+    def __call__(
+        self, dataset: Dataset, plan: Plan, *, progress: ProgressCallback | None = None
+    ) -> TrainResult: ...
 
 
 @dataclass(eq=False)
@@ -162,10 +87,15 @@ def run_training(
     progress: ProgressCallback | None = None,
     announce: Announce | None = None,
     now: datetime | None = None,
+    trainer: Trainer = train.train,
 ) -> Outcome:
-    """Train, publish and account one run (see the module docstring for the order)."""
+    """Train, publish and account one run (see the module docstring for the order).
+
+    Raises `plan.ConflictingOptions` / `plan.TrainingError` for a request that cannot run,
+    `ledger.BudgetExceeded` / `ledger.NonPrivateRefused` for one the data's budget refuses, all
+    before any training.
+    """
     check_name(request.model_name)
-    _check_request(request)
     audit_keys.active()
     keyring.active(KeyKind.SERVICE)
     keyring.active(KeyKind.PUBLISHER)
@@ -190,9 +120,9 @@ def run_training(
             now=now,
         )
         raise
-    # An impossible architecture or option fails here, before calibration and any reservation.
-    architectures.build_model(request.arch, data.feature_shape, data.num_classes, **request.sizes)
     plan = make_plan(request, data, delta=delta)
+    # An architecture that cannot take this data fails here, before any reservation.
+    architectures.build_model(request.arch, data.feature_shape, data.num_classes, **plan.sizes)
     reservation = ledger.reserve(
         engine,
         audit_keys,
@@ -216,7 +146,7 @@ def run_training(
     try:
         if announce is not None:
             announce(plan, reservation)
-        result = _train(data, plan, progress)
+        result = trainer(data, plan, progress=progress)
         version = _publish(
             engine, store, keyring, audit_keys, registered, plan, result, run_id, created_by
         )
@@ -226,86 +156,6 @@ def run_training(
     with session_scope(session_factory(engine)) as session:
         spend = ledger.report(session, registered.name)[0].spend
     return Outcome(run_id, plan, result, version, spend)
-
-
-def make_plan(request: TrainingRequest, data: Dataset, *, delta: float) -> Plan:
-    """Hyperparameters and the exact (ε, δ) of the run, from public quantities only."""
-    _check_request(request)
-    train_idx, test_idx = split(data, test_fraction=request.test_fraction, seed=request.seed)
-    n = len(train_idx)
-    preprocessing = resolve_preprocessing(data, request.preprocessing)
-    stats_noise = stats_noise_for(preprocessing, request.stats_noise_multiplier)
-    if request.dp and preprocessing not in COVERED_PREPROCESSING:
-        raise TrainingError(
-            f"preprocessing {preprocessing!r} stores exact statistics of the training data, "
-            "which no DP guarantee covers: use dp-standardize (the default without a public "
-            "range), declare public feature ranges at registration, or train with --no-dp"
-        )
-    suggestion = None
-    if request.auto:
-        if request.target_epsilon is None:
-            raise TrainingError("--auto chooses hyperparameters for a target ε: give one")
-        suggestion = auto.suggest(
-            n, request.target_epsilon, delta, stats_noise_multiplier=stats_noise
-        )
-    batch = _first(request.batch_size, suggestion and suggestion.batch_size)
-    batch = auto.auto_batch_size(n) if batch is None else int(batch)
-    epochs = int(_first(request.epochs, suggestion and suggestion.epochs, DEFAULT_EPOCHS))
-    rate = float(
-        _first(
-            request.learning_rate, suggestion and suggestion.learning_rate, DEFAULT_LEARNING_RATE
-        )
-    )
-    optimizer = str(
-        _first(request.optimizer, suggestion and suggestion.optimizer, DEFAULT_OPTIMIZER)
-    )
-    clip = float(_first(request.l2_norm_clip, suggestion and suggestion.l2_norm_clip, DEFAULT_CLIP))
-    sampling_rate, _, steps = train.plan_steps(n, batch, epochs)
-    sigma: float | None = None
-    privacy: PrivacyReport | None = None
-    if request.dp:
-        if not 0 < delta < 1 / n:
-            raise TrainingError(f"δ={delta:g} is not below 1/n = {1 / n:.3g} for {n} examples")
-        if not clip > 0 or not math.isfinite(clip):
-            raise TrainingError("the clip norm must be a positive number")
-        if request.target_epsilon is not None:
-            sigma = accounting.calibrate_noise(
-                request.target_epsilon,
-                sampling_rate,
-                steps,
-                delta,
-                stats_noise_multiplier=stats_noise,
-            )
-        else:
-            sigma = float(request.noise_multiplier or 0.0)
-        privacy = accounting.epsilon(
-            sigma,
-            sampling_rate,
-            steps,
-            delta,
-            l2_norm_clip=clip,
-            batch_size=batch,
-            number_of_examples=n,
-            stats_noise_multiplier=stats_noise,
-        )
-    return Plan(
-        request=request,
-        dataset=request.dataset,
-        n_train=n,
-        n_test=len(test_idx),
-        batch_size=batch,
-        epochs=epochs,
-        steps=steps,
-        learning_rate=rate,
-        optimizer=optimizer,
-        l2_norm_clip=clip,
-        noise_multiplier=sigma,
-        delta=delta if request.dp else None,
-        privacy=privacy,
-        preprocessing=preprocessing,
-        stats_noise_multiplier=stats_noise,
-        auto_reason=suggestion.why if suggestion else None,
-    )
 
 
 def statement(plan: Plan, result: TrainResult) -> str | None:
@@ -351,45 +201,6 @@ def statement(plan: Plan, result: TrainResult) -> str | None:
     return "\n".join(lines)
 
 
-def _train(data: Dataset, plan: Plan, progress: ProgressCallback | None) -> TrainResult:
-    request = plan.request
-    result = train.train(
-        data,
-        request.arch,
-        noise_multiplier=plan.noise_multiplier,
-        l2_norm_clip=plan.l2_norm_clip,
-        batch_size=plan.batch_size,
-        epochs=plan.epochs,
-        learning_rate=plan.learning_rate,
-        optimizer=plan.optimizer,
-        delta=plan.delta,
-        seed=request.seed,
-        dp=request.dp,
-        progress=progress,
-        test_fraction=request.test_fraction,
-        preprocessing=request.preprocessing,
-        noise_seed=request.noise_seed,
-        sizes=dict(request.sizes),
-        clipping_path=request.clipping_path,
-        stats_noise_multiplier=plan.stats_noise_multiplier,
-    )
-    if result.preprocessing.kind != plan.preprocessing:
-        raise TrainingError("the run's preprocessing differs from its plan")
-    planned, got = plan.privacy, result.privacy
-    if (planned is None) != (got is None):
-        raise TrainingError("the run's privacy differs from its plan")
-    if (
-        planned is not None
-        and got is not None
-        and (got.steps != planned.steps or got.epsilon > planned.epsilon * (1 + 1e-9))
-    ):
-        raise TrainingError(
-            f"the run spent ε={got.epsilon:.6g} in {got.steps} steps; it planned "
-            f"ε={planned.epsilon:.6g} in {planned.steps}"
-        )
-    return result
-
-
 def _publish(
     engine: Engine,
     store: ArtifactStore,
@@ -403,7 +214,7 @@ def _publish(
 ) -> int:
     payload = codec.encode_model(result.model)
     signature = ServingSignature.from_model(result.model).to_dict()
-    report = result.privacy if plan.private else None
+    report = plan.guarantee
     dp = None
     if report is not None:
         dp = {
@@ -428,7 +239,7 @@ def _publish(
         extra={
             "training": {
                 "run": run_id,
-                "config": result.config.to_dict(),
+                "config": _model_config(plan),
                 "requested_epsilon": plan.request.target_epsilon,
                 "path_used": result.path_used,
                 "path_reason": result.path_reason,
@@ -440,7 +251,7 @@ def _publish(
                 "privacy": _privacy_extra(report),
                 "no_guarantee": _why_no_guarantee(plan),
                 "nominal_privacy": (
-                    None if plan.private or result.privacy is None else result.privacy.to_dict()
+                    None if plan.private or plan.privacy is None else plan.privacy.to_dict()
                 ),
             }
         },
@@ -500,11 +311,41 @@ def _privacy_extra(report: PrivacyReport | None) -> dict[str, Any] | None:
     }
 
 
-def _run_config(plan: Plan) -> dict[str, Any]:
+def _model_config(plan: Plan) -> dict[str, Any]:
+    """The hyperparameters the sealed artifact's provenance records."""
     request = plan.request
     return {
         "arch": request.arch,
-        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in request.sizes.items()},
+        "dp": plan.dp,
+        "l2_norm_clip": plan.l2_norm_clip,
+        "noise_multiplier": plan.noise_multiplier,
+        "target_epsilon": request.target_epsilon,
+        "delta": plan.delta,
+        "batch_size": plan.batch_size,
+        "epochs": plan.epochs,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "steps": plan.steps,
+        "learning_rate": plan.learning_rate,
+        "optimizer": plan.optimizer,
+        "seed": request.seed,
+        "test_fraction": request.test_fraction,
+        "preprocessing": plan.preprocessing,
+        "clipping_path": request.clipping_path,
+        "sizes": _sizes(plan),
+        "stats_noise_multiplier": plan.stats_noise_multiplier,
+    }
+
+
+def _sizes(plan: Plan) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in plan.sizes.items()}
+
+
+def _run_config(plan: Plan) -> dict[str, Any]:
+    """What the ledger's row records about the run (the privacy check redraws its split)."""
+    request = plan.request
+    return {
+        "arch": request.arch,
+        "sizes": _sizes(plan),
         "batch_size": plan.batch_size,
         "epochs": plan.epochs,
         "learning_rate": plan.learning_rate,
@@ -531,41 +372,3 @@ def _abort(engine: Engine, keys: AuditKeys, run_id: int, exc: BaseException, act
         ledger.abort(engine, keys, run_id, reason[:900], actor=actor)
     except Exception:  # the run stays `started`, which counts its ε just the same
         logger.exception("could not mark training run %d aborted", run_id)
-
-
-def _check_request(request: TrainingRequest) -> None:
-    if request.arch not in options.ARCHITECTURES:
-        raise TrainingError(
-            f"unknown architecture {request.arch!r}; choose one of "
-            f"{', '.join(options.ARCHITECTURES)}"
-        )
-    if request.dp:
-        if request.noise_multiplier is None and request.target_epsilon is None:
-            raise TrainingError("give --noise-multiplier or --target-epsilon (or --no-dp)")
-        if request.noise_multiplier is not None and request.target_epsilon is not None:
-            raise TrainingError("give --noise-multiplier or --target-epsilon, not both")
-        if request.noise_multiplier is not None and not (
-            math.isfinite(request.noise_multiplier) and request.noise_multiplier > 0
-        ):
-            raise TrainingError("the noise multiplier must be a positive number")
-        if request.target_epsilon is not None and not (
-            math.isfinite(request.target_epsilon) and request.target_epsilon > 0
-        ):
-            raise TrainingError("the target ε must be a positive number")
-    elif request.noise_multiplier is not None or request.target_epsilon is not None or request.auto:
-        raise TrainingError("--no-dp takes no noise multiplier, target ε or --auto")
-    if request.optimizer is not None and request.optimizer not in options.OPTIMIZERS:
-        raise TrainingError(f"unknown optimizer {request.optimizer!r}; use {options.OPTIMIZERS}")
-    if request.learning_rate is not None and not (
-        math.isfinite(request.learning_rate) and request.learning_rate > 0
-    ):
-        raise TrainingError("the learning rate must be a positive number")
-    if request.clipping_path not in options.CLIPPING_PATHS:
-        raise TrainingError(f"unknown clipping path {request.clipping_path!r}")
-    if request.preprocessing not in PREPROCESSING:
-        raise TrainingError(f"unknown preprocessing {request.preprocessing!r}")
-
-
-def _first(*values: Any) -> Any:
-    """The first value that is not None (an explicit flag beats `--auto`, which beats defaults)."""
-    return next((value for value in values if value is not None), None)

@@ -1,4 +1,9 @@
-"""DP-SGD training with TF Privacy's DP Keras model, Poisson sampling and exact accounting.
+"""DP-SGD training with TF Privacy's DP Keras model and Poisson sampling, to a plan.
+
+What to train, with which noise and for how many steps is fixed beforehand by `plan.make_plan`,
+which checks the request and accounts the run (ε computed there, once). `train` takes that plan
+and runs it; it re-checks nothing, and refuses only a run that broke the plan (other steps than
+accounted, non-trainable weights moved).
 
 How a step is made private. Each step draws a Poisson sample of the training split (every
 example joins independently with probability q = batch_size / n), which is the sampling the
@@ -21,8 +26,8 @@ and XLA would recompile for every size.
 
 What is covered. The DP guarantee is about the whole model (and every intermediate one): its
 weights and its preprocessing layer. With `dp-standardize` the preprocessing statistics are a
-Gaussian release composed into the same ε (`dpstats`, `accounting.run_event`); exact
-standardisation is refused with DP. Training must not change any non-trainable weight (they
+Gaussian release composed into the same ε (`dpstats`, `accounting.run_event`); the plan
+refuses exact standardisation with DP. Training must not change any non-trainable weight (they
 would carry exact statistics of the batches, as BatchNormalization's moving averages do):
 that is checked after training. The per-epoch training loss and accuracy (history, progress
 callback) are computed on training batches without noise, and the test accuracy on the
@@ -38,11 +43,10 @@ reproduce figures.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,30 +54,13 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from tensorflow_privacy.privacy.keras_models import dp_keras_model
 
-from secure_maas.errors import SecureMaasError
-from secure_maas.training import accounting, architectures, clipping, dpstats, options
-from secure_maas.training.accounting import PrivacyReport
-from secure_maas.training.dataset_catalog import default_delta
-from secure_maas.training.datasets import (
-    Dataset,
-    Preprocessing,
-    preprocessing_for,
-    resolve_preprocessing,
-    split,
-)
-from secure_maas.training.options import (
-    CLIPPING_PATHS,
-    COVERED_PREPROCESSING,
-    OPTIMIZERS,
-)
+from secure_maas.training import architectures, clipping
+from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for
+from secure_maas.training.plan import Plan, TrainingError
 
 logger = logging.getLogger(__name__)
 
 NON_PRIVATE = "non-private"
-
-
-class TrainingError(SecureMaasError):
-    """Training parameters that cannot be honoured, or a run that broke its own contract."""
 
 
 @dataclass(frozen=True)
@@ -91,245 +78,141 @@ class EpochProgress:
 ProgressCallback = Callable[[EpochProgress], None]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """The hyperparameters of a run, as given or derived before training."""
-
-    arch: str
-    dp: bool
-    l2_norm_clip: float
-    noise_multiplier: float | None
-    target_epsilon: float | None
-    delta: float | None
-    batch_size: int
-    epochs: int
-    steps_per_epoch: int
-    steps: int
-    learning_rate: float
-    optimizer: str
-    seed: int
-    test_fraction: float
-    preprocessing: str
-    clipping_path: str = "auto"
-    sizes: dict[str, Any] = field(default_factory=dict)
-    stats_noise_multiplier: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass(eq=False)
 class TrainResult:
-    """A trained model (softmax output `probabilities`) and everything said about it."""
+    """A model trained to its plan (softmax output `probabilities`) and what training saw.
+
+    Its privacy is `plan.privacy`: the report computed when the run was planned, for exactly
+    the steps that training ran.
+    """
 
     model: tf.keras.Model
+    plan: Plan
     history: list[dict[str, float]]
     test_accuracy: float
-    privacy: PrivacyReport | None  # None exactly when dp is False
     path_used: str  # clipping.FAST, clipping.PER_EXAMPLE or NON_PRIVATE
     path_reason: str
-    dp: bool
-    config: TrainConfig
     preprocessing: Preprocessing
-    train_indices: NDArray[np.int64]
-    test_indices: NDArray[np.int64]
     duration_s: float
 
 
-def plan_steps(n: int, batch_size: int, epochs: int) -> tuple[float, int, int]:
-    """(sampling rate, steps per epoch, steps): an epoch is round(n / b) Poisson steps."""
-    if not 1 <= batch_size <= n:
-        raise TrainingError(f"batch size must be between 1 and {n} (training examples)")
-    if epochs < 1:
-        raise TrainingError("epochs must be at least 1")
-    steps_per_epoch = max(1, round(n / batch_size))
-    return batch_size / n, steps_per_epoch, steps_per_epoch * epochs
+@dataclass(frozen=True)
+class _Fit:
+    history: list[dict[str, float]]
+    path_used: str
+    path_reason: str
 
 
-def train(
-    dataset: Dataset,
-    arch: str,
-    *,
-    noise_multiplier: float | None = None,
-    target_epsilon: float | None = None,
-    l2_norm_clip: float = 1.0,
-    batch_size: int = 256,
-    epochs: int = 60,
-    learning_rate: float = 0.05,
-    optimizer: str = "momentum",
-    delta: float | None = None,
-    seed: int = 0,
-    dp: bool = True,
-    progress: ProgressCallback | None = None,
-    test_fraction: float = 0.2,
-    preprocessing: str = "auto",
-    noise_seed: int | None = None,
-    sizes: dict[str, Any] | None = None,
-    clipping_path: str = "auto",
-    stats_noise_multiplier: float | None = None,
-) -> TrainResult:
-    """Train `arch` on `dataset` with DP-SGD (or without privacy when `dp=False`).
+def train(dataset: Dataset, plan: Plan, *, progress: ProgressCallback | None = None) -> TrainResult:
+    """Train the model `plan` describes on `dataset`, the data it was planned for.
 
-    Give exactly one of `noise_multiplier` and `target_epsilon` when `dp` is true; a target ε
-    is turned into the noise multiplier before any training (`accounting.calibrate_noise`), for
-    the whole run: the preprocessing statistics' release (`dp-standardize`, noise multiplier
-    `stats_noise_multiplier`) included. The privacy report is computed for the steps actually
-    run, which are checked to be the steps planned. `clipping_path` is `auto` (fast when every
-    layer allows it, else per-example, logged), `fast` (refuse if impossible) or `per-example`
-    (force it).
+    The plan (`plan.make_plan`) is the checked, calibrated and accounted run; nothing here
+    re-checks a parameter or recomputes ε. Training keeps its side of the contract instead:
+    it runs exactly `plan.steps` Poisson-sampled DP-SGD steps (the steps accounted) and
+    leaves every non-trainable weight as it was. The clipping path is the plan's request:
+    `auto` (fast when every layer allows it, else per-example, logged), `fast` (refused if
+    impossible) or `per-example`.
     """
     started = time.monotonic()
-    sizes = dict(sizes or {})
-    if arch not in options.ARCHITECTURES:
-        raise TrainingError(f"unknown architecture {arch!r}; choose one of {options.ARCHITECTURES}")
-    if optimizer not in OPTIMIZERS:
-        raise TrainingError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    if not learning_rate > 0:
-        raise TrainingError("learning rate must be positive")
-    if clipping_path not in CLIPPING_PATHS:
-        raise TrainingError(f"unknown clipping path {clipping_path!r}; use one of {CLIPPING_PATHS}")
-    train_idx, test_idx = split(dataset, test_fraction=test_fraction, seed=seed)
-    n = len(train_idx)
-    sampling_rate, steps_per_epoch, steps = plan_steps(n, batch_size, epochs)
-    prep_kind = resolve_preprocessing(dataset, preprocessing)
-    stats_noise = stats_noise_for(prep_kind, stats_noise_multiplier)
-    if dp:
-        if (noise_multiplier is None) == (target_epsilon is None):
-            raise TrainingError("give exactly one of noise multiplier and target ε")
-        if not l2_norm_clip > 0 or not math.isfinite(l2_norm_clip):
-            raise TrainingError("the clip norm must be a positive number")
-        if prep_kind not in COVERED_PREPROCESSING:
-            raise TrainingError(
-                f"preprocessing {prep_kind!r} stores exact statistics of the training data, "
-                "which no DP guarantee covers: use dp-standardize (the default without a "
-                "public range), declare public feature ranges, or train with --no-dp"
-            )
-        delta = default_delta(n) if delta is None else delta
-        if not 0 < delta < 1 / n:
-            raise TrainingError(f"δ must be in (0, 1/n) = (0, {1 / n:.3g}) for {n} examples")
-        if target_epsilon is not None:
-            noise_multiplier = accounting.calibrate_noise(
-                target_epsilon,
-                sampling_rate,
-                steps,
-                delta,
-                stats_noise_multiplier=stats_noise,
-            )
-            logger.info(
-                "calibrated noise multiplier %.4f for ε=%g at δ=%g (%d steps, q=%.4f)",
-                noise_multiplier,
-                target_epsilon,
-                delta,
-                steps,
-                sampling_rate,
-            )
-        if noise_multiplier is None or not noise_multiplier > 0:
-            raise TrainingError("the noise multiplier must be positive (use dp=False for none)")
-    config = TrainConfig(
-        arch=arch,
-        dp=dp,
-        l2_norm_clip=l2_norm_clip,
-        noise_multiplier=noise_multiplier if dp else None,
-        target_epsilon=target_epsilon if dp else None,
-        delta=delta if dp else None,
-        batch_size=batch_size,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        steps=steps,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-        seed=seed,
-        test_fraction=test_fraction,
-        preprocessing=prep_kind,
-        clipping_path=clipping_path,
-        sizes=sizes,
-        stats_noise_multiplier=stats_noise,
-    )
-
-    sample_seed, tf_seed, stats_seed = _secret_seeds(noise_seed)
+    if dataset.fingerprint != plan.fingerprint:
+        raise TrainingError("the plan was made for other data; plan the run on this dataset")
+    sample_seed, tf_seed, stats_seed = _secret_seeds(plan.request.noise_seed)
     prep = preprocessing_for(
         dataset,
-        train_idx,
-        kind=prep_kind,
+        plan.train_indices,
+        kind=plan.preprocessing,
         rng=np.random.default_rng(stats_seed),
-        stats_noise_multiplier=stats_noise,
+        stats_noise_multiplier=plan.stats_noise_multiplier,
     )
-    tf.keras.utils.set_random_seed(seed)
+    tf.keras.utils.set_random_seed(plan.request.seed)
     model = architectures.build_model(
-        arch, dataset.feature_shape, dataset.num_classes, preprocessing=prep, **sizes
+        plan.request.arch,
+        dataset.feature_shape,
+        dataset.num_classes,
+        preprocessing=prep,
+        **plan.sizes,
     )
-    x_train, y_train = dataset.x[train_idx], dataset.y[train_idx]
+    x_train, y_train = dataset.x[plan.train_indices], dataset.y[plan.train_indices]
     tf.random.set_seed(tf_seed)
-    callbacks = [_Progress(epochs, progress)]
-
-    if dp:
-        if noise_multiplier is None or delta is None:  # narrowed above; keeps mypy honest
-            raise TrainingError("internal: DP parameters missing")
-        trainer, plan = make_dp_trainer(
-            model,
-            l2_norm_clip=l2_norm_clip,
-            noise_multiplier=noise_multiplier,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            learning_rate=learning_rate,
-            path=clipping_path,
-        )
-        data = _poisson_batches(
-            x_train, y_train, sampling_rate, batch_size, steps, np.random.default_rng(sample_seed)
-        )
-        frozen = _non_trainable_values(model)
-        history = trainer.fit(
-            data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks
-        )
-        done = int(trainer.optimizer.iterations.numpy())
-        if done != steps:
-            raise TrainingError(f"training ran {done} steps, the accountant assumed {steps}")
-        _check_unchanged(model, frozen)
-        privacy: PrivacyReport | None = accounting.epsilon(
-            noise_multiplier,
-            sampling_rate,
-            steps,
-            delta,
-            l2_norm_clip=l2_norm_clip,
-            batch_size=batch_size,
-            number_of_examples=n,
-            stats_noise_multiplier=stats_noise,
-        )
-        path, reason = plan.path, plan.reason
+    callback = _Progress(plan.epochs, progress)
+    if plan.privacy is None:
+        fit = _fit_non_private(model, plan, x_train, y_train, callback)
     else:
-        logger.warning("training WITHOUT differential privacy (dp=False)")
-        trainer = architectures.logits_model(model)
-        trainer.compile(
-            optimizer=_optimizer(optimizer, learning_rate),
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        history = trainer.fit(
-            x_train,
-            y_train,
-            batch_size=batch_size,
-            epochs=epochs,
-            shuffle=True,
-            verbose=0,
-            callbacks=callbacks,
-        )
-        privacy, path, reason = None, NON_PRIVATE, "dp=False: trained without privacy"
-
-    test_accuracy = evaluate(model, dataset.x[test_idx], dataset.y[test_idx])
+        rng = np.random.default_rng(sample_seed)
+        fit = _fit_dp(model, plan, plan.privacy.noise_multiplier, x_train, y_train, rng, callback)
     return TrainResult(
         model=model,
-        history=callbacks[0].rows(history.history),
-        test_accuracy=test_accuracy,
-        privacy=privacy,
-        path_used=path,
-        path_reason=reason,
-        dp=dp,
-        config=config,
+        plan=plan,
+        history=fit.history,
+        test_accuracy=evaluate(model, dataset.x[plan.test_indices], dataset.y[plan.test_indices]),
+        path_used=fit.path_used,
+        path_reason=fit.path_reason,
         preprocessing=prep,
-        train_indices=train_idx,
-        test_indices=test_idx,
         duration_s=time.monotonic() - started,
     )
+
+
+def _fit_dp(
+    model: tf.keras.Model,
+    plan: Plan,
+    noise_multiplier: float,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    rng: np.random.Generator,
+    progress: _Progress,
+) -> _Fit:
+    """DP-SGD for exactly the plan's steps; refuses a run that ran other steps or moved
+    non-trainable state (the guarantee would not describe it)."""
+    trainer, clipping_plan = make_dp_trainer(
+        model,
+        l2_norm_clip=plan.l2_norm_clip,
+        noise_multiplier=noise_multiplier,
+        batch_size=plan.batch_size,
+        optimizer=plan.optimizer,
+        learning_rate=plan.learning_rate,
+        path=plan.request.clipping_path,
+    )
+    batches = _poisson_batches(x, y, plan.sampling_rate, plan.batch_size, plan.steps, rng)
+    frozen = _non_trainable_values(model)
+    history = trainer.fit(
+        batches,
+        epochs=plan.epochs,
+        steps_per_epoch=plan.steps_per_epoch,
+        verbose=0,
+        callbacks=[progress],
+    )
+    done = int(trainer.optimizer.iterations.numpy())
+    if done != plan.steps:
+        raise TrainingError(f"training ran {done} steps, the accountant assumed {plan.steps}")
+    _check_unchanged(model, frozen)
+    return _Fit(progress.rows(history.history), clipping_plan.path, clipping_plan.reason)
+
+
+def _fit_non_private(
+    model: tf.keras.Model,
+    plan: Plan,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    progress: _Progress,
+) -> _Fit:
+    """Plain minibatch training, for a run planned without DP (`--no-dp`)."""
+    logger.warning("training WITHOUT differential privacy (dp=False)")
+    trainer = architectures.logits_model(model)
+    trainer.compile(
+        optimizer=_optimizer(plan.optimizer, plan.learning_rate),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = trainer.fit(
+        x,
+        y,
+        batch_size=plan.batch_size,
+        epochs=plan.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[progress],
+    )
+    return _Fit(progress.rows(history.history), NON_PRIVATE, "dp=False: trained without privacy")
 
 
 def evaluate(model: tf.keras.Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
@@ -409,22 +292,6 @@ def _optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer
     if name == "momentum":
         return tf.keras.optimizers.SGD(learning_rate, momentum=0.9)
     return tf.keras.optimizers.Adam(learning_rate)
-
-
-def stats_noise_for(kind: str, stats_noise_multiplier: float | None) -> float | None:
-    """The statistics' noise multiplier of a run whose preprocessing is `kind` (resolved):
-    the default for dp-standardize, none otherwise (giving one then is an error)."""
-    if kind != "dp-standardize":
-        if stats_noise_multiplier is not None:
-            raise TrainingError(
-                f"a statistics noise multiplier applies to dp-standardize only, not {kind}"
-            )
-        return None
-    if stats_noise_multiplier is None:
-        return dpstats.DEFAULT_NOISE_MULTIPLIER
-    if not math.isfinite(stats_noise_multiplier) or not stats_noise_multiplier > 0:
-        raise TrainingError("the statistics' noise multiplier must be a positive number")
-    return float(stats_noise_multiplier)
 
 
 def _non_trainable_values(model: tf.keras.Model) -> list[NDArray[Any]]:

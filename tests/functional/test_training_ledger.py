@@ -15,6 +15,7 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.training import accounting, dataset_catalog, ledger
 from secure_maas.training.ledger import BudgetExceeded
 from secure_maas.training.models import RunStatus
+from secure_maas.training.plan import TrainingRequest
 from tests.functional.training_support import (
     audit_keys,
     audit_rows,
@@ -74,7 +75,7 @@ def test_a_run_over_budget_is_refused_with_the_figures_and_recorded(
 
 
 def test_refusal_happens_before_any_training(
-    instance: Engine, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+    instance: Engine, settings: Settings, tmp_path
 ) -> None:
     pipeline = pytest.importorskip("secure_maas.training.pipeline")
     from secure_maas.keys import Keyring
@@ -85,8 +86,7 @@ def test_refusal_happens_before_any_training(
     def no_training(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("training ran although the budget was exceeded")
 
-    monkeypatch.setattr(pipeline.train, "train", no_training)
-    request = pipeline.TrainingRequest(
+    request = TrainingRequest(
         dataset="wine", model_name="wine-dp", arch="mlp", target_epsilon=1.0, epochs=2
     )
     with pytest.raises(BudgetExceeded, match="refused before training"):
@@ -97,6 +97,7 @@ def test_refusal_happens_before_any_training(
             audit_keys(settings),
             request,
             created_by="tester",
+            trainer=no_training,
         )
     assert run_statuses(instance) == ["refused"]
     assert versions(instance) == 0
@@ -191,13 +192,11 @@ def test_composition_figures_match_dp_accounting(instance: Engine, settings: Set
     assert len(aborted) == 1 and "stays counted" in aborted[0]["reason"]
 
 
-def _request_and_tools(settings: Settings, pipeline, **fields):
+def _request_and_tools(settings: Settings, **fields):
     from secure_maas.keys import Keyring
     from secure_maas.registry.store import ArtifactStore
 
-    request = pipeline.TrainingRequest(
-        model_name="m", arch="mlp", target_epsilon=1.0, epochs=2, **fields
-    )
+    request = TrainingRequest(model_name="m", arch="mlp", target_epsilon=1.0, epochs=2, **fields)
     tools = (
         ArtifactStore(settings.store_dir),
         Keyring.open(settings.keys_dir),
@@ -222,7 +221,7 @@ def test_changed_data_is_refused_before_planning(
         actor="tester",
     )
     data.write_text("x,y\n" + "".join(f"{i},{(i + 1) % 2}\n" for i in range(60)))
-    request, (store, keyring, keys) = _request_and_tools(settings, pipeline, dataset="d")
+    request, (store, keyring, keys) = _request_and_tools(settings, dataset="d")
     with pytest.raises(dataset_catalog.DataChanged, match="changed since it was registered"):
         pipeline.run_training(instance, store, keyring, keys, request, created_by="tester")
     assert runs(instance) == []
@@ -231,7 +230,7 @@ def test_changed_data_is_refused_before_planning(
 
 
 def test_a_run_that_fails_while_training_is_aborted_and_stays_counted(
-    instance: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    instance: Engine, settings: Settings
 ) -> None:
     pipeline = pytest.importorskip("secure_maas.training.pipeline")
     register(instance, settings, budget=5.0)
@@ -239,10 +238,11 @@ def test_a_run_that_fails_while_training_is_aborted_and_stays_counted(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(pipeline.train, "train", broken)
-    request, (store, keyring, keys) = _request_and_tools(settings, pipeline, dataset="wine")
+    request, (store, keyring, keys) = _request_and_tools(settings, dataset="wine")
     with pytest.raises(RuntimeError, match="device lost"):
-        pipeline.run_training(instance, store, keyring, keys, request, created_by="tester")
+        pipeline.run_training(
+            instance, store, keyring, keys, request, created_by="tester", trainer=broken
+        )
     (run,) = runs(instance)
     assert run.status == "aborted" and "device lost" in (run.reason or "")
     assert spend(instance).counted == 1 and spend(instance).epsilon_rdp == pytest.approx(

@@ -90,6 +90,7 @@ def test_memorising_model_leaks_and_the_dp_model_does_not() -> None:
     pytest.importorskip("tensorflow")
     from secure_maas.training import train
     from secure_maas.training.datasets import Dataset, load_dataset
+    from secure_maas.training.plan import TrainingRequest, make_plan
 
     digits = load_dataset("sklearn:digits")
     rng = np.random.default_rng(0)
@@ -107,16 +108,18 @@ def test_memorising_model_leaks_and_the_dp_model_does_not() -> None:
     def audit(result, delta):
         return attack.run_attacks(
             result.model,
-            data.x[result.train_indices],
-            data.y[result.train_indices],
-            data.x[result.test_indices],
-            data.y[result.test_indices],
+            data.x[result.plan.train_indices],
+            data.y[result.plan.train_indices],
+            data.x[result.plan.test_indices],
+            data.y[result.plan.test_indices],
             delta=delta,
         )
 
-    memorised = train.train(
-        data,
-        "mlp",
+    def fit(**fields):
+        request = TrainingRequest(dataset=data.source, model_name="m", arch="mlp", **fields)
+        return train.train(data, make_plan(request, data))
+
+    memorised = fit(
         dp=False,
         batch_size=32,
         epochs=150,
@@ -128,11 +131,9 @@ def test_memorising_model_leaks_and_the_dp_model_does_not() -> None:
     assert leaky.max_auc > 0.8
     assert leaky.max_epsilon_lower_bound > 0.5
 
-    private = train.train(
-        data, "mlp", target_epsilon=3.0, batch_size=100, epochs=20, learning_rate=0.05, **common
-    )
-    assert private.privacy is not None
-    report = audit(private, private.privacy.delta)
+    private = fit(target_epsilon=3.0, batch_size=100, epochs=20, learning_rate=0.05, **common)
+    assert private.plan.privacy is not None
+    report = audit(private, private.plan.privacy.delta)
     for result in report.results:
         assert abs(result.auc - 0.5) < 0.1, result
-    assert report.max_epsilon_lower_bound < private.privacy.epsilon
+    assert report.max_epsilon_lower_bound < private.plan.privacy.epsilon

@@ -11,7 +11,7 @@ from secure_maas.registry.signature import ServingSignature  # noqa: E402
 from secure_maas.training import architectures, clipping, train  # noqa: E402
 from secure_maas.training.architectures import ArchitectureError  # noqa: E402
 from secure_maas.training.datasets import Dataset, load_dataset  # noqa: E402
-from secure_maas.training.train import TrainingError  # noqa: E402
+from secure_maas.training.plan import TrainingError, TrainingRequest, make_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,12 @@ def digits() -> Dataset:
 @pytest.fixture(scope="module")
 def small_digits(digits) -> Dataset:
     return subset(digits, 300)
+
+
+def fit(data: Dataset, arch: str, *, progress=None, delta=None, **fields) -> train.TrainResult:
+    """Plan the run (the one validator, which accounts it) and train the plan."""
+    request = TrainingRequest(dataset=data.source, model_name="m", arch=arch, **fields)
+    return train.train(data, make_plan(request, data, delta=delta), progress=progress)
 
 
 def subset(ds: Dataset, n: int) -> Dataset:
@@ -37,7 +43,7 @@ def subset(ds: Dataset, n: int) -> Dataset:
 
 def test_dp_training_on_digits_learns_and_reports_its_privacy(digits) -> None:
     seen = []
-    result = train.train(
+    result = fit(
         digits,
         "mlp",
         target_epsilon=3.0,
@@ -47,25 +53,23 @@ def test_dp_training_on_digits_learns_and_reports_its_privacy(digits) -> None:
         noise_seed=1,
         progress=seen.append,
     )
-    assert result.dp and result.path_used == clipping.FAST
+    assert result.plan.dp and result.path_used == clipping.FAST
     assert result.test_accuracy > 0.8  # chance is 0.1
-    privacy = result.privacy
+    privacy = result.plan.privacy
     assert privacy is not None
     assert 2.97 <= privacy.epsilon <= 3.0 and privacy.delta == 1e-5
-    assert privacy.steps == result.config.steps == 6 * 12
-    assert privacy.sampling_rate == 256 / len(result.train_indices)
+    assert privacy.steps == result.plan.steps == 6 * 12
+    assert privacy.sampling_rate == 256 / len(result.plan.train_indices)
     assert privacy.l2_norm_clip == 1.0 and privacy.batch_size == 256
-    assert privacy.noise_multiplier == result.config.noise_multiplier
+    assert privacy.noise_multiplier == result.plan.noise_multiplier
     assert [p.epoch for p in seen] == list(range(1, 13))
     assert seen[-1].eta_s == 0.0 and seen[0].eta_s > 0 and seen[-1].elapsed_s > 0
     assert len(result.history) == 12 and {"loss", "accuracy"} <= set(result.history[0])
-    assert len(result.train_indices) + len(result.test_indices) == digits.n
+    assert len(result.plan.train_indices) + len(result.plan.test_indices) == digits.n
 
 
 def test_the_result_is_a_plain_servable_model(small_digits) -> None:
-    result = train.train(
-        small_digits, "mlp", noise_multiplier=1.0, batch_size=64, epochs=1, noise_seed=2
-    )
+    result = fit(small_digits, "mlp", noise_multiplier=1.0, batch_size=64, epochs=1, noise_seed=2)
     model = result.model
     assert type(model).__name__ == "Functional"  # not TF Privacy's DPModel
     signature = ServingSignature.from_model(model)
@@ -77,29 +81,27 @@ def test_the_result_is_a_plain_servable_model(small_digits) -> None:
 
 
 def test_no_dp_is_marked_as_such(small_digits) -> None:
-    result = train.train(small_digits, "mlp", dp=False, batch_size=32, epochs=3, noise_seed=3)
-    assert not result.dp and result.privacy is None
+    result = fit(small_digits, "mlp", dp=False, batch_size=32, epochs=3, noise_seed=3)
+    assert not result.plan.dp and result.plan.privacy is None
     assert result.path_used == train.NON_PRIVATE
-    assert result.config.noise_multiplier is None and result.config.delta is None
+    assert result.plan.noise_multiplier is None and result.plan.delta is None
     assert result.test_accuracy > 0.5
 
 
 @pytest.mark.parametrize("arch", ["cnn", "lstm", "gru", "transformer"])
 def test_every_architecture_trains_and_reports_its_path(small_digits, arch) -> None:
-    result = train.train(
-        small_digits, arch, noise_multiplier=1.0, batch_size=60, epochs=1, noise_seed=4
-    )
+    result = fit(small_digits, arch, noise_multiplier=1.0, batch_size=60, epochs=1, noise_seed=4)
     # Every trainable layer of every architecture has a registry function: the fast path.
     assert result.path_used == clipping.FAST
     for kind in {"cnn": "Conv2D", "lstm": "LSTM", "gru": "GRU", "transformer": "MultiHead"}[
         arch
     ].split():
         assert kind in result.path_reason
-    assert result.privacy is not None and result.privacy.steps == 4
+    assert result.plan.privacy is not None and result.plan.privacy.steps == 4
 
 
 def test_the_per_example_path_can_be_forced_and_is_reported(small_digits) -> None:
-    result = train.train(
+    result = fit(
         small_digits,
         "mlp",
         noise_multiplier=1.0,
@@ -223,17 +225,17 @@ def test_poisson_batches_follow_the_sampling_rate() -> None:
 )
 def test_bad_parameters_are_refused_before_training(small_digits, kwargs, message) -> None:
     with pytest.raises(TrainingError, match=message):
-        train.train(small_digits, "mlp", **{"batch_size": 32, "epochs": 1, **kwargs})
+        fit(small_digits, "mlp", **{"batch_size": 32, "epochs": 1, **kwargs})
 
 
 def test_unknown_architectures_and_options_are_refused(small_digits) -> None:
     with pytest.raises(TrainingError, match="unknown architecture"):
-        train.train(small_digits, "resnet", noise_multiplier=1.0)
+        fit(small_digits, "resnet", noise_multiplier=1.0)
     with pytest.raises(ArchitectureError, match="unknown option"):
         architectures.build_model("mlp", (4,), 2, filters=3)
     cancer = load_dataset("sklearn:breast_cancer")
     with pytest.raises(ArchitectureError, match="image-shaped"):
-        train.train(cancer, "cnn", noise_multiplier=1.0, batch_size=32, epochs=1)
+        fit(cancer, "cnn", noise_multiplier=1.0, batch_size=32, epochs=1)
 
 
 def test_batch_normalisation_is_refused_for_dp_on_every_path() -> None:
@@ -276,7 +278,7 @@ def test_training_that_changes_non_trainable_weights_is_refused(tiny_model) -> N
 def test_exact_statistics_and_stray_statistics_noise_are_refused_with_dp() -> None:
     cancer = load_dataset("sklearn:breast_cancer")
     with pytest.raises(TrainingError, match="no DP guarantee covers"):
-        train.train(cancer, "mlp", noise_multiplier=1.0, preprocessing="standardize", epochs=1)
+        fit(cancer, "mlp", noise_multiplier=1.0, preprocessing="standardize", epochs=1)
     digits = load_dataset("sklearn:digits")
     with pytest.raises(TrainingError, match="dp-standardize only"):
-        train.train(digits, "mlp", noise_multiplier=1.0, stats_noise_multiplier=4.0, epochs=1)
+        fit(digits, "mlp", noise_multiplier=1.0, stats_noise_multiplier=4.0, epochs=1)
