@@ -20,12 +20,8 @@ from secure_maas.errors import SecureMaasError
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import Model, ModelVersion, Privacy, VersionStatus
 from secure_maas.registry.publish import DP_FIELDS
-from secure_maas.registry.signed import SignedFacts
+from secure_maas.registry.signed import UNVERIFIED, SignedFacts
 from secure_maas.timeutil import isoformat
-
-#: The privacy shown for a version whose signed header could not be had or disagrees with
-#: its row (`models verify` says why).
-UNVERIFIED = "unverified"
 
 
 def _signed(app: AppContext, row: ModelVersion) -> tuple[SignedFacts | None, str | None]:

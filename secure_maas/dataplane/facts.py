@@ -17,10 +17,9 @@ from typing import Any
 from secure_maas.registry.disclosure import public_guarantee
 from secure_maas.registry.models import ModelVersion, VersionStatus
 from secure_maas.registry.signature import ServingSignature
-from secure_maas.registry.signed import SignedFacts
+from secure_maas.registry.signed import UNVERIFIED, SignedFacts
 
-#: The privacy class shown for a version whose signed header could not be authenticated.
-UNVERIFIED = "unverified"
+__all__ = ["UNVERIFIED", "VersionFacts", "version_facts"]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ HEADER_FACTS = "header_facts"
 _LEGACY_PREPROCESSING = ("public-range", "none")
 
 
+#: The privacy shown for a version whose signed header could not be authenticated or disagrees
+#: with its row: no guarantee is claimed for it.
+UNVERIFIED = "unverified"
+
+
 @dataclass(frozen=True)
 class SignedFacts:
     """What the publisher signed about one version (after the two allowed narrowings)."""
