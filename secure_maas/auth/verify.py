@@ -207,6 +207,12 @@ class Verifier:
                 self._cache[digest] = _Entry(principal, valid_until)
         return principal
 
+    def cached(self) -> dict[bytes, object]:
+        """A copy of the verification cache (SHA-256 of a token -> what it verified to), so that
+        an operator's debugging or a test can see that no token itself is ever held."""
+        with self._lock:
+            return dict(self._cache)
+
     def _evict(self, moment: float) -> None:
         live = {k: e for k, e in self._cache.items() if e.valid_until >= moment}
         if len(live) >= self._cache_entries:

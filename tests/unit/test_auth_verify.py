@@ -280,7 +280,7 @@ def test_the_cache_holds_digests_never_tokens(env: Env) -> None:
     first = env.verifier.verify(token, now=NOW)
     assert env.verifier.verify(token, now=NOW) is first  # served from the cache
     digest = hashlib.sha256(token.encode()).digest()
-    cache = env.verifier._cache
+    cache = env.verifier.cached()
     assert digest in cache
     assert all(isinstance(k, bytes) and len(k) == 32 for k in cache)
     assert token not in repr(cache) and token not in repr(first)
