@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from secure_maas.crypto.envelope import _check_identity, _check_signature
+from secure_maas.crypto.envelope import check_identity, check_signature
 from secure_maas.crypto.framing import (
     COPY_BYTES,
     Header,
@@ -63,7 +63,7 @@ def authenticate_header(
     it the body is hashed. Either way nothing is decrypted and no service key is used.
     """
     prelude = read_prelude(src, None)
-    publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
+    publisher = check_identity(prelude, trusted_publishers, expect_model, expect_version)
     if ciphertext_digest is None:
         digest = _hash_body(src, prelude.header.body_length)
     else:
@@ -71,7 +71,7 @@ def authenticate_header(
             digest = bytes.fromhex(ciphertext_digest)
         except ValueError as exc:
             raise InvalidArtifact("digest_mismatch", "recorded digest is not hex") from exc
-    _check_signature(prelude, publisher, digest)
+    check_signature(prelude, publisher, digest)
     return Attested(
         prelude.header,
         digest.hex(),

@@ -254,7 +254,7 @@ def open_artifact(
     does not commit to its key, also has its plaintext digest checked before it is returned.
     """
     prelude = read_prelude(src, max_plaintext)
-    publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
+    publisher = check_identity(prelude, trusted_publishers, expect_model, expect_version)
     aead = AESGCM(_body_key(prelude.header, _unwrap(prelude, private_keys)))
     legacy = prelude.header.format == FORMAT_V1
     plaintext_hash = hashlib.sha256() if legacy else None
@@ -270,7 +270,7 @@ def open_artifact(
                 reuse_out=False,
                 observe=None if plaintext_hash is None else plaintext_hash.update,
             )
-        _check_signature(prelude, publisher, digest)
+        check_signature(prelude, publisher, digest)
         if plaintext_hash is not None:
             _check_plaintext(prelude, plaintext_hash.hexdigest())
         done = True
@@ -296,7 +296,7 @@ def verify_artifact(
     hash would halve its throughput.)
     """
     prelude = read_prelude(src, None)
-    publisher = _check_identity(prelude, trusted_publishers, expect_model, expect_version)
+    publisher = check_identity(prelude, trusted_publishers, expect_model, expect_version)
     aead = AESGCM(_body_key(prelude.header, _unwrap(prelude, private_keys)))
     plaintext_hash = hashlib.sha256()
     scratch = bytearray(min(prelude.header.chunk_size, prelude.header.plaintext_length))
@@ -307,7 +307,7 @@ def verify_artifact(
             )
     finally:
         wipe(scratch)
-    _check_signature(prelude, publisher, digest)
+    check_signature(prelude, publisher, digest)
     _check_plaintext(prelude, plaintext_hash.hexdigest())
     return Verified(prelude.header, digest.hex(), prelude.key_id, prelude.publisher_id)
 
@@ -621,12 +621,14 @@ def _suite(algorithm: Algorithm) -> tuple[str, hpke.Suite]:
     return name, hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-def _check_identity(
+def check_identity(
     prelude: Prelude,
     trusted_publishers: Mapping[str, PublicKey],
     expect_model: str | None,
     expect_version: int | None,
 ) -> PublicKey:
+    """The trusted publisher of `prelude`, once its header names the model and version the
+    caller expects (shared with `attest`, which checks a header without opening the body)."""
     header = prelude.header
     if expect_model is not None and header.model != expect_model:
         reason = f"model name mismatch: header says {header.model!r}, expected {expect_model!r}"
@@ -641,7 +643,8 @@ def _check_identity(
     return publisher
 
 
-def _check_signature(prelude: Prelude, publisher: PublicKey, ciphertext_digest: bytes) -> None:
+def check_signature(prelude: Prelude, publisher: PublicKey, ciphertext_digest: bytes) -> None:
+    """`InvalidArtifact` unless `publisher` signed this header over `ciphertext_digest`."""
     message = _signed_message(
         prelude.header.format, prelude.header_digest, ciphertext_digest, prelude.publisher_id
     )

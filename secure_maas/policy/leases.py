@@ -39,7 +39,7 @@ from secure_maas.db.dialect import insert
 from secure_maas.db.engine import DatabaseUnavailable, describe_error
 from secure_maas.db.session import write_scope
 from secure_maas.policy.models import QuotaCounter
-from secure_maas.policy.quota import QuotaResult, _refused, window_start
+from secure_maas.policy.quota import QuotaResult, refused_until, window_start
 from secure_maas.policy.rules import Quota, merge_quotas
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class QuotaLeases:
         for quota in merged:
             start = window_start(now, quota)
             if quota.rows is not None and rows > quota.rows:
-                return _refused(quota, start + quota.per.seconds, now)
+                return refused_until(quota, start + quota.per.seconds, now)
             key = (subject, model, quota.per.value, start)
             windows.append((quota, key, start + quota.per.seconds))
         moment = self._clock()
@@ -147,7 +147,7 @@ class QuotaLeases:
             self._lease(missing, rows, moment)
         except _Over as over:
             self._put_back(taken, rows)
-            return _refused(over.quota, over.window_end, now)
+            return refused_until(over.quota, over.window_end, now)
         except SQLAlchemyError as exc:
             self._put_back(taken, rows)
             raise DatabaseUnavailable(f"cannot count quota: {describe_error(exc)}") from exc

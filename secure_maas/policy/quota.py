@@ -60,7 +60,9 @@ def window_start(now: datetime, quota: Quota) -> int:
     return seconds - seconds % quota.per.seconds
 
 
-def _refused(quota: Quota, window_end: int, now: datetime) -> QuotaResult:
+def refused_until(quota: Quota, window_end: int, now: datetime) -> QuotaResult:
+    """A refusal by `quota` whose caller may retry when its window ends (shared with the
+    leases, which refuse the same way from their in-memory allowance)."""
     wait = max(1, math.ceil(window_end - now.timestamp()))
     return QuotaResult(False, wait, f"quota {quota} exhausted")
 
@@ -84,14 +86,14 @@ def consume(
         # A request bigger than a whole window's allowance can never fit: refuse it unwritten.
         if quota.rows is not None and rows > quota.rows:
             start = window_start(now, quota)
-            return _refused(quota, start + quota.per.seconds, now)
+            return refused_until(quota, start + quota.per.seconds, now)
     try:
         with write_scope(engine) as session:
             for quota in merged:
                 _count(session, subject, model, quota, rows, now)
             _maybe_prune(session, now)
     except _OverQuota as over:
-        return _refused(over.quota, over.window_end, now)
+        return refused_until(over.quota, over.window_end, now)
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(f"cannot count quota: {describe_error(exc)}") from exc
     return QuotaResult(True)
