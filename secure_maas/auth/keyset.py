@@ -69,11 +69,11 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-class KeyringKeys:
-    """The keyring's usable JWT keys; reloaded when `keys/keyring.json` changes (rotation)."""
+class _WatchedFile:
+    """Keys read from one file, read again only when its (inode, size, mtime) changes."""
 
-    def __init__(self, folder: Path, issuer: str) -> None:
-        self._folder = folder
+    def __init__(self, path: Path, issuer: str) -> None:
+        self._path = path
         self._issuer = issuer
         self._stamp: tuple[int, int, int] | None = None
         self._keys: dict[str, VerificationKey] = {}
@@ -83,9 +83,25 @@ class KeyringKeys:
         return self._keys
 
     def refresh(self) -> bool:
-        stamp = _stamp(self._folder / MANIFEST_NAME)
+        stamp = _stamp(self._path)
         if stamp is not None and stamp == self._stamp:
             return False
+        self._keys = self._load(stamp)
+        self._stamp = stamp
+        return True
+
+    def _load(self, stamp: tuple[int, int, int] | None) -> dict[str, VerificationKey]:
+        raise NotImplementedError
+
+
+class KeyringKeys(_WatchedFile):
+    """The keyring's usable JWT keys; reloaded when `keys/keyring.json` changes (rotation)."""
+
+    def __init__(self, folder: Path, issuer: str) -> None:
+        self._folder = folder
+        super().__init__(folder / MANIFEST_NAME, issuer)
+
+    def _load(self, stamp: tuple[int, int, int] | None) -> dict[str, VerificationKey]:
         keyring = Keyring.open(self._folder)
         loaded = {}
         for record in keyring.usable(KeyKind.JWT):
@@ -93,8 +109,7 @@ class KeyringKeys:
             loaded[record.id] = VerificationKey(
                 record.id, LOCAL_ALGORITHM, self._issuer, False, PyJWK(jwk, LOCAL_ALGORITHM)
             )
-        self._keys, self._stamp = loaded, stamp
-        return True
+        return loaded
 
 
 def algorithm_of(jwk: Mapping[str, Any]) -> str | None:
@@ -148,34 +163,19 @@ def parse_jwks(data: bytes, *, issuer: str, name: str) -> dict[str, Verification
     return keys
 
 
-class JwksFileKeys:
+class JwksFileKeys(_WatchedFile):
     """An external identity provider's JWKS, from a file the operator keeps current."""
 
-    def __init__(self, path: Path, issuer: str) -> None:
-        self._path = path
-        self._issuer = issuer
-        self._stamp: tuple[int, int, int] | None = None
-        self._keys: dict[str, VerificationKey] = {}
-        self.refresh()
-
-    def keys(self) -> Mapping[str, VerificationKey]:
-        return self._keys
-
-    def refresh(self) -> bool:
-        stamp = _stamp(self._path)
+    def _load(self, stamp: tuple[int, int, int] | None) -> dict[str, VerificationKey]:
         if stamp is None:
             raise KeySetError(f"external JWKS file {self._path} does not exist")
-        if stamp == self._stamp:
-            return False
         try:
             data = self._path.read_bytes()
         except OSError as exc:
             raise KeySetError(f"cannot read {self._path}: {exc.strerror}") from exc
         if len(data) > MAX_JWKS_BYTES:
             raise KeySetError(f"{self._path} is larger than {MAX_JWKS_BYTES} bytes")
-        self._keys = parse_jwks(data, issuer=self._issuer, name=str(self._path))
-        self._stamp = stamp
-        return True
+        return parse_jwks(data, issuer=self._issuer, name=str(self._path))
 
 
 def merged(sources: list[KeySource]) -> dict[str, VerificationKey]:
