@@ -4,9 +4,9 @@
                                       [--quick]
 
 Each configuration is the demo's (`secure_maas.cli.demo_cmd.MODELS`, docs/training.md's commands),
-trained through the library's `train.train` with fresh noise every time (no `--noise-seed`: a
-known seed voids the guarantee) and a fresh random split key per round (a registered dataset
-gets its own), so the spread covers both the DP noise and the split:
+planned by `plan.make_plan` and trained by `train.train`, with fresh noise every time (no
+`--noise-seed`: a known seed voids the guarantee) and a fresh random split key per round (a
+registered dataset gets its own), so the spread covers both the DP noise and the split:
 
 * digits, MLP, ε = 3: public range 0..16 (no privacy cost); goal ≥ 0.90.
 * breast cancer, MLP, ε = 1: `dp-standardize`, the statistics' Gaussian release composed into
@@ -40,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secure_maas.cli.demo_cmd import MODELS
 from secure_maas.training import datasets, train
+from secure_maas.training.plan import TrainingRequest, make_plan
 
 
 def options(model: str, **override: Any) -> dict[str, Any]:
-    """The demo's (docs/training.md's) training options for `model`, as `train.train` keywords."""
+    """The demo's (docs/training.md's) training options for `model`, as `TrainingRequest`
+    fields (and the δ its registration gives)."""
     (item,) = [m for m in MODELS if m.model == model]
     given = dict(item.train)
     kwargs: dict[str, Any] = {
@@ -65,9 +67,9 @@ def once(source: str, model: str, key: bytes | None = None, **override: Any) -> 
     ds = datasets.load_dataset(source)
     ds = replace(ds, split_key=key if key is not None else secrets.token_bytes(32))
     opts = options(model, **override)
-    arch, sizes = opts.pop("arch"), opts.pop("sizes")
     delta = opts.pop("delta")
-    result = train.train(ds, arch, sizes=sizes, delta=delta, **opts)
+    request = TrainingRequest(dataset=source, model_name=model, **opts)
+    result = train.train(ds, make_plan(request, ds, delta=delta))
     return result.test_accuracy
 
 
