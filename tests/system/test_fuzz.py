@@ -433,7 +433,7 @@ def _infer_finding(inputs: dict[str, Any], binary: bool = False) -> Sent:
 
 
 DEEP = json.loads("[" * 40 + "1" + "]" * 40)  # 40 nested lists
-#: What fuzzing found: 500s, fixed (tests/unit/test_regression_infer_inputs.py has each too).
+#: What fuzzing found: 500s, fixed (tests/unit/test_serving_formats_oip.py has each too).
 INFER_FINDINGS = [
     _infer_finding({"shape": [0, 10**20], "datatype": "FP32", "data": []}),
     _infer_finding({"shape": [1] * 40, "datatype": "FP32", "data": [1.0]}),
@@ -729,7 +729,7 @@ def loads_or_refuses(path: Path) -> PolicyDocument | None:
         return None
 
 
-#: What fuzzing found (fixed; tests/unit/test_regression_policy_files.py has each one too).
+#: What fuzzing found (fixed; tests/unit/test_policy_files.py has each one too).
 POLICY_FINDINGS = [
     "version: !!int abc\n",
     "version: !!bool maybe\n",

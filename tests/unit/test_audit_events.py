@@ -1,8 +1,12 @@
-"""Audit events are checked when built; time and head arguments parse as documented."""
+"""Audit events are checked when built; time and head arguments parse as documented, and any
+other text is a `ValueError` (never an `OverflowError`, nor a digit that is not ASCII read as
+one)."""
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from secure_maas.actions import Action, AdminAction
 from secure_maas.audit import (
@@ -16,6 +20,7 @@ from secure_maas.audit import (
 )
 from secure_maas.audit.chain import GENESIS_MAC, Head, seal
 from secure_maas.audit.events import REASON_MAX, AuditRecord
+from secure_maas.timeutil import MAX_DURATION
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -106,6 +111,42 @@ def test_parse_time(text: str, expected: datetime) -> None:
 def test_parse_time_refuses_with_examples(text: str) -> None:
     with pytest.raises(ValueError, match="1h, 30m, 7d"):
         parse_time(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "999999999d",
+        "99999999999999999999999d",
+        "9" * 5000 + "s",
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+        "\u0661h",  # ARABIC-INDIC DIGIT ONE: `\d` matches it, `int()` reads 1
+        "\uff11h",  # FULLWIDTH DIGIT ONE
+        "²h",
+        "1h\x00",
+    ],
+)
+def test_times_out_of_range_or_not_ascii_are_value_errors(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_time(text, now=NOW)
+    assert "\x00" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+def test_the_edges_that_a_datetime_holds_are_accepted() -> None:
+    assert parse_time("0001-01-01T00:00:00Z", now=NOW) == datetime(1, 1, 1, tzinfo=UTC)
+    assert parse_time("9999-12-31T23:59:59Z", now=NOW).year == 9999
+    assert parse_time("36525d", now=NOW) == NOW - MAX_DURATION
+    assert parse_time(" 7d\t", now=NOW) == NOW - timedelta(days=7)
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_a_time_or_a_value_error(text: str) -> None:
+    try:
+        moment = parse_time(text, now=NOW)
+    except ValueError:
+        return
+    assert moment.tzinfo is UTC or moment.utcoffset() == timedelta(0)
 
 
 def test_parse_head_round_trips() -> None:

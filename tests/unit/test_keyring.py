@@ -226,3 +226,39 @@ def test_post_quantum_service_key(folder: Path) -> None:
     assert classic.algorithm == "x25519"
     assert keyring.rotate(KeyKind.SERVICE).algorithm == "x25519"
     assert keyring.rotate(KeyKind.SERVICE, pq=True).algorithm == "mlkem768-x25519"
+
+
+# -- the published key set covers every JWT key the manifest trusts, whatever stops a change --
+# `jwks.json` is written before the manifest, so a rotation stopped between the two writes has
+# not taken effect. The interruption is real, without a mock: `jwks.json` is replaced by a
+# folder, so writing it fails.
+
+
+def published_kids(folder: Path) -> set[str]:
+    return {key["kid"] for key in json.loads((folder / "jwks.json").read_text())["keys"]}
+
+
+def test_a_rotation_whose_key_set_cannot_be_written_does_not_take_effect(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    keyring, _ = Keyring.init(folder)
+    before = keyring.active(KeyKind.JWT).id
+    (folder / "jwks.json").unlink()
+    (folder / "jwks.json").mkdir()
+    (folder / "jwks.json" / "blocker").write_text("x")
+
+    with pytest.raises(OSError):
+        keyring.rotate(KeyKind.JWT)
+
+    assert Keyring.open(folder).active(KeyKind.JWT).id == before
+    (folder / "jwks.json" / "blocker").unlink()
+    (folder / "jwks.json").rmdir()
+
+
+def test_after_every_change_the_key_set_covers_the_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    keyring, _ = Keyring.init(folder)
+    old = keyring.active(KeyKind.JWT).id
+    new = keyring.rotate(KeyKind.JWT).id
+    assert published_kids(folder) == {old, new}
+    Keyring.open(folder).retire(old)
+    assert published_kids(folder) == {new}

@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from secure_maas.timeutil import format_duration, isoformat, parse_duration, parse_isoformat
+from secure_maas.timeutil import (
+    MAX_DURATION,
+    format_duration,
+    isoformat,
+    parse_duration,
+    parse_isoformat,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,3 +39,18 @@ def test_isoformat_round_trips_in_utc() -> None:
     assert parse_isoformat(isoformat(moment)) == moment
     with pytest.raises(ValueError, match="no UTC offset"):
         parse_isoformat("2026-11-28T10:00:05")
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
+    try:
+        delta = parse_duration(text)
+    except ValueError:
+        return
+    assert timedelta(0) <= delta <= MAX_DURATION
+    assert text.strip(" \t").rstrip("smhdw").strip(" \t").isascii()
+
+
+def test_a_stored_timestamp_past_the_calendar_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="years 1 to 9999"):
+        parse_isoformat("0001-01-01T00:00:00+14:00")
