@@ -1,12 +1,12 @@
-"""Issue 15.4: opening an artifact allocates by what the file can hold, not by what it claims.
+"""Opening an artifact allocates by what the file can hold, not by what its frame claims.
 
-Every length in an artifact's frame is read before anything in it is authenticated. Before
-the fix, `read_ahead` sized its buffers by the header's chunk size alone: a file of a few
-hundred bytes whose header claimed 64 MiB chunks made every open (and every refusal of it)
-allocate a 64 MiB buffer, up to three of them, before the signature was checked; a header
-block claiming 1 MiB in a tiny file cost 1 MiB likewise. The forgeries here are what anyone
-with write access to the store can make: a header of their choosing, a fresh keyblock to the
-service's public key, a body under their own data key, and a signature that cannot verify.
+Every length in an artifact's frame is read before anything in it is authenticated, so
+`read_ahead` sizes its buffers by the file's size as well as the header's chunk size: a file
+of a few hundred bytes whose header claims 64 MiB chunks is opened (or refused) in small
+memory, and a header block claiming 1 MiB in a tiny file is refused before 1 MiB is
+allocated. The forgeries here are what anyone with write access to the store can make: a
+header of their choosing, a fresh keyblock to the service's public key, a body under their own
+data key, and a signature that cannot verify.
 """
 
 from __future__ import annotations
@@ -37,18 +37,13 @@ T = TypeVar("T")
 SMALL = 256 << 10  # far above what a few hundred bytes need, far below one claimed chunk
 
 
-def make_key(algorithm: Algorithm) -> PrivateKey:
-    return load_private(algorithm, generate(algorithm).private, name="test")
-
-
 @pytest.fixture(scope="module")
 def keys() -> dict[str, PrivateKey]:
-    return {
-        "svc": make_key(Algorithm.X25519),
-        "svc-new": make_key(Algorithm.X25519),
-        "pub": make_key(Algorithm.ED25519),
-        "impostor": make_key(Algorithm.ED25519),
-    }
+    """The service's key and the one it rotates to, its publisher's, and an impostor's."""
+    algorithms = {"svc": Algorithm.X25519, "svc-new": Algorithm.X25519,
+                  "pub": Algorithm.ED25519, "impostor": Algorithm.ED25519}  # fmt: skip
+    return {name: load_private(a, generate(a).private, name="test")
+            for name, a in algorithms.items()}  # fmt: skip
 
 
 def sealed(keys: dict[str, PrivateKey], data: bytes, signer: str, chunk_size: int) -> bytes:

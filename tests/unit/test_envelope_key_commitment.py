@@ -1,13 +1,13 @@
-"""Issue 15.6: a sealed artifact opens to one plaintext only, whichever keyblock it carries.
+"""A sealed artifact opens to one plaintext only, whichever keyblock it carries.
 
 AES-GCM does not commit to its key: knowing two keys, one can solve GHASH's linear equations
 for a ciphertext block that makes a single ciphertext and tag authenticate under both, to two
 different plaintexts. A publisher who does this, signs the header and body once, and wraps
-either data key in the (unsigned) keyblock had an artifact that opened, with the same signed
-header and the same ciphertext digest as the registry row, to whichever plaintext its keyblock
-chose; only the header's plaintext digest told them apart, and `open_artifact` did not check
-it. Now the v2 header commits to the data key (checked at unwrap, before the body is read),
-and a v1 artifact, which has no commitment, has its plaintext digest checked on every open.
+either data key in the (unsigned) keyblock would have an artifact that opens, with the same
+signed header and the same ciphertext digest as the registry row, to whichever plaintext its
+keyblock chooses. So the v2 header commits to the data key (checked at unwrap, before the body
+is read), and a v1 artifact, which has no commitment, has its plaintext digest checked on
+every open.
 
 The forgery here is real: the ciphertext below authenticates under both body keys (asserted
 with AES-GCM itself), and the artifacts carry a valid signature by the trusted publisher.
@@ -239,8 +239,8 @@ def test_v2_commits_to_one_data_key_and_refuses_the_other_before_reading_the_bod
 
 
 def test_v1_checks_the_plaintext_digest_on_every_open(keys: dict[str, PrivateKey]) -> None:
-    """Before the fix both keyblocks opened, to two plaintexts; the digest matches neither.
-    The code says the signature, the unwrap and every chunk passed: only the digest refused."""
+    """Both keyblocks unwrap and decrypt, to two plaintexts; the digest matches neither. The
+    code says the signature, the unwrap and every chunk passed: only the digest refuses."""
     forgery = forge(keys, 1)
     for artifact in forgery.artifacts:
         assert refusal(keys, artifact).code == "plaintext_digest"
@@ -251,7 +251,7 @@ def test_a_store_writer_replacing_the_keyblock_is_refused_at_unwrap(
     keys: dict[str, PrivateKey],
 ) -> None:
     """Anyone can wrap a key of their own to the service for this header (HPKE needs only the
-    public key); the commitment refuses it before decryption (it was `chunk_auth` before)."""
+    public key); the commitment refuses it at unwrap, before any chunk is decrypted."""
     out = io.BytesIO()
     envelope.seal(
         os.urandom(200), out, model="digits", version=1, metadata={},
