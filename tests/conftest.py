@@ -13,6 +13,7 @@ import itertools
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,19 +138,58 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     return {**os.environ, **env}
 
 
+#: The kind of each test, from its folder: `-m unit`, `-m "not system"` and so on select by it.
+KINDS = ("unit", "functional", "system")
+_TESTS = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the runs on a database `SMAAS_TEST_DATABASES` leaves out (every fixture whose
-    parameter is a database name: `database_url` and the serving tests' instances)."""
+    """Mark every test with its kind (its folder) and, on PostgreSQL, `postgres`; deselect the
+    runs on a database `SMAAS_TEST_DATABASES` leaves out (every fixture whose parameter is a
+    database name: `database_url` and the serving tests' instances)."""
     if REQUIRE_PG and "postgresql" not in DATABASES:
         raise pytest.UsageError("SMAAS_TEST_REQUIRE_POSTGRES=1 with PostgreSQL left out")
     kept, dropped = [], []
     for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(_TESTS).parts[0]
+        if folder in KINDS:
+            item.add_marker(folder)
         params = getattr(getattr(item, "callspec", None), "params", {})
-        left_out = any(
-            isinstance(value, str) and value in ("sqlite", "postgresql") and value not in DATABASES
-            for value in params.values()
-        )
-        (dropped if left_out else kept).append(item)
+        databases = {v for v in params.values() if isinstance(v, str) and v in _DATABASE_NAMES}
+        if "postgresql" in databases:
+            item.add_marker("postgres")
+        (dropped if databases - set(DATABASES) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+_DATABASE_NAMES = ("sqlite", "postgresql")
+
+# -- tests/unit stays pure ------------------------------------------------------------------
+# A unit test starts no process and no network server: those belong in tests/functional. An
+# audit hook (they cannot be removed, so it is added once and switched per test) refuses them.
+_SPAWNS = ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system")
+_pure = False
+
+
+def _refuse_impure(event: str, args: tuple[object, ...]) -> None:
+    if not _pure:
+        return
+    if event in _SPAWNS:
+        raise RuntimeError(f"tests/unit starts no process ({event}): move the test to functional")
+    if event == "socket.bind" and isinstance(args[1], tuple):
+        raise RuntimeError("tests/unit opens no network socket: move the test to functional")
+
+
+sys.addaudithook(_refuse_impure)
+
+
+@pytest.fixture(autouse=True)
+def _unit_purity(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _pure
+    _pure = request.node.get_closest_marker("unit") is not None
+    try:
+        yield
+    finally:
+        _pure = False

@@ -10,8 +10,9 @@ import pytest
 
 from secure_maas.config import Settings
 from secure_maas.db import migrate
-from secure_maas.keys import KeyKind
+from secure_maas.keys import KeyKind, Keyring
 from tests.functional.cli import run_cli
+from tests.unit.test_keys_files import link_outside, private_path
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -64,6 +65,19 @@ def test_private_key_with_mode_644_is_refused_with_the_fix(
     for command in (["keys", "check"], ["init"]):
         line = one_line_error(run_cli(*command, env=cli_env))
         assert f"fix with: chmod 600 {jwt_key}" in line
+
+
+def test_cli_refuses_a_symlinked_key_with_the_fix_and_no_traceback(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run_cli("keys", "init", env=cli_env).returncode == 0
+    keyring = Keyring.open(Path(cli_env["SECURE_MAAS_KEYS_DIR"]))
+    path = private_path(keyring, KeyKind.PUBLISHER)
+    link_outside(keyring, path, tmp_path)
+    refused = run_cli("keys", "check", env=cli_env)
+    assert refused.returncode == 1
+    assert "symbolic link" in refused.stderr and "cp --remove-destination" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_db_upgrade_and_rotation_through_the_cli(cli_env: dict[str, str]) -> None:

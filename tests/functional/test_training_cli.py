@@ -24,6 +24,8 @@ from secure_maas.training.models import TrainingRun
 from tests.functional.cli import SCRIPT, run_cli
 from tests.functional.training_support import audit_rows, initialised, runs, versions
 
+pytestmark = pytest.mark.slow  # every test here trains through the CLI
+
 pytest.importorskip("tensorflow")
 
 QUICK = ["--arch", "mlp", "--units", "16", "--epochs", "3"]

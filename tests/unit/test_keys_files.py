@@ -18,7 +18,6 @@ import pytest
 
 from secure_maas.keys import InsecurePermissions, KeyKind, Keyring, KeyringError
 from secure_maas.keys.records import MANIFEST_NAME, ManifestError
-from tests.functional.cli import run_cli
 
 OTHER_UID = 65534  # nobody
 
@@ -168,16 +167,3 @@ def test_unreadable_manifest_is_a_manifest_error(keyring: Keyring) -> None:
     (keyring.folder / MANIFEST_NAME).write_bytes(b"\xff\xfe not json")
     with pytest.raises(ManifestError, match="corrupted"):
         Keyring.open(keyring.folder)
-
-
-def test_cli_refuses_a_symlinked_key_with_the_fix_and_no_traceback(
-    cli_env: dict[str, str], tmp_path: Path
-) -> None:
-    assert run_cli("keys", "init", env=cli_env).returncode == 0
-    keyring = Keyring.open(Path(cli_env["SECURE_MAAS_KEYS_DIR"]))
-    path = private_path(keyring, KeyKind.PUBLISHER)
-    link_outside(keyring, path, tmp_path)
-    refused = run_cli("keys", "check", env=cli_env)
-    assert refused.returncode == 1
-    assert "symbolic link" in refused.stderr and "cp --remove-destination" in refused.stderr
-    assert "Traceback" not in refused.stderr

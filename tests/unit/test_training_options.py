@@ -3,9 +3,6 @@ offers exactly those, without importing TensorFlow to know them."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import click
 
 from secure_maas.cli.train_cmd import train
@@ -24,12 +21,3 @@ def test_the_train_command_offers_the_options_of_training() -> None:
     assert choices("preprocessing") == options.PREPROCESSING
     assert choices("clipping_path") == options.CLIPPING_PATHS
     assert set(options.COVERED_PREPROCESSING) < set(options.PREPROCESSING)
-
-
-def test_the_options_import_no_tensorflow() -> None:
-    code = (
-        "import sys, secure_maas.training.options; "
-        "print('tensorflow' in sys.modules or 'keras' in sys.modules)"
-    )
-    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "False"
