@@ -1,21 +1,25 @@
-"""Regression (issue 8, process faults): a store write killed with SIGKILL left its hidden temp
-file `.<version>.sealed.<random>.tmp` in the model's folder for ever. No `finally` runs under
-SIGKILL, `models verify` does not list dot-files, and running the command again (`models
-rewrap`, or the publish of that version) wrote a new temp file beside the old one. Now the next
-write of the same artifact removes what a killed write of it left, and nothing else.
+"""The artifact store's files on both databases: a failed or killed write leaves nothing.
 
-The kill is real: a child process starts the write, says so from inside `produce`, and is
-SIGKILLed there, so the state under test is exactly what a killed `rewrap` or `train` leaves.
+- A write that fails (a full disk, a crash inside the seal) removes the model folder it
+  created, and only that: a folder that held other versions, or something else by now, stays.
+- No `finally` runs under SIGKILL, so a killed write leaves its hidden temp file
+  `.<version>.sealed.<random>.tmp` (which `models verify` does not list); the next write of
+  the same artifact (`models rewrap`, or the publish of that version) removes it, and nothing
+  else. The kill is real: a child process starts the write, says so from inside `produce`,
+  and is SIGKILLed there, so the state under test is exactly what a killed `rewrap` or
+  `train` leaves.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -27,7 +31,7 @@ from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.catalog import ModelRef
 from secure_maas.registry.models import Privacy
 from secure_maas.registry.publish import Provenance, publish
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import ArtifactStore, StoreError
 
 SIGNATURE = {"inputs": [{"name": "x", "shape": [None, 4], "dtype": "float32"}], "outputs": []}
 
@@ -36,7 +40,7 @@ SIGNATURE = {"inputs": [{"name": "x", "shape": [None, 4], "dtype": "float32"}], 
 CHILD = """
 import sys, time
 from pathlib import Path
-from secure_maas.registry.store import ArtifactStore
+from secure_maas.registry.store import ArtifactStore, StoreError
 
 root, how, name, version = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -134,3 +138,38 @@ def test_the_next_publish_of_a_killed_version_removes_its_temp_file_and_no_other
     assert leftovers(store, "m") == [other.name]
     assert opens(migrated_engine, store, keyring, "m:2") == b"two"
     assert Path(store.path("m", 2)).is_file()
+
+
+def _disk_full(out: BinaryIO) -> None:
+    out.write(b"the first bytes of a sealed artifact")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_first_write_leaves_no_folder(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(StoreError, match="No space left"):
+        store.write("digits", 1, _disk_full)
+    assert list((tmp_path / "store").iterdir()) == []
+    store.write("digits", 1, lambda out: out.write(b"sealed"))  # and the retry works
+    assert list(store.files()) == ["digits/1.sealed"]
+
+
+def test_a_failed_later_write_keeps_the_models_folder(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    store.write("digits", 1, lambda out: out.write(b"sealed"))
+    with pytest.raises(StoreError):
+        store.write("digits", 2, _disk_full)
+    assert list(store.files()) == ["digits/1.sealed"]
+    assert sorted(p.name for p in (tmp_path / "store" / "digits").iterdir()) == ["1.sealed"]
+
+
+def test_a_failed_first_write_keeps_a_folder_someone_else_filled(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+
+    def crowded(out: BinaryIO) -> None:
+        (tmp_path / "store" / "digits" / "notes.txt").write_text("not ours")
+        _disk_full(out)
+
+    with pytest.raises(StoreError):
+        store.write("digits", 1, crowded)
+    assert [p.name for p in (tmp_path / "store" / "digits").iterdir()] == ["notes.txt"]
