@@ -1,5 +1,10 @@
 """The model cache on both databases: facts without weights, loading, LRU by bytes, registry
-changes seen within a second, tampered artifacts refused while loaded versions keep serving."""
+changes seen within a second, tampered artifacts refused while loaded versions keep serving.
+
+An artifact file that exists but cannot be read (a folder in its place; EACCES or EIO alike)
+is refused like a missing or tampered one (`InvalidArtifact`, code `unreadable`): a
+`model.refused` event, the fallback to the version a label or a bare name was serving, and a
+finding of `models verify`."""
 
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ from secure_maas.db import create_engine
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import Keyring
 from secure_maas.registry import catalog
+from secure_maas.registry.artifacts import verify_all
 from secure_maas.registry.catalog import ModelNotFound
 from secure_maas.registry.models import Privacy, VersionStatus
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
+from tests.functional.serving_support import models
 
 IMPORTED = Provenance(Privacy.IMPORTED)
 Event = tuple[str, dict[str, Any]]
@@ -278,6 +285,49 @@ def test_tampered_artifacts_are_refused_and_loaded_versions_keep_serving(
     assert fallback == [{"model": "m", "version": 1, "ref": "m@stable", "refused_version": 2}]
     with pytest.raises(ModelUnavailable):
         cache.get("m")  # the newest version is the tampered one, never served here
+
+
+def test_an_unreadable_artifact_is_refused_and_the_loaded_version_keeps_serving(
+    settings: Settings, migrated_engine: Engine
+) -> None:
+    keyring = Keyring.init(settings.keys_dir)[0]
+    store = ArtifactStore(settings.store_dir)
+    built = models()
+
+    def put(key: str) -> int:
+        return publish(
+            migrated_engine, store, keyring, name="m", payload=built.payloads[key],
+            signature=built.signatures[key], provenance=Provenance(Privacy.IMPORTED),
+            created_by="tests",
+        ).version  # fmt: skip
+
+    put("one")
+    put("two")
+    events: list[tuple[str, dict[str, Any]]] = []
+    cache = ModelCache(
+        migrated_engine, store, lambda: Keyring.open(settings.keys_dir), 1 << 30,
+        lambda kind, details: events.append((kind, details)), poll_interval=0,
+    )  # fmt: skip
+    try:
+        assert cache.get("m").facts.version == 2
+        version = put("one")
+        path: Path = store.path("m", version)
+        path.unlink()
+        path.mkdir()  # opening it raises IsADirectoryError, an OSError
+
+        assert cache.get("m").facts.version == 2  # the bare name keeps its loaded version
+        with pytest.raises(ModelUnavailable):
+            cache.get(f"m:{version}")
+        refused = [details for kind, details in events if kind == EVENT_REFUSED]
+        assert [(d["version"], d["code"]) for d in refused] == [(version, "unreadable")]
+        assert "cannot be read" in refused[0]["reason"]
+        assert [d["refused_version"] for k, d in events if k == EVENT_FALLBACK] == [version]
+    finally:
+        cache.close()
+
+    with session_scope(session_factory(migrated_engine)) as session:
+        findings = [(f.version, f.ok, f.code) for f in verify_all(session, store, keyring, "m")]
+    assert findings == [(1, True, "ok"), (2, True, "ok"), (version, False, "unreadable")]
 
 
 def test_undecodable_payload_and_failing_event_sink(

@@ -1,6 +1,17 @@
-"""Engine settings, change counters and failure modes on both databases."""
+"""Engine settings, change counters and failure modes on both databases.
 
+The SQLite database file is created 0600 before SQLite first opens it, and SQLite gives its
+`-wal` and `-shm` files the main file's permissions, so no other local user reads the audit log,
+the principals or the token ids: checked under umask 022 (the usual one), with a real gunicorn
+server (2 workers x 4 threads) writing to the database over HTTP while the files are looked at.
+"""
+
+import os
+import stat
 import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +22,8 @@ from sqlalchemy.engine import Engine
 from secure_maas.db import DatabaseUnavailable, connect_check, create_engine, session_scope
 from secure_maas.db.session import session_factory
 from secure_maas.db.state import StateVersion, bump, current
+from tests.functional.serving_support import prepare, server
+from tests.system.support import GUNICORN
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
@@ -154,3 +167,37 @@ def test_an_unopenable_writer_lock_is_database_unavailable(tmp_path: Path) -> No
     with pytest.raises(DatabaseUnavailable, match="writer.lock"), write_scope(engine):
         pass
     engine.dispose()
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_database_and_its_wal_and_shm_files_are_private(tmp_path: Path) -> None:
+    database = tmp_path / "var" / "secure_maas.db"
+    with umask(0o022):
+        instance = prepare(tmp_path, f"sqlite:///{database}")
+        try:
+            with server(instance, *GUNICORN) as served:
+                for who in ("alice", "bob", "eve"):
+                    request = urllib.request.Request(
+                        served.url + "/v1/models", headers=instance.headers(who)
+                    )
+                    with urllib.request.urlopen(request, timeout=60) as answer:
+                        assert answer.status == 200
+                files = [database, *(Path(f"{database}{end}") for end in ("-wal", "-shm"))]
+                found = {path.name: mode(path) for path in files}
+                assert found == {path.name: 0o600 for path in files}
+                assert mode(Path(f"{database}-writer.lock")) == 0o600
+                assert mode(database.parent) == 0o700
+        finally:
+            instance.engine.dispose()

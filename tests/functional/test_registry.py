@@ -1,7 +1,14 @@
-"""The sealed registry end to end on both databases: publish, open, verify, refuse, rewrap."""
+"""The sealed registry end to end on both databases: publish, open, verify, refuse, rewrap.
+
+`publish` reads the written file back before it registers a row, and a disk that lied is
+refused with nothing registered; on a publishing host without the service's private key (a
+separate training team), the read-back checks what the publisher's public key can: the
+header, the signature and the body's digest (nothing is decrypted).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +28,7 @@ from secure_maas.crypto.envelope import InvalidArtifact
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.db.state import current
 from secure_maas.keys import KeyKind, Keyring
+from secure_maas.keys.records import read_manifest, write_manifest
 from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.models import MODELS_SCOPE, ModelVersion, Privacy, VersionStatus
@@ -97,12 +105,17 @@ class ThroughStore:
 
 
 class LyingDisk(ThroughStore):
-    """A disk that reads back other bytes than were written (the last one flipped)."""
+    """A disk that reads back other bytes than were written: one flipped, `offset` from the end
+    (the last one unless told)."""
+
+    def __init__(self, real: ArtifactStore, offset: int = 1) -> None:
+        super().__init__(real)
+        self.offset = offset
 
     def open(self, relative: str) -> io.BufferedReader:
         with self.real.open(relative) as handle:
             data = bytearray(handle.read())
-        data[-1] ^= 0x01
+        data[len(data) - self.offset] ^= 0x01
         return io.BufferedReader(io.BytesIO(bytes(data)))
 
 
@@ -436,3 +449,76 @@ def test_post_quantum_service_key_seals_opens_and_rewraps(
     assert report.rewrapped == ["m/1.sealed"]
     assert open_ref(migrated_engine, store, pq_keyring, "m:1") == b"classic"
     assert open_ref(migrated_engine, store, pq_keyring, "m:2") == b"post-quantum"
+
+
+# -- the read-back on a host without the service's private key ------------------------------
+
+PAYLOAD = bytes(range(256)) * 64
+
+
+def publishing_host(keyring: Keyring) -> Keyring:
+    """The keys folder as a separate training team holds it: the service's public key only."""
+    folder = keyring.folder
+    service = keyring.active(KeyKind.SERVICE)
+    assert service.private_file is not None
+    (folder / service.private_file).unlink()
+    records = [
+        dataclasses.replace(r, private_file=None) if r.id == service.id else r
+        for r in read_manifest(folder)
+    ]
+    write_manifest(folder, records)
+    reopened = Keyring.open(folder)
+    assert reopened.get(service.id).private_file is None
+    return reopened
+
+
+def versions(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text("SELECT count(*) FROM model_versions")).scalar_one())
+
+
+def test_a_host_without_the_service_key_publishes_and_checks_the_signature(
+    migrated_engine: Engine, store: ArtifactStore, keyring: Keyring
+) -> None:
+    host = publishing_host(keyring)
+    assert put(migrated_engine, store, host, "m", PAYLOAD).version == 1
+
+
+@pytest.mark.parametrize(
+    ("offset", "code"),
+    [
+        (200, "bad_signature"),  # a byte of the body: the digest the signature covers changes
+        (len(PAYLOAD), "bad_signature"),  # a byte deep inside the body
+    ],
+)
+def test_a_write_the_disk_changed_is_refused_without_the_service_key(
+    migrated_engine: Engine, store: ArtifactStore, keyring: Keyring, offset: int, code: str
+) -> None:
+    host = publishing_host(keyring)
+    with pytest.raises(InvalidArtifact) as caught:
+        put(migrated_engine, LyingDisk(store, offset), host, "m", PAYLOAD)
+    assert caught.value.code == code
+    assert versions(migrated_engine) == 0
+    assert list(store.files()) == []
+
+
+class HeaderLie(ThroughStore):
+    """A disk that reads back a bit of the signed metadata flipped (`"x"` becomes `"y"`):
+    still canonical JSON, with the same name and version."""
+
+    def open(self, relative: str) -> io.BufferedReader:
+        with self.real.open(relative) as handle:
+            data = handle.read()
+        assert data.count(b'"name":"x"') == 1
+        return io.BufferedReader(io.BytesIO(data.replace(b'"name":"x"', b'"name":"y"')))
+
+
+def test_a_header_changed_on_disk_is_refused_without_the_service_key(
+    migrated_engine: Engine, store: ArtifactStore, keyring: Keyring
+) -> None:
+    """Framing, name and version alone would pass this header: the signature refuses it."""
+    host = publishing_host(keyring)
+    with pytest.raises(InvalidArtifact) as caught:
+        put(migrated_engine, HeaderLie(store), host, "m", PAYLOAD)
+    assert caught.value.code == "bad_signature"
+    assert versions(migrated_engine) == 0
