@@ -1,9 +1,10 @@
-"""Regression (issue 14, point 3): log injection. A caller's `signature_name`, a model name in the
-path or a JSON key was echoed into the 400/404 message and the audit `reason` with its raw
-control characters, and `secure-maas audit show` then printed a forged line and terminal escape
-sequences. Now every message the API returns, every text field the audit log stores and every
-line the audit CLI prints holds escapes (`\\n`, `\\x1b`, `\\u202e`) instead; an audit row
-written before the fix, which may still hold raw characters, is printed escaped as well.
+"""No caller's text reaches a message, the audit log or a terminal with its raw control
+characters. A caller's `signature_name`, a model name in the path or a JSON key echoed into a
+400/404 message and the audit `reason` is escaped: every message the API returns, every text
+field the audit log stores and every line the audit CLI prints holds escapes (`\\n`, `\\x1b`,
+`\\u202e`) instead, so `secure-maas audit show` prints no forged line and no terminal escape
+sequence; an audit row that holds raw characters (as older releases stored them) is printed
+escaped as well.
 
 Over real HTTP through gunicorn (2 workers x 4 threads), on SQLite and PostgreSQL; the CLI runs
 as a child process, as an auditor runs it.
@@ -137,8 +138,8 @@ def test_model_names_in_paths_and_json_keys_are_escaped(url: str, instance: Inst
 
 
 def test_an_old_record_with_raw_characters_is_printed_escaped(instance: Instance) -> None:
-    """A row written before the fix may hold raw characters: the CLI prints it escaped, and the
-    chain still verifies (nothing stored is rewritten)."""
+    """A stored row that holds raw characters (as older releases wrote them) is printed escaped
+    by the CLI, and the chain still verifies (nothing stored is rewritten)."""
     event = AuditEvent(
         action="model:predict",
         actor="mallory",
@@ -151,7 +152,7 @@ def test_an_old_record_with_raw_characters_is_printed_escaped(instance: Instance
         client="127.0.0.1",
         request_id="log-injection-old-row",
     )
-    # The state an old release left behind: write the raw text past today's escaping.
+    # A row as an older release stored it: the raw text, written past the escaping.
     raw = {
         "actor": f"mallory\n{FORGED}\x1b[2J",
         "reason": f'Serving signature name: "x\n{FORGED}\x1b]0;owned\x07\u202e" not found',

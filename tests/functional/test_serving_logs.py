@@ -1,15 +1,11 @@
-"""Issue 14, point 8 (the logs' part): a token sent in a query string never lands in a log.
+"""A token sent in a query string never lands in a server log.
 
-The development server's request log wrote whole request targets, so `?access_token=...`
-went to its log; gunicorn's error log does the same with a request line it refuses, and its
-access log (`serve --access-log`) with `%(r)s`. Over real HTTP, against both servers (on
-SQLite: the logs do not depend on the database): requests carrying a secret in their query
-string, a valid one, one refused by the app and one refused by the server's parser; the
-server's whole output (its log) must name the paths and never the secret.
-
-Before the fix the development server logged `"GET /healthz?access_token=... HTTP/1.1" 200`
-and gunicorn `Invalid request from ip=127.0.0.1: Invalid HTTP request line: '... ?access_token=
-...'`; `--access-log` did not exist.
+The development server's request log, gunicorn's error log (which quotes a request line it
+refuses) and its access log (`serve --access-log`, `%(r)s`) name request paths without their
+query strings. Over real HTTP, against both servers (on SQLite: the logs do not depend on the
+database): requests carrying a secret in their query string, a valid one, one refused by the
+app and one refused by the server's parser; the server's whole output (its log) must name the
+paths and never the secret.
 """
 
 from __future__ import annotations

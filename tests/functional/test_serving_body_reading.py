@@ -1,19 +1,19 @@
-"""Issue 14, points 1 and 2: the body is read only for a caller allowed to proceed, within
-`SECURE_MAAS_BODY_TIMEOUT`, and never past `SECURE_MAAS_MAX_BODY_BYTES`, chunked or not.
+"""The body is read only for a caller allowed to proceed, within `SECURE_MAAS_BODY_TIMEOUT`, and
+never past `SECURE_MAAS_MAX_BODY_BYTES`, chunked or not.
 
 Over real HTTP through gunicorn (`secure-maas serve --workers 2 --threads 4`, 127.0.0.1), on
 SQLite and PostgreSQL, with raw sockets where a client must misbehave:
 - a caller refused by its headers (no token, a bad token, an invisible model, a model it may
   only list, a label denied to it, a malformed path, a declared length over the limit) gets
   its answer while its body is still arriving, the connection is closed, and the audit event
-  has no body digest. Before the fix the body was read first: no answer until it was whole;
+  has no body digest;
 - an allowed caller whose body does not arrive within the deadline (stalled, or dribbled a
   byte at a time, with a length or chunked) gets 408, audited, the connection closed, nothing
-  served. Before: the server waited for the body as long as the client kept it coming;
-- a chunked body over the limit gets 413, audited with the reason, nothing served. Before:
-  truncated at the limit and served (200), the digest that of the first part;
-- what still works: bodies in one piece, chunked within the limit (the digest of the whole
-  body), keep-alive and pipelined requests.
+  served: the deadline is for the whole body, however long the client keeps it coming;
+- a chunked body over the limit gets 413, audited with the reason, nothing served (not
+  truncated at the limit and served);
+- bodies in one piece, chunked within the limit (the digest of the whole body), keep-alive
+  and pipelined requests are served.
 """
 
 from __future__ import annotations
@@ -240,8 +240,8 @@ def padded(size: int) -> bytes:
 def test_a_chunked_body_over_the_limit_gets_413_and_nothing_is_served(
     port: int, instance: Instance
 ) -> None:
-    """What the review sent: valid JSON up to the limit, then more (here whitespace, so that
-    the whole body is valid JSON too): once truncated and served with 200."""
+    """Valid JSON up to the limit, then more (here whitespace, so that the whole body is valid
+    JSON too): refused whole, not truncated at the limit and served."""
     rid = f"chunked-over-{port}"
     got = chunked_post(port, instance, rid, padded(BODY_LIMIT) + b" " * 16384)
     assert got.status == 413, got.body[:200]

@@ -1,7 +1,6 @@
-"""Issue 14, point 7: with an external identity provider configured, an external token with
-`sub=bob` received local bob's auditor role, and the audit log could not tell them apart (OIDC
-makes `sub` unique per issuer only). Over real HTTP through gunicorn (2 workers x 4 threads),
-on SQLite and PostgreSQL, with `SECURE_MAAS_EXTERNAL_ISSUER`, `_JWKS` and `_ROLES_CLAIM` set:
+"""External subjects never speak for local principals. Over real HTTP through gunicorn (2
+workers x 4 threads), on SQLite and PostgreSQL, with `SECURE_MAAS_EXTERNAL_ISSUER`, `_JWKS` and
+`_ROLES_CLAIM` set (OIDC makes `sub` unique per issuer only):
 
 - an external `sub` is the principal `ext:<alias>:<sub>` (alias: the first 12 hex digits of the
   SHA-256 of the issuer), never a local principal: external bob and alice get none of local
@@ -35,9 +34,9 @@ from jwcrypto import jwk
 
 from secure_maas.audit import AuditRecord
 from secure_maas.timeutil import utcnow
+from tests.functional.cli import run_cli
 from tests.functional.serving_support import (
     ROOT,
-    SCRIPT,
     Instance,
     Served,
     by_request,
@@ -125,15 +124,7 @@ def listed(url: str, token: str, request_id: str) -> list[str]:
 
 
 def cli(instance: External, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(SCRIPT), *args],
-        env=instance.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cli(*args, env=instance.env(), cwd=ROOT)
     assert done.returncode == status, (done.stdout, done.stderr)
     return done
 

@@ -1,13 +1,12 @@
-"""Regression (issue 15.1): the guarantee rules rely on came from the database row, not the header
-the publisher signed.
+"""The guarantees rules rely on come from the header the publisher signed, not the database row.
 
-`UPDATE model_versions SET privacy='dp', dp_epsilon=0.5` on a non-DP model turned a DENY of a
-`max_epsilon` rule into an ALLOW, the served metadata and `models show` reported the forged
-guarantee, `models verify` said intact and no audit event was written. Every fact is now taken
-from the authenticated header and the row is checked against it: the rule denies, serving
-refuses the version (`model.refused`, code `row_mismatch`, audited) while the version it served
-before keeps serving, `models verify` fails naming the fields, `models show` shows the signed
-facts and fails, and `policy explain` judges by the header.
+Every fact is taken from the authenticated header and the row is checked against it, so
+`UPDATE model_versions SET privacy='dp', dp_epsilon=0.5` on a non-DP model changes nothing a
+caller or a rule sees: a `max_epsilon` rule still denies, serving refuses the version
+(`model.refused`, code `row_mismatch`, audited) while the version it served before keeps
+serving, the served metadata shows no forged guarantee, `models verify` fails naming the
+fields, `models show` shows the signed facts and fails, and `policy explain` judges by the
+header.
 """
 
 from __future__ import annotations

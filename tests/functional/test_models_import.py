@@ -1,17 +1,16 @@
-"""Regression (issue 15.7b, 15.7c): `models import` reads a model from memory, and a refused
-import is audited.
+"""`models import` reads a model from memory, and a refused import is audited.
 
 Keras 2.15's `load_model` extracts a `.keras` archive that holds more than its three usual
 entries (here one extra, empty `assets/` folder entry) into a temporary folder under `TMPDIR`,
-`model.weights.h5` included, and leaves it there when loading then fails. The import now reads
-the archive from a `BytesIO` and the weights through h5py's file-object driver: nothing is
-written under `TMPDIR`. The child process that imports records, with a Python audit hook (it
-observes, it changes nothing), every file or folder it creates or opens for writing under
-`TMPDIR` (but for `tempfile`'s own writability probe); the test also searches every file
-there, and in the store, for the weight bytes.
+`model.weights.h5` included, and leaves it there when loading then fails. The import reads the
+archive from a `BytesIO` and the weights through h5py's file-object driver: nothing is written
+under `TMPDIR`. The child process that imports records, with a Python audit hook (it observes,
+it changes nothing), every file or folder it creates or opens for writing under `TMPDIR` (but
+for `tempfile`'s own writability probe); the test also searches every file there, and in the
+store, for the weight bytes.
 
-A refused import (a Lambda layer, a custom class, not a Keras archive) used to leave no trace in
-the audit log; it is now a denied `model:publish` event naming the model, the file and why.
+A refused import (a Lambda layer, a custom class, not a Keras archive) is a denied
+`model:publish` event naming the model, the file and why.
 """
 
 from __future__ import annotations
@@ -187,7 +186,7 @@ def test_failed_keras_load_leaves_no_weights_behind_and_is_audited(
     assert done.returncode == 1
     assert "Keras could not load" in done.stderr and "Traceback" not in done.stderr
     assert written == []
-    assert scan(work / "tmp", needle) == []  # Keras 2.15 left model.weights.h5 here
+    assert scan(work / "tmp", needle) == []  # where Keras 2.15 leaves model.weights.h5
     refused = [e for e in events(cli_env) if e["action"] == "model:publish"]
     assert [(e["decision"], e["model"], e["reason_code"]) for e in refused] == [
         ("deny", "mismatched", "not-importable")
