@@ -16,6 +16,7 @@ issued), dave (multi only: max 3 rows, 2 requests a day), eve (no rules at all).
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import os
 import socket
@@ -310,6 +311,26 @@ def by_request(engine: Engine, request_ids: set[str]) -> dict[str, list[AuditRec
             record = to_record(row)
             found[str(record.request_id)].append(record)
     return found
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on its own connection (http.client sends a str header value as latin-1):
+    the status, the headers and the body of the answer, whatever the status."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, dict(answer.headers), answer.read()
+    finally:
+        connection.close()
 
 
 #: The name the model process gives itself (`/proc/PID/comm`).

@@ -1,11 +1,28 @@
 """A real server: `secure-maas serve --workers 2 --threads 4` (gunicorn) on 127.0.0.1, on SQLite
 and PostgreSQL, called by the client SDK, by `tritonclient[http]` and by plain HTTP; every
 request audited once, the chain intact, and a clean exit on SIGTERM. The development server
-once, on SQLite."""
+once, on SQLite.
+
+Bad input, over the same server:
+- a header length or an audit time the parsers cannot read is a 400, never a 500:
+  `Inference-Header-Content-Length: ²` (`str.isdigit()` accepts the superscript, `int()` does
+  not) or of 5000 digits (more than `int()` reads); `/admin/audit?since=999999999d`, moments a
+  datetime cannot hold (`since=0001-01-01T00:00:00+14:00`, `until=9999-12-31T23:59:59-14:00`),
+  and digits that are not ASCII (`since=%D9%A1h`, an Arabic-Indic one, is not one hour);
+- `/admin/audit` decides access before it reads its query: a caller without `audit:read` gets
+  403, recorded as `deny` (so `audit list --decision deny` finds the attempt), whatever the
+  query says;
+- under /v1/models and /v2/models, the merged-slash redirect (308), the 405 of a method no route
+  takes and the automatic OPTIONS answer go through the pipeline (a token is needed, and each is
+  audited once). A 431 (a header over gunicorn's `limit_request_field_size`) is gunicorn's,
+  answered before the app runs.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secure_maas.audit import KeyringAuditKeys, verify_database
+from secure_maas.audit import AuditRecord, KeyringAuditKeys, verify_database
 from secure_maas.client import (
     BadRequest,
     Client,
@@ -32,6 +49,7 @@ from tests.functional.serving_support import (
     BODY_LIMIT,
     Instance,
     by_request,
+    call,
     models,
     prepared,
     server,
@@ -107,9 +125,9 @@ def test_client_sdk_predicts_exactly_and_maps_every_refusal(url: str, instance: 
          "too large"),
         (lambda: alice.audit(), Forbidden, "permission denied"),
     ]  # fmt: skip
-    for call, kind, fragment in refusals:
+    for attempt, kind, fragment in refusals:
         with pytest.raises(kind) as caught:
-            call()
+            attempt()
         assert fragment in caught.value.message
         assert caught.value.request_id is not None
 
@@ -263,3 +281,185 @@ def test_sigterm_lets_in_flight_requests_finish(instance: Instance) -> None:
         close(json.loads(answer.read())["predictions"], models().predict("two", X)["probs"])
         connection.close()
         assert served.process.wait(timeout=60) == 0
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+INFER = "/v2/models/digits/infer"
+ROW = [0.1, -0.2, 0.3, 0.4]
+
+
+def fresh(prefix: str) -> str:
+    """A request id of its own, to find the request's audit event by."""
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def audited(instance: Instance, rid: str) -> AuditRecord:
+    """The one audit event of request `rid`."""
+    found = by_request(instance.engine, {rid})[rid]
+    assert len(found) == 1, (rid, found)
+    return found[0]
+
+
+def infer_body() -> bytes:
+    document = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+    return json.dumps(document).encode()
+
+
+# -- bad input is a 400, never a 500 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["²", "¹", "³", "1²", " ²", pytest.param("9" * 5000, id="5000-digits")]
+)
+def test_a_header_length_in_other_digits_is_a_400(url: str, instance: Instance, value: str) -> None:
+    rid = fresh("digits")
+    headers = instance.headers("alice", **{"Inference-Header-Content-Length": value})
+    headers["X-Request-Id"] = rid
+    status, _, body = call(url, "POST", INFER, headers=headers, body=infer_body())
+    assert status == 400, body
+    assert "Inference-Header-Content-Length" in json.loads(body)["error"]
+    event = audited(instance, rid)
+    assert (event.http_status, event.decision) == (400, "error")
+
+
+def test_a_plain_header_length_still_works(url: str, instance: Instance) -> None:
+    head = infer_body()
+    headers = instance.headers("alice", **{"Inference-Header-Content-Length": str(len(head))})
+    status, _, body = call(url, "POST", INFER, headers=headers, body=head)
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=999999999d",
+        "since=99999999999999999999999d",
+        "since=0001-01-01T00:00:00%2B14:00",
+        "until=9999-12-31T23:59:59-14:00",
+        "since=%D9%A1h",  # U+0661 ARABIC-INDIC DIGIT ONE, then h
+        "since=%EF%BC%91h",  # U+FF11 FULLWIDTH DIGIT ONE, then h
+        pytest.param("until=" + "9" * 5000 + "s", id="until-5000-digits"),
+        pytest.param("after=" + "9" * 5000, id="after-5000-digits"),
+    ],
+)
+def test_times_and_numbers_out_of_range_are_a_400(url: str, instance: Instance, query: str) -> None:
+    rid = fresh("audit-query")
+    headers = instance.headers("bob", **{"X-Request-Id": rid})
+    status, _, body = call(url, "GET", f"/admin/audit?{query}", headers=headers)
+    assert status == 400, body
+    name = query.split("=")[0]
+    assert json.loads(body)["error"].startswith(name), body
+    event = audited(instance, rid)
+    assert (event.http_status, event.decision, event.actor) == (400, "error", "bob")
+
+
+def test_dates_at_the_edges_of_the_calendar_are_answered(url: str, instance: Instance) -> None:
+    for query in ("since=0001-01-01T00:00:00Z", "until=9999-12-31T23:59:59Z", "since=36500d"):
+        status, _, body = call(url, "GET", f"/admin/audit?{query}&limit=1",
+                               headers=instance.headers("bob"))  # fmt: skip
+        assert status == 200, (query, body)
+
+
+# -- the access decision comes first ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?since=999999999d",
+        "?since=yesterday",
+        "?limit=0",
+        "?after=x",
+        "?actr=bob",
+        "?decision=maybe",
+        "?since=1h&since=2h",
+        "?until=9999-12-31T23:59:59-14:00",
+    ],
+)
+@pytest.mark.parametrize("who", ["alice", "eve"])
+def test_a_caller_without_audit_read_gets_403_whatever_the_query(
+    url: str, instance: Instance, query: str, who: str
+) -> None:
+    for path in ("/admin/audit", "/admin/audit/verify"):
+        rid = fresh(f"no-audit-{who}")
+        headers = instance.headers(who, **{"X-Request-Id": rid})
+        status, _, body = call(url, "GET", path + query, headers=headers)
+        assert status == 403, (path, query, body)
+        assert json.loads(body) == {"error": "permission denied"}
+        event = audited(instance, rid)
+        assert (event.http_status, event.decision, event.actor) == (403, "deny", who)
+        assert event.action == "audit:read"
+
+
+def test_the_auditor_still_gets_400_for_a_bad_query(url: str, instance: Instance) -> None:
+    for path, query in (("/admin/audit", "?limit=0"), ("/admin/audit/verify", "?x=1")):
+        status, _, body = call(url, "GET", path + query, headers=instance.headers("bob"))
+        assert status == 400, body
+
+
+# -- every answer under /v1/models and /v2/models is audited ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "action"),
+    [
+        ("GET", "/v1/models//digits", 308, "model:metadata"),
+        ("GET", "/v2/models//digits/versions/2", 308, "model:metadata"),
+        ("POST", "/v1/models//digits:predict", 308, "model:predict"),
+        ("PUT", "/v1/models/digits", 405, "model:predict"),
+        ("DELETE", "/v2/models/digits/infer", 405, "model:predict"),
+        ("PATCH", "/v2/models/digits", 405, "model:predict"),
+        ("OPTIONS", "/v1/models/digits/metadata", 200, "model:metadata"),
+        ("OPTIONS", "/v2/models/digits/infer", 200, "model:metadata"),
+        ("POST", "/v1/models", 404, "model:predict"),
+        ("PUT", "/v1/models/nosuch/anything/at/all", 404, "model:predict"),
+    ],
+)
+def test_routing_answers_under_the_model_prefixes_are_audited(
+    url: str, instance: Instance, method: str, path: str, status: int, action: str
+) -> None:
+    rid = fresh(f"routing-{method}")
+    headers = instance.headers("alice", **{"X-Request-Id": rid})
+    body = infer_body() if method in ("POST", "PUT", "PATCH") else None
+    got, answer_headers, _ = call(url, method, path, headers=headers, body=body)
+    assert got == status, (method, path)
+    if status == 308:
+        assert answer_headers["Location"].endswith(path.replace("//", "/"))
+    if status in (200, 405):
+        assert "GET" in answer_headers["Allow"] or "POST" in answer_headers["Allow"]
+    event = audited(instance, rid)
+    assert (event.http_status, event.actor, event.action) == (status, "alice", action)
+    assert event.reason
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/models//digits"), ("PUT", "/v1/models/digits"), ("OPTIONS", "/v2/models/x")],
+)
+def test_routing_answers_need_a_token_like_any_model_request(
+    url: str, instance: Instance, method: str, path: str
+) -> None:
+    rid = fresh(f"anonymous-{method}")
+    status, headers, _ = call(url, method, path, headers={"X-Request-Id": rid})
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    event = audited(instance, rid)
+    assert (event.http_status, event.decision, event.actor) == (401, "deny", "anonymous")
+
+
+def test_a_header_too_large_is_gunicorns_431_before_the_app(url: str, instance: Instance) -> None:
+    """gunicorn's `limit_request_field_size` (16 KiB here, see gunicorn_app.DEFAULTS) answers
+    431 before any app code runs: no request id, no audit event, nothing the app could add."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as raw:
+        raw.sendall(
+            b"GET /v1/models/digits HTTP/1.1\r\nHost: x\r\nX-Request-Id: too-large-431\r\n"
+            b"X-Padding: " + b"a" * 20_000 + b"\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 431 "), head
+    assert "x-request-id" not in head.lower()
+    assert by_request(instance.engine, {"too-large-431"})["too-large-431"] == []

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import http.client
 import io
 import json
 import re
@@ -66,7 +65,7 @@ from secure_maas.registry.models import Model, ModelVersion
 from secure_maas.registry.store import ArtifactStore
 from secure_maas.serving.formats.oip import DATATYPES, HEADER_LENGTH
 from secure_maas.serving.openapi import document
-from tests.functional.serving_support import ROOT, Instance, Served, server
+from tests.functional.serving_support import ROOT, Instance, Served, call, server
 from tests.system.conftest import Report
 from tests.system.support import GUNICORN, audit_intact
 
@@ -195,7 +194,7 @@ def bearer(instance: Instance, who: str) -> dict[str, str]:
 
 
 def test_the_fuzzed_document_is_the_services(served: Served, schema: BaseSchema) -> None:
-    status, _, body = request(served.url, "GET", "/openapi.json")
+    status, _, body = call(served.url, "GET", "/openapi.json")
     assert status == 200 and json.loads(body) == document()
     described = {f"{m.upper()} {p}" for p, methods in document()["paths"].items() for m in methods}
     # Every operation is fuzzed but the document's own (schemathesis skips the URL it read).
@@ -261,23 +260,6 @@ def test_schemathesis_without_a_token(served: Served, schema: BaseSchema, report
 
 
 # -- request bodies the document cannot describe --------------------------------------------
-
-
-def request(
-    url: str,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        answer = connection.getresponse()
-        return answer.status, dict(answer.headers), answer.read()
-    finally:
-        connection.close()
 
 
 json_leaf = st.one_of(
@@ -463,8 +445,8 @@ def test_random_infer_bodies(served: Served, pg_instance: Instance, report: Repo
     @given(infer_request())
     def run(sent: Sent) -> None:
         path, body, headers = sent
-        status, answer_headers, payload = request(
-            served.url, "POST", path, body, {**bearer(pg_instance, "alice"), **headers}
+        status, answer_headers, payload = call(
+            served.url, "POST", path, body=body, headers={**bearer(pg_instance, "alice"), **headers}
         )
         seen[status] += 1
         check_answer(status, answer_headers, payload, BODY_STATUSES - {415})
@@ -485,8 +467,8 @@ def test_random_predict_bodies(served: Served, pg_instance: Instance, report: Re
     @given(predict_request())
     def run(sent: Sent) -> None:
         path, body, headers = sent
-        status, answer_headers, payload = request(
-            served.url, "POST", path, body, {**bearer(pg_instance, "alice"), **headers}
+        status, answer_headers, payload = call(
+            served.url, "POST", path, body=body, headers={**bearer(pg_instance, "alice"), **headers}
         )
         seen[status] += 1
         check_answer(status, answer_headers, payload, BODY_STATUSES)
