@@ -167,17 +167,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _DATABASE_NAMES = ("sqlite", "postgresql")
 
 # -- tests/unit stays pure ------------------------------------------------------------------
-# A unit test starts no process and no network server: those belong in tests/functional. An
-# audit hook (they cannot be removed, so it is added once and switched per test) refuses them.
-_SPAWNS = ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system")
+# A unit test starts none of our programs (Python, `secure-maas`, gunicorn), forks no process
+# and binds no network socket: those belong in tests/functional. An audit hook (hooks cannot be
+# removed, so it is added once and switched per test) refuses them. Libraries' own helpers
+# (numpy runs `lscpu` on first import of numpy.testing) are not our code and stay allowed.
+_OURS = ("python", "secure-maas", "gunicorn")
 _pure = False
+
+
+def _ours(program: object) -> bool:
+    name = os.path.basename(os.fsdecode(program)) if isinstance(program, (str, bytes)) else ""
+    return name.startswith(_OURS) or os.path.realpath(name or ".") == os.path.realpath(
+        sys.executable
+    )
 
 
 def _refuse_impure(event: str, args: tuple[object, ...]) -> None:
     if not _pure:
         return
-    if event in _SPAWNS:
-        raise RuntimeError(f"tests/unit starts no process ({event}): move the test to functional")
+    if event in ("subprocess.Popen", "os.posix_spawn", "os.exec"):
+        program = args[0]
+        if program is None and isinstance(args[1], (list, tuple)) and args[1]:
+            program = args[1][0]
+        if _ours(program):
+            raise RuntimeError(f"a unit test started {program}: it belongs in tests/functional")
+    if event in ("os.fork", "os.forkpty"):
+        raise RuntimeError(f"tests/unit forks no process ({event}): move the test to functional")
     if event == "socket.bind" and isinstance(args[1], tuple):
         raise RuntimeError("tests/unit opens no network socket: move the test to functional")
 
