@@ -1,4 +1,4 @@
-"""System scenarios (issue 8): real gunicorn servers, PostgreSQL, faults and load.
+"""System scenarios: real gunicorn servers, PostgreSQL, faults and load.
 
 `make system` runs them in full (a 60 s soak); the regular suite runs them too, shorter
 (`SMAAS_SOAK_SECONDS`, 15 s unless set). Each scenario adds its figures to the run's report,

@@ -1,4 +1,4 @@
-"""The one escaping rule (issue 14, point 3): no control, format or separator character survives
+"""The one escaping rule: no control, format or separator character survives
 it; printable text passes unchanged; different texts stay distinguishable; it holds for audit
 events, error messages and log lines alike."""
 

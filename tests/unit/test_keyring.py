@@ -220,7 +220,7 @@ def test_post_quantum_service_key(folder: Path) -> None:
         keyring.rotate(KeyKind.JWT, classical=True)
     with pytest.raises(KeyringError, match="contradict"):
         keyring.rotate(KeyKind.SERVICE, pq=True, classical=True)
-    # A rotation keeps the family (issue 15.7): only an explicit flag leaves the hybrid.
+    # A rotation keeps the family: only an explicit flag leaves the hybrid.
     assert keyring.rotate(KeyKind.SERVICE).algorithm == "mlkem768-x25519"
     classic = keyring.rotate(KeyKind.SERVICE, classical=True)
     assert classic.algorithm == "x25519"

@@ -1,10 +1,8 @@
-"""Regression (issue 15.5): key files are opened once, without following links, and checked on
-the descriptor they are read from: mode, owner (the service's effective user), regular file;
-the keys folder likewise.
+"""Key files are opened once, without following links, and checked on the descriptor they are
+read from: mode, owner (the service's effective user), regular file; the keys folder likewise.
 
-Before, a private key was checked by path (`stat`, which follows links) and read by path again:
-a symlink to a 0600 file outside the folder was accepted, a key owned by another user was
-accepted, and check and read were two opens.
+So a symlink to a 0600 file outside the folder is refused, a key owned by another user is
+refused, and no file can be swapped between the check and the read (one open, not two).
 """
 
 from __future__ import annotations

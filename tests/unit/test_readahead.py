@@ -1,5 +1,5 @@
 """Reading an artifact's chunks ahead on a second thread: same bytes, same order, same errors
-as reading in line, bounded memory (by the source, not by claimed lengths: issue 15.4), and no
+as reading in line, bounded memory (by the source, not by claimed lengths), and no
 thread or read left behind."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_buffers_are_bounded_by_the_source_and_the_chunks_read() -> None:
 
 
 def test_three_claimed_64_mib_chunks_in_a_tiny_source_cost_no_64_mib_buffers() -> None:
-    """Before issue 15.4 this allocated three 64 MiB buffers to read 100 bytes."""
+    """Sized by the source: a 100-byte source never costs three 64 MiB buffers."""
     data = os.urandom(100)
     got: list[bytes] = []
     tracemalloc.start()
