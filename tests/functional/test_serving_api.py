@@ -44,8 +44,9 @@ def instance(
     yield from prepared(request, tmp_path_factory, "serving")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def app(instance: Instance) -> Iterator[Flask]:
+    """A fresh app per test: no test sees another's caches, leases or metrics."""
     made = create_app(instance.settings)
     yield made
     close_app(made)
