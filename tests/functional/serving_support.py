@@ -377,10 +377,16 @@ def maps_tensorflow(pid: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free port on 127.0.0.1. Under pytest-xdist each worker takes only the ports congruent
+    to its number modulo the worker count, so two workers never hand out the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port % count == int(worker.removeprefix("gw")) % count:
+            return port
 
 
 @dataclass

@@ -327,18 +327,21 @@ def test_one_model_process_serves_every_worker_and_comes_back_after_sigkill(
     intact(instance)
 
 
-def test_the_socket_folder_is_private_and_removed_on_stop(instance: Instance) -> None:
-    before = set(Path(tempfile.gettempdir()).glob("secure-maas-*"))
-    with server(instance, "--workers", "1", "--threads", "2") as served:
-        made = set(Path(tempfile.gettempdir()).glob("secure-maas-*")) - before
+def test_the_socket_folder_is_private_and_removed_on_stop(instance: Instance, folder: Path) -> None:
+    # The server's own TMPDIR: a server another test (or worker) starts meanwhile adds nothing.
+    before = set(folder.glob("secure-maas-*"))
+    with server(
+        instance, "--workers", "1", "--threads", "2", env={"TMPDIR": str(folder)}
+    ) as served:
+        made = set(folder.glob("secure-maas-*")) - before
         assert len(made) == 1
-        (folder,) = made
-        assert folder.stat().st_mode & 0o777 == 0o700
-        assert (folder / "data-plane.sock").stat().st_mode & 0o777 == 0o600
+        (made_folder,) = made
+        assert made_folder.stat().st_mode & 0o777 == 0o700
+        assert (made_folder / "data-plane.sock").stat().st_mode & 0o777 == 0o600
         served.stop()
         with contextlib.suppress(Exception):
             served.process.wait(60)
-    assert not folder.exists()
+    assert not made_folder.exists()
 
 
 def test_one_model_process_per_accelerator_each_model_held_by_one(instance: Instance) -> None:
