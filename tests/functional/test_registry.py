@@ -371,7 +371,9 @@ def test_retired_and_trusted_publishers(
     assert open_ref(migrated_engine, store, keyring, "m:2") == b"from radiology"
 
 
-@pytest.mark.parametrize("content", [b"", b"random" + secrets.token_bytes(5000)])
+@pytest.mark.parametrize(
+    "content", [b"", b"random" + secrets.token_bytes(5000)], ids=["empty", "random"]
+)
 def test_zero_length_and_random_files(
     migrated_engine: Engine, store: ArtifactStore, keyring: Keyring, sealed: Path, content: bytes
 ) -> None:
