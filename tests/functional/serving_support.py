@@ -19,6 +19,7 @@ import functools
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -377,16 +378,21 @@ def maps_tensorflow(pid: int) -> bool:
 
 
 def free_port() -> int:
-    """A free port on 127.0.0.1. Under pytest-xdist each worker takes only the ports congruent
-    to its number modulo the worker count, so two workers never hand out the same one."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    """A free port on 127.0.0.1, below Linux's ephemeral range (32768 and up), so no outgoing
+    connection is given it meanwhile. Under pytest-xdist each worker takes only the ports
+    congruent to its number modulo the worker count, so two workers never pick the same one.
+    (Linux's own choice for port 0 cannot be split that way: it hands out odd ports only.)"""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    chooser = random.SystemRandom()
     while True:
+        port = chooser.randrange(20000 + worker % count, 32768, count)
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port % count == int(worker.removeprefix("gw")) % count:
-            return port
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 @dataclass
