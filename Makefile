@@ -1,7 +1,7 @@
 # The two commands of the README. Both create or refresh the virtual environment first.
 #   make demo   the main job: set up a local instance from nothing and show it working
 #   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
-#   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only
+#   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only, 2 workers
 #   make system the hardening scenarios of tests/system in full (60 s soak) and their report
 #   make bench-tools  what the benchmarks need beyond the venv (wrk, a C load generator)
 
@@ -30,12 +30,15 @@ lint: venv
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy secure_maas
 
+# Unit and functional tests on both cores (pytest-xdist, one module per worker at a time), then
+# the system scenarios alone: their load and fault timings assume the machine is theirs.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile tests/unit tests/functional
+	$(BIN)/pytest tests/system
 
 # The edit loop; CI (make test) still runs everything on both databases.
 check: lint
-	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q tests/unit tests/functional
+	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q -n 2 --dist loadfile tests/unit tests/functional
 
 # The regular suite runs these too, with a shorter soak.
 system: venv
