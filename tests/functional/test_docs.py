@@ -98,3 +98,11 @@ def test_the_readme_is_short_and_every_link_in_the_docs_resolves() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
+def test_the_readme_states_how_long_the_two_test_commands_take() -> None:
+    """A newcomer knows what `make test` and `make check` cost before running them."""
+    text = (ROOT / "README.md").read_text()
+    for command in ("make test", "make check"):
+        found = re.search(re.escape(f"`{command}`") + r"[^.]*?about [0-9½]+ minutes", text)
+        assert found, f"README.md does not say how long {command} takes"
