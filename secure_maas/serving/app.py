@@ -31,7 +31,7 @@ from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, DEADLINES, B
 from secure_maas.serving.errors import register_error_handler
 from secure_maas.serving.headers import REQUEST_ID_HEADER, request_id
 from secure_maas.serving.services import Services
-from secure_maas.serving.views import admin, oip, ops, platform, tfserving, unmatched
+from secure_maas.serving.views import admin, oip, ops, platform, tfserving, triton, unmatched
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def create_app(
     app.extensions[DEADLINES] = BodyDeadlines()
     register_error_handler(app)
     unmatched.register(app)
-    for blueprint in (tfserving.bp, platform.bp, oip.bp, admin.bp, ops.bp):
+    for blueprint in (tfserving.bp, platform.bp, oip.bp, triton.bp, admin.bp, ops.bp):
         app.register_blueprint(blueprint)
     _install_request_hooks(app, services)
     refs = list(preload)

@@ -208,6 +208,19 @@ def _paths() -> dict[str, dict[str, Any]]:
                 path_params=params,
             ),
         )
+    for path, params in _model_paths("/v2/models", ("/config",), labels=False):
+        add(
+            path,
+            "get",
+            _operation(
+                "Triton model configuration: max_batch_size, inputs and outputs with data_type "
+                "and dims (batch left out), dynamic_batching",
+                "Triton extensions",
+                _ok("ModelConfig"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     for path, params in _model_paths("/v2/models", ("/infer",), labels=False):
         add(
             path,
@@ -350,6 +363,20 @@ _SCHEMAS: dict[str, Any] = {
             "inputs": {"type": "array", "items": _OBJECT},
             "outputs": {"type": "array", "items": _OBJECT},
             "secure_maas": _ref("Dp"),
+        },
+    },
+    "ModelConfig": {
+        "type": "object",
+        "required": ["name", "platform", "max_batch_size", "input", "output"],
+        "properties": {
+            "name": {"type": "string"},
+            "platform": {"type": "string"},
+            "backend": {"type": "string"},
+            "version_policy": _OBJECT,
+            "max_batch_size": {"type": "integer"},
+            "input": {"type": "array", "items": _OBJECT},
+            "output": {"type": "array", "items": _OBJECT},
+            "dynamic_batching": _OBJECT,
         },
     },
     "InferRequest": {
