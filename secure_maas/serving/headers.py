@@ -15,7 +15,8 @@ from secure_maas.serving.errors import ApiError
 REQUEST_ID_HEADER = "X-Request-Id"
 #: An incoming request id is kept when it is this short and this plain (it lands in the audit
 #: log and in a response header); anything else is replaced by a fresh one.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,64}$"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 #: RFC 6750's b64token: what may follow "Bearer ".
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 #: RFC 6750 section 3: the challenge a 401 carries, and its `error` for a refused token.

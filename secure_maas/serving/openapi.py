@@ -12,8 +12,38 @@ from typing import Any
 
 from secure_maas import __version__
 from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
+from secure_maas.serving.formats.oip import HEADER_LENGTH
+from secure_maas.serving.headers import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
+_REQUEST_ID = {
+    "name": REQUEST_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+    "description": "A plain id of up to 64 characters is kept and recorded in the audit log; "
+    "anything else is replaced. Every answer carries the id used.",
+}
+_HEADER_LENGTH = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "With binary tensors: the length of the JSON inference header that starts "
+    "the body",
+}
+_ANSWER_LENGTH = {
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Set when binary outputs follow the JSON header: that header's length",
+}
+_ANSWER_ID = {REQUEST_ID_HEADER: {"schema": {"type": "string"}, "description": "The request id"}}
+_BINARY_TENSORS = {
+    "type": "string",
+    "format": "binary",
+    "description": f"Triton's binary tensor extension: the JSON inference header, exactly "
+    f"{HEADER_LENGTH} bytes of it, then each binary tensor's raw little-endian bytes in order",
+}
 
 _STATUS_TEXT = {
     200: "Success",
@@ -78,17 +108,33 @@ def _operation(
     errors: tuple[int, ...] = (),
     query: tuple[dict[str, Any], ...] = (),
     body: str | None = None,
+    binary: bool = False,
     path_params: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """One operation; `binary` adds Triton's binary tensor body, header and answer."""
     operation: dict[str, Any] = {"summary": summary, "tags": [tag]}
     parameters = [_param(name, "path", _PATH_TEXT[name]) for name in path_params] + list(query)
+    if action is not None:
+        parameters.append(_REQUEST_ID)
+    if binary:
+        parameters.append(_HEADER_LENGTH)
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(body)}}}
+        content: dict[str, Any] = {JSON: {"schema": _ref(body)}}
+        if binary:
+            content[BINARY] = {"schema": _BINARY_TENSORS}
+        operation["requestBody"] = {"required": True, "content": content}
+    if binary:
+        ok = copy.deepcopy(ok)
+        ok["content"][BINARY] = {"schema": _BINARY_TENSORS}
+        ok["headers"] = {HEADER_LENGTH: _ANSWER_LENGTH}
     responses: dict[str, Any] = {"200": ok}
     for status in sorted({*errors, *(_GUARDED if action else ())}):
         responses[str(status)] = _error(status)
+    if action is not None:
+        for response in responses.values():
+            response.setdefault("headers", {}).update(_ANSWER_ID)
     operation["responses"] = responses
     if action is None:
         operation["security"] = []
@@ -233,6 +279,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 action="model:predict",
                 errors=(400, 408, 429),
                 body="InferRequest",
+                binary=True,
                 path_params=params,
             ),
         )
