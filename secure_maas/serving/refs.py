@@ -60,6 +60,6 @@ def not_found_message(
 
 
 def malformed_message(method: str, path: str) -> str:
-    """The 404 of a path under /v1/models or /v2/models that names no endpoint (TF Serving's
-    wording), whatever model it mentions."""
+    """The error of a path under /v1/models or /v2/models that names no endpoint (TF Serving's
+    wording: a 400 there, a 404 under /v2), whatever model it mentions."""
     return f"Malformed request: {method} {shown(path)}"

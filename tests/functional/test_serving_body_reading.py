@@ -148,7 +148,7 @@ REFUSED = [
     ("secret", "/v2/models/secret/infer", "alice", 404, "deny"),
     ("list-only", "/v1/models/listed:predict", "alice", 403, "deny"),
     ("canary", "/v1/models/digits/labels/canary:predict", "alice", 403, "deny"),
-    ("malformed-path", "/v1/models/a/b/c:predict", "alice", 404, "deny"),
+    ("malformed-path", "/v1/models/a/b/c:predict", "alice", 400, "error"),
     ("declared-over-limit", "/v1/models/digits:predict", "alice", 413, "error"),
 ]
 
