@@ -21,9 +21,9 @@ _REQUEST_ID = {
     "name": REQUEST_ID_HEADER,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
-    "description": "A plain id of up to 64 characters is kept and recorded in the audit log; "
-    "anything else is replaced. Every answer carries the id used.",
+    "schema": {"type": "string"},
+    "description": f"Kept and recorded in the audit log when it matches {REQUEST_ID_PATTERN}; "
+    "any other value is replaced by a fresh id (never refused). Every answer carries the id used.",
 }
 _HEADER_LENGTH = {
     "name": HEADER_LENGTH,
