@@ -7,9 +7,11 @@
    404 of a model that does not exist, word for word (invariant 1); one who may list it but
    never do the action gets 403 here, before its body is read, so 400 messages cannot tell it
    the model's signature;
-5. the body: its content type (415), then the body itself, read only now, for a caller allowed
-   to proceed: at most `max_body_bytes` whether it has a Content-Length or is chunked (413),
-   all of it within `body_timeout` (408), then parsed and checked against the signature (400);
+5. the body: its content type and its content coding (415), then the body itself, read only
+   now, for a caller allowed to proceed: at most `max_body_bytes` whether it has a
+   Content-Length or is chunked (413), all of it within `body_timeout` (408), then decoded if
+   it came compressed, again to at most `max_body_bytes` (413; 400 if it is not valid data of
+   its coding: `encodings`), then parsed and checked against the signature (400);
 6. the access decision with the real row count (403: a generic message; why goes to audit);
 7. the quota (429 with `Retry-After`), consumed only for predictions, from this process's
    leases on the shared counters (`policy.leases`);
@@ -58,6 +60,12 @@ from secure_maas.policy import Decision, ModelFacts, RequestFacts
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.registry.store import InvalidName
 from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, read_up_to, watch_body
+from secure_maas.serving.encodings import (
+    CONTENT_ENCODING,
+    EncodingRefused,
+    content_coding,
+    decode,
+)
 from secure_maas.serving.errors import ApiError, error_response
 from secure_maas.serving.formats.tensors import BadRequest
 from secure_maas.serving.headers import AuthError, bearer_token, check_content_type
@@ -206,16 +214,25 @@ class Call:
     # -- step 5: the body ------------------------------------------------------------------
 
     def parse(self, parser: Callable[[bytes], ParsedT], content_types: frozenset[str]) -> ParsedT:
-        """Step 5: the body, read now, parsed by `parser` (415 for another content type, 400 if
+        """Step 5: the body, read now, decoded if it came compressed and parsed by `parser`
+        (415 for another content type or coding, 413 if it decodes past the limit, 400 if
         bad)."""
         try:
             check_content_type(request.mimetype, content_types)
         except ApiError:
             self.reason = f"content type {request.mimetype[:64]!r}"
             raise
+        try:
+            coding = content_coding(request.headers.getlist(CONTENT_ENCODING))
+        except EncodingRefused as error:
+            self.reason = error.reason
+            raise
         self.read_body()
         try:
-            parsed = parser(self.body)
+            parsed = parser(decode(self.body, coding, self.services.settings.max_body_bytes))
+        except EncodingRefused as error:
+            self.reason = error.reason
+            raise
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
         self.rows = parsed.rows

@@ -16,6 +16,9 @@ Triton's binary tensor data extension is supported, because `tritonclient` uses 
 and `"binary_data_output": true` when no outputs are named). When the request carries the
 `Inference-Header-Content-Length` header, the body is that many bytes of JSON followed by the
 raw little-endian data of each input whose parameters give `binary_data_size`, in input order.
+A compressed body (`Content-Encoding`, `serving.encodings`) is decoded before it gets here, so
+the header counts the JSON part of the decoded body: what `tritonclient` measures before it
+compresses and what Triton reads after it decompresses.
 Outputs asked for as binary come back the same way, with that header set on the response.
 Shared memory and the classification extension are refused.
 
