@@ -10,6 +10,11 @@ A facade over three parts, each of one idea, so that what decides stays apart fr
 - `fallback.LabelFallback`: a label or bare name whose version is refused keeps serving the
   version it last served here (with a `model.fallback` event); a numbered version has none.
 
+Each version has a state (`state`, TF Serving's START/LOADING/AVAILABLE/UNLOADING/END). Models
+load lazily, on first use; `state(ref, load=True)` starts a background load of a version that
+is not in memory (START, or END after it was dropped; not one refused within `retry_after`)
+and answers LOADING at once, so a client polling the state until AVAILABLE gets there.
+
 Each new registry copy reaches the loaded models before its row mismatches are reported.
 `on_event(kind, details)` (`reports`) runs on the request's thread, outside the cache's locks;
 whatever it raises reaches the caller (the audit sink fails closed).
@@ -17,6 +22,9 @@ whatever it raises reaches the caller (the audit sink fails closed).
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -28,7 +36,14 @@ from secure_maas.dataplane.cached_model import BatchOptions, CachedModel
 from secure_maas.dataplane.catalog_view import CatalogView, Snapshot
 from secure_maas.dataplane.facts import UNVERIFIED, VersionFacts
 from secure_maas.dataplane.fallback import LabelFallback
-from secure_maas.dataplane.loaded import CacheStats, Decoder, LoadedModels, ModelUnavailable
+from secure_maas.dataplane.loaded import (
+    CacheStats,
+    Decoder,
+    LoadedModels,
+    ModelState,
+    ModelUnavailable,
+    VersionState,
+)
 from secure_maas.dataplane.reports import (
     EVENT_EVICTED,
     EVENT_FALLBACK,
@@ -56,10 +71,14 @@ __all__ = [
     "Decoder",
     "Key",
     "ModelCache",
+    "ModelState",
     "ModelUnavailable",
     "OnEvent",
     "VersionFacts",
+    "VersionState",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class ModelCache:
@@ -193,6 +212,21 @@ class ModelCache:
             return False
         return True
 
+    def state(self, ref: ModelRef | str, *, load: bool = False) -> VersionState:
+        """The state of the version `ref` names (`ModelNotFound` for an unknown or disabled
+        one). With `load`, a version that is not in memory and was not refused within
+        `retry_after` starts loading on a thread of its own, and the answer is LOADING; its
+        `model:load` event carries the id of the request that asked."""
+        facts = self.facts(_as_ref(ref))
+        key = (facts.name, facts.version)
+        found = self._loaded.state(key)
+        if not load or found.state not in (ModelState.START, ModelState.END):
+            return found
+        if self._loaded.refused_recently(key):
+            return found
+        self._load_in_background(facts)
+        return VersionState(ModelState.LOADING)
+
     def preload(self, refs: Iterable[ModelRef | str]) -> dict[str, str | None]:
         """Load each reference now; returns each one's error message, None when it loaded."""
         results: dict[str, str | None] = {}
@@ -237,6 +271,24 @@ class ModelCache:
             )
             emit(self._on_event, EVENT_FALLBACK, report)
         return entry
+
+    def _load_in_background(self, facts: VersionFacts) -> None:
+        key = (facts.name, facts.version)
+        self._loaded.mark_loading(key)  # LOADING from now on, not once the thread runs
+        context = contextvars.copy_context()  # the asking request's id, for the load's event
+
+        def load() -> None:
+            try:
+                context.run(self._loaded.entry, facts)
+            except (ModelNotFound, ModelUnavailable):
+                pass  # disabled meanwhile, or refused: the refusal is its own event
+            except Exception:  # nobody waits for this thread: say it here
+                log.exception("background load of %s:%d failed", *key)
+            finally:
+                self._loaded.mark_loading(key, done=True)
+
+        name = f"load-{facts.name}:{facts.version}"
+        threading.Thread(target=load, name=name, daemon=True).start()
 
     def _changed(self, snapshot: Snapshot) -> None:
         """A new registry copy: fallbacks are reported afresh, loaded models follow it."""

@@ -28,7 +28,7 @@ from secure_maas.audit import AuditEvent, AuditSink, AuditUnavailable
 from secure_maas.dataplane import events
 from secure_maas.dataplane.batcher import BatchRefused, QueueFull
 from secure_maas.dataplane.devices import route
-from secure_maas.dataplane.loaded import ModelUnavailable
+from secure_maas.dataplane.loaded import ModelState, ModelUnavailable, VersionState
 from secure_maas.dataplane.plane import Array, Fallback, Served
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
@@ -101,6 +101,13 @@ class RemoteDataPlane:
     def ready(self, ref: ModelRef, *, load: bool = False) -> bool:
         reply, _ = self.call({"op": "ready", "ref": str(ref), "load": load})
         return bool(reply["ready"])
+
+    def state(self, ref: ModelRef, *, load: bool = False) -> VersionState:
+        reply, _ = self.call({"op": "state", "ref": str(ref), "load": load})
+        try:
+            return VersionState(ModelState(reply["state"]), refused=bool(reply["refused"]))
+        except (KeyError, ValueError) as exc:
+            raise DataPlaneUnavailable(f"the model process sent no state: {exc}") from None
 
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
         reply, _ = self.call({"op": "preload", "refs": [str(ref) for ref in refs]})
@@ -198,6 +205,9 @@ class RoutedDataPlane:
 
     def ready(self, ref: ModelRef, *, load: bool = False) -> bool:
         return self.plane_of(ref.name).ready(ref, load=load)
+
+    def state(self, ref: ModelRef, *, load: bool = False) -> VersionState:
+        return self.plane_of(ref.name).state(ref, load=load)
 
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
         results: dict[str, str | None] = {}

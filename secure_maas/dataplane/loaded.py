@@ -5,6 +5,9 @@ Loading a version verifies and decrypts its sealed artifact in memory
 when there is one) and wipes the plaintext. Loaded models are kept in an LRU bounded by their
 plaintext bytes; a version the registry disables is dropped at once (`retain`).
 
+Each version has a state, TF Serving's (`state`): START (known, never loaded here), LOADING,
+AVAILABLE (in memory), UNLOADING (being dropped), END (dropped, or its artifact refused).
+
 An artifact that fails verification or decoding is refused: `on_event("model.refused", ...)`
 carries the reason, the caller gets `ModelUnavailable`, and the attempt is not repeated for
 `retry_after` seconds or until the registry changes. A version already in memory keeps serving
@@ -23,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from secure_maas.crypto import InvalidArtifact
@@ -57,6 +61,25 @@ Decoder = Callable[[memoryview], "LoadedModel"]
 class ModelUnavailable(SecureMaasError):
     """The version cannot be served now: its artifact was refused (the reason went to the
     event hook, never to the caller)."""
+
+
+class ModelState(StrEnum):
+    """A version's state in this process, named as TF Serving names them."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version's state; `refused` when it is END because its artifact was refused (why is
+    in the `model.refused` event, never here)."""
+
+    state: ModelState
+    refused: bool = False
 
 
 @dataclass
@@ -112,6 +135,9 @@ class LoadedModels:
         self._bytes = 0
         self._load_locks: dict[Key, threading.Lock] = {}
         self._failed: dict[Key, float] = {}
+        self._loading: dict[Key, int] = {}
+        self._unloading: set[Key] = set()
+        self._unloaded: set[Key] = set()
         self._stats = CacheStats(max_bytes=max_bytes)
 
     def entry(self, facts: VersionFacts) -> CachedModel:
@@ -132,11 +158,45 @@ class LoadedModels:
                 row = self._snapshot().rows.get(key)
             if row is None:
                 raise ModelNotFound(f"model {facts.name!r} has no version {facts.version}")
-            entry = self._load(facts, row)
-            evicted = self._insert(key, entry)
+            self.mark_loading(key)
+            try:
+                entry = self._load(facts, row)
+                evicted = self._insert(key, entry)
+            finally:
+                self.mark_loading(key, done=True)
         for old in evicted:
             self._evicted(old, "lru")
         return entry
+
+    def state(self, key: Key) -> VersionState:
+        """The state of version `key` in this process (see the module docstring)."""
+        with self._lock:
+            if key in self._unloading:
+                return VersionState(ModelState.UNLOADING)
+            if key in self._entries:
+                return VersionState(ModelState.AVAILABLE)
+            if self._loading.get(key):
+                return VersionState(ModelState.LOADING)
+            if key in self._failed:
+                return VersionState(ModelState.END, refused=True)
+            if key in self._unloaded:
+                return VersionState(ModelState.END)
+            return VersionState(ModelState.START)
+
+    def refused_recently(self, key: Key) -> bool:
+        """Whether `key` was refused within `retry_after` (a load now would be refused too)."""
+        with self._lock:
+            failed_at = self._failed.get(key)
+            return failed_at is not None and self._clock() - failed_at < self._retry_after
+
+    def mark_loading(self, key: Key, *, done: bool = False) -> None:
+        """Count a load of `key` as started (or, with `done`, as over): LOADING meanwhile."""
+        with self._lock:
+            count = self._loading.get(key, 0) + (-1 if done else 1)
+            if count > 0:
+                self._loading[key] = count
+            else:
+                self._loading.pop(key, None)
 
     def serves(self, key: Key, *, instead: Key | None = None) -> bool:
         """Whether `key` is in memory, or was refused while `instead` (its fallback) is."""
@@ -174,9 +234,10 @@ class LoadedModels:
                     entry = self._entries.pop(key)
                     self._bytes -= entry.weight
                     self._stats.evictions += 1
+                    self._unloading.add(key)
                     dropped.append(entry)
         for entry in dropped:
-            entry.close()
+            self._close(entry)
             self._evicted(entry, "disabled")
 
     def close(self) -> None:
@@ -185,8 +246,20 @@ class LoadedModels:
             entries = list(self._entries.values())
             self._entries.clear()
             self._bytes = 0
+            self._unloading.update((e.facts.name, e.facts.version) for e in entries)
         for entry in entries:
+            self._close(entry)
+
+    def _close(self, entry: CachedModel) -> None:
+        """Close a version taken out of the LRU (UNLOADING until it is closed, then END)."""
+        key = (entry.facts.name, entry.facts.version)
+        try:
             entry.close()
+        finally:
+            with self._lock:
+                self._unloading.discard(key)
+                if key not in self._entries:
+                    self._unloaded.add(key)
 
     def _cached(self, key: Key) -> CachedModel | None:
         """The entry for `key` (marked recently used), or raise while a refusal is fresh."""
@@ -253,13 +326,15 @@ class LoadedModels:
             self._entries[key] = entry
             self._bytes += entry.weight
             self._failed.pop(key, None)
+            self._unloaded.discard(key)
             while self._bytes > self.max_bytes and len(self._entries) > 1:
-                _, old = self._entries.popitem(last=False)
+                old_key, old = self._entries.popitem(last=False)
                 self._bytes -= old.weight
                 self._stats.evictions += 1
+                self._unloading.add(old_key)
                 evicted.append(old)
         for old in evicted:
-            old.close()
+            self._close(old)
         return evicted
 
     def _evicted(self, entry: CachedModel, reason: str) -> None:

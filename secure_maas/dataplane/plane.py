@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy.typing as npt
 
 from secure_maas.dataplane.cache import ModelCache
+from secure_maas.dataplane.loaded import VersionState
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
 
 Array = npt.NDArray[Any]
@@ -52,6 +53,8 @@ class DataPlane(Protocol):
     ) -> Served | Fallback: ...
 
     def ready(self, ref: ModelRef, *, load: bool = False) -> bool: ...
+
+    def state(self, ref: ModelRef, *, load: bool = False) -> VersionState: ...
 
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]: ...
 
@@ -99,6 +102,11 @@ class LocalDataPlane:
 
     def ready(self, ref: ModelRef, *, load: bool = False) -> bool:
         return self.cache.ready(ref, load=load)
+
+    def state(self, ref: ModelRef, *, load: bool = False) -> VersionState:
+        """The state of the version `ref` names; with `load`, starts loading it in the
+        background if it is not in memory (`ModelCache.state`)."""
+        return self.cache.state(ref, load=load)
 
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
         return self.cache.preload(refs)

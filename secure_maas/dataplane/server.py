@@ -9,6 +9,7 @@ thread) gets a thread that reads a frame, does what it asks and answers:
   the version to decide on first (`Fallback`); the concurrent calls of all workers meet in
   the model's micro-batcher;
 - `audit` (an event) -> acknowledged once committed (`AuditWriter.append`);
+- `state` (ref, load) -> the version's state and whether its artifact was refused;
 - `ready`, `preload`, `ping`.
 
 An error is answered as `{"ok": false, "error": KIND, "message": ...}`, KIND one of `ERRORS`;
@@ -80,6 +81,7 @@ class DataPlaneServer:
             "predict": self._predict,
             "audit": self._audit,
             "ready": self._ready,
+            "state": self._state,
             "preload": self._preload,
             "ping": self._ping,
         }
@@ -193,6 +195,10 @@ class DataPlaneServer:
 
     def _ready(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
         return {"ok": True, "ready": self.plane.ready(_ref(head), load=bool(head.get("load")))}, {}
+
+    def _state(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
+        found = self.plane.state(_ref(head), load=bool(head.get("load")))
+        return {"ok": True, "state": found.state.value, "refused": found.refused}, {}
 
     def _preload(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
         refs = [str(ref) for ref in head.get("refs", [])]

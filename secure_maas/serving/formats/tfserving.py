@@ -20,7 +20,7 @@ name in a columnar object is refused rather than ignored, and an empty batch is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -57,6 +57,13 @@ __all__ = [
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 MODEL_STATES = frozenset({"UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"})
+OK_STATUS = {"error_code": "OK", "error_message": ""}
+#: The status of a version whose artifact was refused: TF Serving's words for a failed load,
+#: with no reason (invariant: the reason goes to the audit log only).
+REFUSED_STATUS = {
+    "error_code": "UNAVAILABLE",
+    "error_message": "the model version could not be loaded",
+}
 
 _TF_DTYPES = {
     "bool": "DT_BOOL",
@@ -256,21 +263,23 @@ def predict_response(
 
 
 def model_status(
-    versions: Iterable[int], *, states: Mapping[int, str] | None = None
+    versions: Iterable[int],
+    *,
+    states: Mapping[int, str] | None = None,
+    refused: Collection[int] = (),
 ) -> dict[str, Any]:
-    """`GET /v1/models/NAME[/versions/V]`: the state of each version (AVAILABLE unless given)."""
+    """`GET /v1/models/NAME[/versions/V]`: the state of each version (AVAILABLE unless given).
+
+    A version in `refused` (END: its artifact could not be loaded) carries TF Serving's error
+    status, opaque: why it was refused is for the audit log, never for the caller.
+    """
     listed = []
     for version in versions:
         state = (states or {}).get(version, "AVAILABLE")
         if state not in MODEL_STATES:
             raise ValueError(f"unknown model version state {state!r}")
-        listed.append(
-            {
-                "version": str(version),
-                "state": state,
-                "status": {"error_code": "OK", "error_message": ""},
-            }
-        )
+        status = REFUSED_STATUS if version in refused else OK_STATUS
+        listed.append({"version": str(version), "state": state, "status": dict(status)})
     return {"model_version_status": listed}
 
 

@@ -4,6 +4,14 @@
     GET  /v1/models/NAME[/versions/V|/labels/L]/metadata   signature_def, plus the DP guarantee
     POST /v1/models/NAME[/versions/V|/labels/L]:predict    row or columnar predict
 
+Status gives each version's real state, TF Serving's: START (known, not loaded yet), LOADING,
+AVAILABLE, UNLOADING, END (unloaded, or its artifact refused: then with an opaque
+`UNAVAILABLE` error status). Models load lazily, so that a client polling status until
+AVAILABLE gets there, a status request (from a caller allowed `model:metadata` on the model)
+starts a background load of the version the request names, or for a bare name the version it
+serves, when that version is not in memory and was not refused within the last 30 seconds;
+other versions of a bare name are reported as they are.
+
 A predict body is JSON; `curl -d`'s form content type is read as JSON too, as TF Serving does,
 and any other content type is refused with 415.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from secure_maas.actions import Action
+from secure_maas.registry.catalog import ModelNotFound, ModelRef
 from secure_maas.serving.formats.tfserving import (
     model_metadata,
     model_status,
@@ -37,7 +46,19 @@ def status(call: Call, name: str, version: str | None = None, label: str | None 
     else:
         every = call.services.cache.versions(facts.name)
         versions = [v.version for v in every if v.active and call.may_see(v)]
-    return jsonify(model_status(sorted(versions, reverse=True)))
+    states: dict[int, str] = {}
+    refused: set[int] = set()
+    for number in versions:
+        ref = ModelRef(facts.name, version=number)
+        try:
+            found = call.services.models.state(ref, load=number == facts.version)
+        except ModelNotFound:  # disabled since it was listed: as if never there
+            continue
+        states[number] = found.state.value
+        if found.refused:
+            refused.add(number)
+    shown = sorted(states, reverse=True)
+    return jsonify(model_status(shown, states=states, refused=refused))
 
 
 @bp.get("/models/<name>/metadata")
