@@ -1,13 +1,23 @@
 """`secure-maas serve`: the HTTP service, as a development server or under gunicorn.
 
 Flask and gunicorn are imported when the command runs, never for `--help`.
+
+Under gunicorn the instance's metrics are one view: before anything imports prometheus_client
+(which reads `PROMETHEUS_MULTIPROC_DIR` once, at import), `serve` makes a fresh folder of its
+own, 0700, names it in that variable for the workers to inherit, and removes it on exit. A
+folder named in the inherited environment is never used (nor wiped): it may be another
+instance's. The development server runs without one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -34,6 +44,21 @@ def _preflight(app: AppContext) -> None:
             "run `secure-maas db upgrade` (or `secure-maas init`)"
         )
     app.engine().dispose()  # the server builds its own engine (per worker, after the fork)
+
+
+#: prometheus_client's variables naming its multiprocess folder (the lower-case one is its
+#: deprecated spelling, still read).
+MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+def metrics_folder() -> Path:
+    """A new, empty folder (0700) for this instance's multiprocess metrics, named in
+    `PROMETHEUS_MULTIPROC_DIR`; call it before prometheus_client is imported."""
+    folder = Path(tempfile.mkdtemp(prefix="smaas-metrics-"))
+    for name in MULTIPROC_VARS:
+        os.environ.pop(name, None)
+    os.environ[MULTIPROC_VARS[0]] = str(folder)
+    return folder
 
 
 @click.command()
@@ -129,8 +154,28 @@ def serve(
     logging.basicConfig(level=settings.log_level, handlers=[handler])
     _preflight(app)
     if workers is None:
+        for name in MULTIPROC_VARS:
+            os.environ.pop(name, None)
         _development(settings, host, port, preload)
         return
+    folder, master = metrics_folder(), os.getpid()
+    try:
+        _gunicorn(settings, host, port, preload, workers, threads, access_log, graceful_timeout)
+    finally:
+        if os.getpid() == master:  # a worker leaves through here too (gunicorn's SystemExit)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gunicorn(
+    settings: Settings,
+    host: str,
+    port: int,
+    preload: tuple[str, ...],
+    workers: int,
+    threads: int,
+    access_log: bool,
+    graceful_timeout: int,
+) -> None:
     from secure_maas.serving.gunicorn_app import ServingApplication
 
     options = {

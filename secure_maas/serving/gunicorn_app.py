@@ -35,6 +35,11 @@ own TLS (or HTTP/2 prior knowledge) the worker falls back to stock gthread behav
 
 The access log (`--access-log`) and the error log never hold a query string: tokens sent as
 `?access_token=` must not land in a log (`SafeLogger`).
+
+Metrics: `secure-maas serve` names the instance's private folder in `PROMETHEUS_MULTIPROC_DIR`
+before this module is imported; every worker writes there, and when one exits the master tells
+prometheus_client (`mark_process_dead`, in gunicorn's `child_exit` hook) so that its live gauges
+leave the sums while its counters stay in them (`serving.metrics`).
 """
 
 from __future__ import annotations
@@ -58,11 +63,13 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.http.unreader import Unreader  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
+from prometheus_client.multiprocess import mark_process_dead
 
 from secure_maas.config import Settings
 from secure_maas.dataplane.process import ModelProcesses
 from secure_maas.serving.app import redact_queries
 from secure_maas.serving.bodies import CLOSE_CONNECTION
+from secure_maas.serving.metrics import shared_folder
 
 #: Seconds a connection has to send its whole request head once it is accepted (or, kept
 #: alive, once it sends the first byte of its next request).
@@ -135,6 +142,7 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
         self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("child_exit", _child_exit)
 
     def load(self) -> Flask:
         """Called in each worker after the fork."""
@@ -176,6 +184,13 @@ def _worker_exit(_server: Any, worker: Any) -> None:
     app = getattr(worker, "flask_app", None) or getattr(worker, "wsgi", None)
     if isinstance(app, Flask):
         close_app(app)
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """In the master, once a worker has exited: drop its live gauges from the metrics."""
+    folder = shared_folder()
+    if folder is not None:
+        mark_process_dead(worker.pid, path=str(folder))  # type: ignore[no-untyped-call]
 
 
 # -- the worker ---------------------------------------------------------------------------------
