@@ -46,8 +46,10 @@ def explain_access(
     model_ref: str | None,
     rows: int,
     now: datetime,
+    finite: bool = True,
 ) -> AccessExplanation:
-    """How the rules decide `action` by `subject` on `model_ref` (None: no model) for `rows`."""
+    """How the rules decide `action` by `subject` on `model_ref` (None: no model) for `rows`
+    (and, with `finite` false, inputs holding NaN or Infinity)."""
     notes: list[str] = []
     with session_scope(session_factory(engine)) as session:
         identity = directory.load_directory(session).resolve(subject)
@@ -66,7 +68,9 @@ def explain_access(
             notes.append(f"{subject} is disabled: every token of it is refused anyway")
     if note:
         notes.append(note)
-    explanation = compiled.explain(caller, action, model, RequestFacts(rows=rows, now=now))
+    explanation = compiled.explain(
+        caller, action, model, RequestFacts(rows=rows, now=now, finite=finite)
+    )
     return AccessExplanation(caller, explanation, tuple(notes), now)
 
 

@@ -94,6 +94,11 @@ def policy() -> None:
 @click.option("--max-epsilon", type=float, help="Only model versions with a DP epsilon <= this.")
 @click.option("--quota", "quota_requests", multiple=True, help="Requests per window: 600/minute.")
 @click.option("--row-quota", "quota_rows", multiple=True, help="Rows per window: 100000/day.")
+@click.option(
+    "--finite-inputs",
+    is_flag=True,
+    help="Only requests whose float inputs are all finite (no NaN or Infinity).",
+)
 @click.option("--description", help="Why this rule exists.")
 @click.pass_obj
 def grant(app: AppContext, /, **options: Any) -> None:
@@ -128,6 +133,7 @@ def _rule(options: dict[str, Any]) -> Rule:
             max_rows=options.get("max_rows"),
             max_epsilon=options.get("max_epsilon"),
             quotas=_quotas(options.get("quota_requests", ()), options.get("quota_rows", ())),
+            finite_inputs=bool(options.get("finite_inputs")),
             description=options.get("description"),
         )
     except InvalidRule as exc:
@@ -190,10 +196,19 @@ def list_rules(app: AppContext, subject: str | None, model: str | None, fmt: str
 )
 @click.option("--action", required=True, type=click.Choice(ACTIONS))
 @click.option("--rows", type=int, default=1, show_default=True, help="Rows in the request.")
+@click.option(
+    "--non-finite", is_flag=True, help="The request holds NaN or Infinity (see finite_inputs)."
+)
 @format_option
 @click.pass_obj
 def explain(
-    app: AppContext, subject: str, model_ref: str | None, action: str, rows: int, fmt: str
+    app: AppContext,
+    subject: str,
+    model_ref: str | None,
+    action: str,
+    rows: int,
+    non_finite: bool,
+    fmt: str,
 ) -> None:
     """Show the decision for SUBJECT, and every rule with whether it matched and why.
 
@@ -210,6 +225,7 @@ def explain(
         model_ref=model_ref,
         rows=rows,
         now=utcnow(),
+        finite=not non_finite,
     )
     caller, result, notes = found.caller, found.explanation, list(found.notes)
     roles = caller.roles

@@ -4,7 +4,7 @@ Matching has two halves, kept apart so the index can precompute the first:
 
 - scope (static for a policy version): subject, action and model name pattern;
 - conditions (checked at request time): version or label of the model served, validity window,
-  rows in the request, ε of the model version.
+  rows in the request, ε of the model version, whether the inputs are all finite.
 
 `decide_from` turns the rules whose scope matched into a `Decision`: default deny, any deny whose
 conditions hold wins, otherwise every allow whose conditions hold allows (and all of their quotas
@@ -70,10 +70,12 @@ class ModelFacts:
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """What the request itself brings: how many rows it holds, and when it arrived."""
+    """What the request itself brings: how many rows it holds, when it arrived, and whether its
+    float inputs are all finite (no NaN or ±Infinity; true for a request without inputs)."""
 
     rows: int
     now: datetime
+    finite: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ def condition_failure(rule: Rule, model: ModelFacts | None, facts: RequestFacts)
             return f"max_epsilon {rule.max_epsilon:g}: the model has no DP guarantee"
         if model.epsilon > rule.max_epsilon:
             return f"model epsilon {model.epsilon:g} is over max_epsilon {rule.max_epsilon:g}"
+    if rule.finite_inputs and not facts.finite:
+        return "finite_inputs: the request holds NaN or Infinity"
     return None
 
 

@@ -44,6 +44,7 @@ RULE_FIELDS = (
     "max_rows",
     "max_epsilon",
     "quota",
+    "finite_inputs",
     "description",
 )
 
@@ -369,5 +370,6 @@ def _rule(data: Mapping[str, Any]) -> Rule:
         max_rows=data.get("max_rows"),
         max_epsilon=data.get("max_epsilon"),
         quotas=tuple(Quota.from_mapping(q) for q in quotas),
+        finite_inputs=data.get("finite_inputs", False),
         description=data.get("description"),
     )

@@ -37,6 +37,7 @@ def to_rule(row: AccessRule) -> Rule:
         max_rows=row.max_rows,
         max_epsilon=row.max_epsilon,
         quotas=tuple(Quota.from_mapping(q) for q in row.quotas or ()),
+        finite_inputs=bool(row.finite_inputs),
         description=row.description,
         id=row.id,
     )
@@ -56,6 +57,7 @@ def _columns(rule: Rule) -> dict[str, Any]:
         "max_rows": rule.max_rows,
         "max_epsilon": rule.max_epsilon,
         "quotas": [q.to_mapping() for q in rule.quotas] or None,
+        "finite_inputs": rule.finite_inputs,
         "description": rule.description,
     }
 

@@ -102,6 +102,9 @@ class AccessRule(Base):
     max_rows: Mapped[int | None] = mapped_column(sa.Integer)
     max_epsilon: Mapped[float | None] = mapped_column(sa.Float)
     quotas: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON)
+    finite_inputs: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    )
     description: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     created_by: Mapped[str] = mapped_column(sa.String(128), nullable=False)

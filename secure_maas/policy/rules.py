@@ -12,6 +12,8 @@ file loader) can trust its fields. Names follow one grammar each:
 
 Deny rules take only a validity window: a deny "unless under quota" or "unless rows <= N" would
 turn a deny into an allow-by-omission, which is not what anyone writing a deny means.
+`finite_inputs: true` (allow rules only) makes the allow hold only for requests whose float
+inputs are all finite (no NaN or ±Infinity, which the APIs otherwise accept as TF Serving does).
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ class Rule:
     max_rows: int | None = None
     max_epsilon: float | None = None
     quotas: tuple[Quota, ...] = ()
+    finite_inputs: bool = False
     description: str | None = field(default=None, compare=False)
     id: int = field(default=0, compare=False)
 
@@ -299,12 +302,20 @@ class Rule:
             raise InvalidRule("quotas must be Quota values", field="quota")
         set_(self, "quotas", merge_quotas(quotas))
         set_(self, "description", check_description(self.description))
+        if not isinstance(self.finite_inputs, bool):
+            raise InvalidRule(
+                f"finite_inputs must be true or false, not {self.finite_inputs!r}",
+                field="finite_inputs",
+            )
         if self.effect is Effect.DENY and (
-            self.max_rows is not None or self.max_epsilon is not None or self.quotas
+            self.max_rows is not None
+            or self.max_epsilon is not None
+            or self.quotas
+            or self.finite_inputs
         ):
             raise InvalidRule(
-                "a deny rule takes no max_rows, max_epsilon or quota (only valid_from and "
-                "valid_until): write the allow rule with those conditions instead",
+                "a deny rule takes no max_rows, max_epsilon, finite_inputs or quota (only "
+                "valid_from and valid_until): write the allow rule with those conditions instead",
                 field="effect",
             )
 
@@ -347,6 +358,8 @@ class Rule:
             found.append(f"max_rows={self.max_rows}")
         if self.max_epsilon is not None:
             found.append(f"max_epsilon={self.max_epsilon:g}")
+        if self.finite_inputs:
+            found.append("finite_inputs=true")
         found += [f"quota={quota}" for quota in self.quotas]
         return found
 

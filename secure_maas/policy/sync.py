@@ -294,6 +294,8 @@ def rule_mapping(rule: Rule) -> dict[str, Any]:
     if rule.quotas:
         quotas = [q.to_mapping() for q in rule.quotas]
         data["quota"] = quotas[0] if len(quotas) == 1 else quotas
+    if rule.finite_inputs:
+        data["finite_inputs"] = True
     if rule.description:
         data["description"] = rule.description
     return data

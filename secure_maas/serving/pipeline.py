@@ -12,7 +12,8 @@
    Content-Length or is chunked (413), all of it within `body_timeout` (408), then decoded if
    it came compressed, again to at most `max_body_bytes` (413; 400 if it is not valid data of
    its coding: `encodings`), then parsed and checked against the signature (400);
-6. the access decision with the real row count (403: a generic message; why goes to audit);
+6. the access decision with the real row count and whether the inputs are all finite (403: a
+   generic message; why goes to audit);
 7. the quota (429 with `Retry-After`), consumed only for predictions, from this process's
    leases on the shared counters (`policy.leases`);
 8. the model call, and the response.
@@ -40,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
+import numpy as np
 from flask import Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -289,7 +291,8 @@ class Call:
         facts, ref, principal = self.facts, self._ref, self.principal
         if facts is None or ref is None or principal is None:
             raise RuntimeError("predict() before model(): the view skipped a pipeline step")
-        decision = self.decide(Action.MODEL_PREDICT, facts, rows=parsed.rows)
+        finite = all_finite(parsed.inputs)
+        decision = self.decide(Action.MODEL_PREDICT, facts, rows=parsed.rows, finite=finite)
         if not decision.allowed:
             raise self._forbidden(decision)
         quota = self.services.quotas.consume(
@@ -311,7 +314,7 @@ class Call:
                 # served before: that version is decided on too, then run.
                 fallback = self._facts_of(ref.name, served.version)
                 self.version = fallback.version
-                again = self.decide(Action.MODEL_PREDICT, fallback, rows=parsed.rows)
+                again = self.decide(Action.MODEL_PREDICT, fallback, rows=parsed.rows, finite=finite)
                 if not again.allowed:
                     self.allowed = False
                     raise self._forbidden(again)
@@ -366,7 +369,9 @@ class Call:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def decide(self, action: Action, facts: VersionFacts | None, *, rows: int) -> Decision:
+    def decide(
+        self, action: Action, facts: VersionFacts | None, *, rows: int, finite: bool = True
+    ) -> Decision:
         principal = self.principal
         if principal is None:
             raise RuntimeError("decide() before authenticate()")
@@ -374,7 +379,8 @@ class Call:
         if facts is not None:
             epsilon = facts.epsilon_for(loads=action is Action.MODEL_PREDICT)
             target = ModelFacts(facts.name, facts.version, facts.labels, epsilon)
-        return self.services.policy.decide(principal, action, target, RequestFacts(rows, self.now))
+        request_facts = RequestFacts(rows, self.now, finite)
+        return self.services.policy.decide(principal, action, target, request_facts)
 
     def _allow(self, decision: Decision) -> None:
         self.allowed = True
@@ -476,6 +482,13 @@ class Call:
 
 
 View = Callable[..., Response]
+
+
+def all_finite(inputs: dict[str, Array]) -> bool:
+    """Whether every float input holds finite numbers only (no NaN or ±Infinity)."""
+    return all(
+        bool(np.isfinite(array).all()) for array in inputs.values() if array.dtype.kind == "f"
+    )
 
 
 def guarded(action: Action, *, api: Api) -> Callable[[View], View]:

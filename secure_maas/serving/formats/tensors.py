@@ -3,10 +3,11 @@
 A JSON value becomes an array only when it is a dense (rectangular) nested list of exactly the
 expected depth whose leaves all have the JSON type the dtype calls for: `true`/`false` for bool,
 integers for the integer dtypes, numbers for the floating dtypes, strings for BYTES. Integers
-must fit the dtype and numbers the floating type; NaN and Infinity are refused unless the caller
-allows them (the JSON decoder refuses the `NaN`/`Infinity` tokens, and a literal such as `1e999`
-that overflows to infinity is caught after conversion). These are TF Serving's rules
-(`json_tensor.cc`), except that it accepts NaN tokens always. Every refusal is a `BadRequest`
+must fit the dtype and numbers the floating type. The `NaN`, `Infinity` and `-Infinity` tokens
+are read when the caller allows them (the serving views do, as TF Serving's `json_tensor.cc`
+does) and only for floating dtypes: an integer or boolean input refuses them by name. A literal
+such as `1e999` that overflows a double is refused, as TF Serving's parser refuses it. Every
+refusal is a `BadRequest`
 that says where in the body the problem is; a name or key the caller sent appears in it escaped
 (`shown`, `audit.text.quote`), never with its raw control characters.
 """
@@ -14,6 +15,7 @@ that says where in the body the problem is; a name or key the caller sent appear
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -73,8 +75,19 @@ def decode_json(body: Buffer | str, *, allow_nan: bool = False) -> Any:
             )
         return float(token)
 
+    def number(token: str) -> float:
+        value = float(token)
+        if value in (math.inf, -math.inf):
+            raise BadRequest(
+                f"JSON Parse error: number {token[:40]} is too large for a double: finite "
+                "numbers only (Infinity is written Infinity)"
+            )
+        return value
+
     try:
-        return json.loads(text, parse_constant=constant, object_pairs_hook=_unique_keys)
+        return json.loads(
+            text, parse_constant=constant, parse_float=number, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as exc:
         raise BadRequest(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from exc
     except RecursionError as exc:
@@ -149,6 +162,12 @@ def read_tensor(
         position = next(i for i, leaf in enumerate(leaves) if type(leaf) not in allowed)
         leaf = leaves[position]
         at = where(_unravel(position, shape))
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            token = "NaN" if leaf != leaf else ("Infinity" if leaf > 0 else "-Infinity")
+            raise BadRequest(
+                f"{at}: {token} is not a valid {target.name}: NaN and Infinity are accepted "
+                "for floating-point inputs only"
+            )
         if isinstance(leaf, list):
             raise BadRequest(
                 f"{at}: found a list where {_EXPECTED[kind]} was expected (too many dimensions)"

@@ -84,7 +84,10 @@ def infer(call: Call, name: str, version: str | None = None) -> Response:
     facts = call.model(name, version)
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = call.parse(
-        lambda body: parse_infer(body, facts.signature, header_length=header_length), INFER_TYPES
+        lambda body: parse_infer(
+            body, facts.signature, header_length=header_length, allow_nan=True
+        ),
+        INFER_TYPES,
     )
     outputs, served = call.predict(parsed)
     answer = infer_response(parsed, outputs, model_name=served.name, model_version=served.version)

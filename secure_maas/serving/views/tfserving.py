@@ -83,6 +83,8 @@ def predict(
     call: Call, name: str, version: str | None = None, label: str | None = None
 ) -> Response:
     facts = call.model(name, version, label)
-    parsed = call.parse(lambda body: parse_predict(body, facts.signature), JSON_TYPES)
+    parsed = call.parse(
+        lambda body: parse_predict(body, facts.signature, allow_nan=True), JSON_TYPES
+    )
     outputs, _served = call.predict(parsed)
     return jsonify(predict_response(parsed, outputs))
