@@ -12,7 +12,9 @@ from typing import Any
 
 from secure_maas import __version__
 from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
+from secure_maas.serving.encodings import ACCEPTED, CONTENT_ENCODING
 from secure_maas.serving.formats.oip import HEADER_LENGTH
+from secure_maas.serving.formats.tfserving import MODEL_STATES
 from secure_maas.serving.headers import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 
 JSON = "application/json"
@@ -32,6 +34,14 @@ _HEADER_LENGTH = {
     "schema": {"type": "integer", "minimum": 0},
     "description": "With binary tensors: the length of the JSON inference header that starts "
     "the body",
+}
+_CONTENT_ENCODING = {
+    "name": CONTENT_ENCODING,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": f"The body's coding: one of {ACCEPTED} (or none, identity); decoded within "
+    "the body limit (413 past it), 400 if it does not decode, 415 for any other coding",
 }
 _ANSWER_LENGTH = {
     "schema": {"type": "integer", "minimum": 0},
@@ -69,6 +79,13 @@ def _error(status: int) -> dict[str, Any]:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     if status == 429:
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    if status == 415:
+        response["headers"] = {
+            "Accept-Encoding": {
+                "schema": {"type": "string"},
+                "description": "The codings taken, when the body's coding was refused",
+            }
+        }
     return response
 
 
@@ -99,6 +116,13 @@ _PATH_TEXT = {
 }
 
 
+def _path_param(name: str) -> dict[str, Any]:
+    param = _param(name, "path", _PATH_TEXT[name])
+    if name == "version":  # a number: TF Serving answers 400 for anything else, OIP 404
+        param["schema"] = {"type": "string", "pattern": "^[0-9]+$"}
+    return param
+
+
 def _operation(
     summary: str,
     tag: str,
@@ -113,11 +137,13 @@ def _operation(
 ) -> dict[str, Any]:
     """One operation; `binary` adds Triton's binary tensor body, header and answer."""
     operation: dict[str, Any] = {"summary": summary, "tags": [tag]}
-    parameters = [_param(name, "path", _PATH_TEXT[name]) for name in path_params] + list(query)
+    parameters = [_path_param(name) for name in path_params] + list(query)
     if action is not None:
         parameters.append(_REQUEST_ID)
     if binary:
         parameters.append(_HEADER_LENGTH)
+    if body is not None:
+        parameters.append(_CONTENT_ENCODING)
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
@@ -171,6 +197,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "TF Serving",
                 _ok("ModelStatus"),
                 action="model:metadata",
+                errors=(400,),
                 path_params=params,
             ),
         )
@@ -184,6 +211,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "TF Serving",
                 _ok("TFServingMetadata"),
                 action="model:metadata",
+                errors=(400,),
                 path_params=params,
             ),
         )
@@ -277,7 +305,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "Open Inference Protocol",
                 _ok("InferResponse"),
                 action="model:predict",
-                errors=(400, 408, 429),
+                errors=(400, 408, 415, 429),
                 body="InferRequest",
                 binary=True,
                 path_params=params,
@@ -333,7 +361,7 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/metrics",
         "get",
         _operation(
-            "Prometheus metrics of this process (no model names in labels)",
+            "Prometheus metrics of this instance, every worker summed (no model names in labels)",
             "Operations",
             {"description": "Prometheus text exposition", "content": {"text/plain": {}}},
         ),
@@ -365,7 +393,27 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ModelStatus": {
         "type": "object",
-        "properties": {"model_version_status": {"type": "array", "items": _OBJECT}},
+        "required": ["model_version_status"],
+        "properties": {
+            "model_version_status": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["version", "state", "status"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "state": {"type": "string", "enum": sorted(MODEL_STATES)},
+                        "status": {
+                            "type": "object",
+                            "properties": {
+                                "error_code": {"type": "string"},
+                                "error_message": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            }
+        },
     },
     "TFServingMetadata": {
         "type": "object",

@@ -660,6 +660,7 @@ FIELD_TEXT: dict[str, list[str]] = {
     "valid_until": ["2028-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", "!!timestamp x"],
     "max_rows": ["10", "0", "1.5"],
     "max_epsilon": ["3", ".nan", "-1", "1e400"],
+    "finite_inputs": ["true", "false", "'yes'", "1"],
     "quota": ["{per: day, requests: 5}", "{per: minute, rows: 10, requests: 2}",
               "{per: day, requests: 1, 1: 2, x: 3}", "[{per: hour, rows: 1}]", "{per: week}"],
     "description": ["hello", "'" + "d" * 600 + "'"],
