@@ -69,6 +69,10 @@ def test_the_config_is_the_signature_with_the_batch_left_out(
     assert audited(instance, f"config-{model}") == ("model:metadata", "allow", 200)
 
 
+def test_the_server_lists_the_extension(client: FlaskClient) -> None:
+    assert "model_configuration" in client.get("/v2").json["extensions"]
+
+
 def test_a_version_by_number_and_a_version_that_is_not(
     client: FlaskClient, instance: Instance
 ) -> None:

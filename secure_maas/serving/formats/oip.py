@@ -76,7 +76,8 @@ __all__ = [
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
-EXTENSIONS = ("binary_tensor_data",)
+#: Triton's extensions served, as `GET /v2` lists them (model_configuration: `formats.triton`).
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
 PLATFORM = "tensorflow_savedmodel"
 
 #: OIP datatype -> numpy dtype name. BF16 has no numpy dtype and is refused.

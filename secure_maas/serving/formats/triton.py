@@ -15,9 +15,6 @@ from typing import Any
 from secure_maas.registry.signature import ServingSignature, TensorSpec
 from secure_maas.serving.formats.oip import PLATFORM, datatype_of
 
-#: Triton's name for the model configuration extension, as `GET /v2` lists it.
-EXTENSION = "model_configuration"
-
 
 def config_type(dtype: str) -> str:
     """Triton's `DataType` for a tensor dtype: `TYPE_` and the OIP datatype (BYTES is STRING)."""
