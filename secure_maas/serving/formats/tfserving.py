@@ -51,6 +51,7 @@ __all__ = [
     "model_status",
     "parse_predict",
     "predict_response",
+    "signature_name",
 ]
 
 #: The one signature a secure-maas model has, under TF Serving's default name.
@@ -110,11 +111,7 @@ def parse_predict(
     document = decode_json(body, allow_nan=allow_nan)
     if not isinstance(document, dict):
         raise BadRequest(f"JSON Value: {preview(document)} Is not object")
-    name = document.get("signature_name", DEFAULT_SIGNATURE)
-    if not isinstance(name, str):
-        raise BadRequest("'signature_name' key must be a string value")
-    if name not in ("", DEFAULT_SIGNATURE):
-        raise BadRequest(f"Serving signature name: {quoted(name)} not found in signature def")
+    signature_name(document)
     if "instances" in document and "inputs" in document:
         raise BadRequest("expecting only one of 'inputs' or 'instances' keys to exist, not both")
     if "instances" in document:
@@ -127,6 +124,17 @@ def parse_predict(
         raise BadRequest("Missing 'inputs' or 'instances' key")
     batch_rows(inputs)
     return PredictRequest(fmt, inputs, DEFAULT_SIGNATURE)
+
+
+def signature_name(document: Mapping[str, Any]) -> str:
+    """The body's `signature_name`, which must name the one signature a model has (absent or
+    empty: that one), or raise `BadRequest` in TF Serving's words."""
+    name = document.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(name, str):
+        raise BadRequest("'signature_name' key must be a string value")
+    if name not in ("", DEFAULT_SIGNATURE):
+        raise BadRequest(f"Serving signature name: {quoted(name)} not found in signature def")
+    return DEFAULT_SIGNATURE
 
 
 def _is_named(value: object) -> bool:

@@ -3,6 +3,8 @@
     GET  /v1/models/NAME[/versions/V|/labels/L]            status of the version(s)
     GET  /v1/models/NAME[/versions/V|/labels/L]/metadata   signature_def, plus the DP guarantee
     POST /v1/models/NAME[/versions/V|/labels/L]:predict    row or columnar predict
+    POST /v1/models/NAME[/versions/V|/labels/L]:classify   examples -> class labels and scores
+    POST /v1/models/NAME[/versions/V|/labels/L]:regress    examples -> one value each
 
 Status gives each version's real state, TF Serving's: START (known, not loaded yet), LOADING,
 AVAILABLE, UNLOADING, END (unloaded, or its artifact refused: then with an opaque
@@ -12,7 +14,9 @@ starts a background load of the version the request names, or for a bare name th
 serves, when that version is not in memory and was not refused within the last 30 seconds;
 other versions of a bare name are reported as they are.
 
-A predict body is JSON; `curl -d`'s form content type is read as JSON too, as TF Serving does,
+Classify and regress are predictions (`model:predict`, rows counted as examples) of a model
+whose one output fits them (`formats.tfserving_examples`). A predict, classify or regress body
+is JSON; `curl -d`'s form content type is read as JSON too, as TF Serving does,
 and any other content type is refused with 415.
 """
 
@@ -27,6 +31,12 @@ from secure_maas.serving.formats.tfserving import (
     model_status,
     parse_predict,
     predict_response,
+)
+from secure_maas.serving.formats.tfserving_examples import (
+    Method,
+    classify_response,
+    parse_examples,
+    regress_response,
 )
 from secure_maas.serving.headers import JSON_TYPES
 from secure_maas.serving.pipeline import Call, guarded
@@ -88,3 +98,34 @@ def predict(
     )
     outputs, _served = call.predict(parsed)
     return jsonify(predict_response(parsed, outputs))
+
+
+@bp.post("/models/<name>:classify")
+@bp.post("/models/<name>/versions/<version>:classify")
+@bp.post("/models/<name>/labels/<label>:classify")
+@guarded(Action.MODEL_PREDICT, api=Api.TFSERVING)
+def classify(
+    call: Call, name: str, version: str | None = None, label: str | None = None
+) -> Response:
+    return _examples(call, Method.CLASSIFY, name, version, label)
+
+
+@bp.post("/models/<name>:regress")
+@bp.post("/models/<name>/versions/<version>:regress")
+@bp.post("/models/<name>/labels/<label>:regress")
+@guarded(Action.MODEL_PREDICT, api=Api.TFSERVING)
+def regress(
+    call: Call, name: str, version: str | None = None, label: str | None = None
+) -> Response:
+    return _examples(call, Method.REGRESS, name, version, label)
+
+
+def _examples(
+    call: Call, method: Method, name: str, version: str | None, label: str | None
+) -> Response:
+    facts = call.model(name, version, label)
+    parsed = call.parse(lambda body: parse_examples(body, facts.signature, method), JSON_TYPES)
+    outputs, _served = call.predict(parsed)
+    if method is Method.CLASSIFY:
+        return jsonify(classify_response(parsed, outputs))
+    return jsonify(regress_response(parsed, outputs))
