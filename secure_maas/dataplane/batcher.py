@@ -66,6 +66,7 @@ class BatchInfo:
     queue_wait_s: float  # how long the oldest part waited before the call started
     duration_s: float
     ok: bool  # False when the merged call raised (its members were then run alone)
+    queue_wait_total_s: float = 0.0  # how long the parts waited before the call, all together
 
 
 @dataclass
@@ -341,7 +342,13 @@ class MicroBatcher:
             part.done.set()
         if self._on_batch is not None:
             info = BatchInfo(
-                self.name, len(batch), sum(p.rows for p in batch), waited, duration, ok
+                self.name,
+                len(batch),
+                sum(p.rows for p in batch),
+                waited,
+                duration,
+                ok,
+                sum(started - part.enqueued for part in batch),
             )
             try:
                 self._on_batch(info)

@@ -54,6 +54,7 @@ from secure_maas.dataplane.reports import (
     details,
     emit,
 )
+from secure_maas.dataplane.statistics import Statistics, VersionStatistics
 from secure_maas.db.watch import POLL_INTERVAL_S
 from secure_maas.keys import Keyring
 from secure_maas.registry.catalog import ModelNotFound, ModelRef
@@ -105,6 +106,7 @@ class ModelCache:
         decode: Decoder | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.statistics = Statistics()
         view = CatalogView(
             engine,
             store,
@@ -126,6 +128,7 @@ class ModelCache:
             retry_after=retry_after,
             decode=decode,
             clock=clock,
+            statistics=self.statistics,
         )
         self._view = view
         self._fallback = LabelFallback()
@@ -226,6 +229,19 @@ class ModelCache:
             return found
         self._load_in_background(facts)
         return VersionState(ModelState.LOADING)
+
+    def unload(self, ref: ModelRef | str) -> VersionState:
+        """Take the version `ref` names out of memory (`ModelNotFound` for an unknown or
+        disabled one) and answer its state: END, or what it was if it was not in memory. A
+        request that needs it later loads it again, as after an eviction."""
+        facts = self.facts(_as_ref(ref))
+        key = (facts.name, facts.version)
+        self._loaded.unload(key)
+        return self._loaded.state(key)
+
+    def version_statistics(self, keys: Iterable[Key] | None = None) -> list[VersionStatistics]:
+        """What each version ran here (`Statistics.snapshot`)."""
+        return self.statistics.snapshot(keys)
 
     def preload(self, refs: Iterable[ModelRef | str]) -> dict[str, str | None]:
         """Load each reference now; returns each one's error message, None when it loaded."""

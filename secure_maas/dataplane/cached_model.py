@@ -3,12 +3,14 @@
 The batcher starts on the first request, so a model loaded by `preload` or a readiness probe
 costs no thread until it is used. Once the version leaves the cache (evicted, disabled, or the
 cache closed) the batcher takes no new request; a request that resolved the version before
-that still gets its answer, computed directly.
+that still gets its answer, computed directly. Every model call is counted in the data
+plane's `Statistics` when it has one.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +26,7 @@ from secure_maas.dataplane.batcher import (
     MicroBatcher,
 )
 from secure_maas.dataplane.facts import VersionFacts
+from secure_maas.dataplane.statistics import Statistics
 
 if TYPE_CHECKING:
     from secure_maas.registry.codec import LoadedModel
@@ -57,12 +60,14 @@ class CachedModel:
         model: LoadedModel,
         options: BatchOptions,
         on_batch: Callable[[BatchInfo], None] | None,
+        statistics: Statistics | None = None,
     ) -> None:
         self.facts = facts
         self.model = model
         self.weight = facts.plaintext_bytes
         self._options = options
         self._on_batch = on_batch
+        self._statistics = statistics
         self._lock = threading.Lock()
         self._batcher: MicroBatcher | None = None
         self._closed = False
@@ -83,7 +88,7 @@ class CachedModel:
                     adaptive=options.adaptive,
                     name=f"{self.facts.name}:{self.facts.version}",
                     specs=self.model.signature.inputs,
-                    on_batch=self._on_batch,
+                    on_batch=self._batched,
                 )
             return self._batcher
 
@@ -93,7 +98,34 @@ class CachedModel:
         try:
             return self.batcher.submit(inputs)
         except BatcherClosed:
-            return self.model.predict(dict(inputs))
+            return self.run_alone(inputs)
+
+    def run_alone(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run the model on `inputs` directly, in one call of its own (counted as one)."""
+        started = time.perf_counter_ns()
+        outputs = dict(self.model.predict(dict(inputs)))
+        if self._statistics is not None:
+            rows = int(next(iter(inputs.values())).shape[0]) if inputs else 0
+            ns = time.perf_counter_ns() - started
+            self._statistics.execution(self._key, rows=rows, requests=1, ns=ns, queue_ns=0)
+        return outputs
+
+    @property
+    def _key(self) -> tuple[str, int]:
+        return (self.facts.name, self.facts.version)
+
+    def _batched(self, info: BatchInfo) -> None:
+        """Count a call of the batcher, then hand it to the metrics hook."""
+        if self._statistics is not None:
+            self._statistics.execution(
+                self._key,
+                rows=info.rows,
+                requests=info.requests,
+                ns=int(info.duration_s * 1e9),
+                queue_ns=int(info.queue_wait_total_s * 1e9),
+            )
+        if self._on_batch is not None:
+            self._on_batch(info)
 
     def close(self) -> None:
         """Stop taking requests; queued ones finish on the batcher's thread."""

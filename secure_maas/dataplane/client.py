@@ -29,7 +29,9 @@ from secure_maas.dataplane import events
 from secure_maas.dataplane.batcher import BatchRefused, QueueFull
 from secure_maas.dataplane.devices import route
 from secure_maas.dataplane.loaded import ModelState, ModelUnavailable, VersionState
+from secure_maas.dataplane.loads import current_request_id
 from secure_maas.dataplane.plane import Array, Fallback, Served
+from secure_maas.dataplane.statistics import Key, VersionStatistics
 from secure_maas.dataplane.wire import Head, WireError, receive, send
 from secure_maas.db import DatabaseUnavailable
 from secure_maas.keys import KeyringError
@@ -104,10 +106,26 @@ class RemoteDataPlane:
 
     def state(self, ref: ModelRef, *, load: bool = False) -> VersionState:
         reply, _ = self.call({"op": "state", "ref": str(ref), "load": load})
+        return _state(reply)
+
+    def load(self, ref: ModelRef) -> VersionState:
+        """Have the model process load `ref` now (its `model:load` event carries the id of
+        the request that asked)."""
+        request_id = current_request_id.get()
+        return _state(self.call({"op": "load", "ref": str(ref), "request_id": request_id})[0])
+
+    def unload(self, ref: ModelRef) -> VersionState:
+        request_id = current_request_id.get()
+        return _state(self.call({"op": "unload", "ref": str(ref), "request_id": request_id})[0])
+
+    def stats(self, keys: Iterable[Key] | None = None) -> list[VersionStatistics]:
+        """The model process's counts (every worker's requests), of `keys` or every version."""
+        wanted = None if keys is None else [list(key) for key in keys]
+        reply, _ = self.call({"op": "stats", "keys": wanted})
         try:
-            return VersionState(ModelState(reply["state"]), refused=bool(reply["refused"]))
-        except (KeyError, ValueError) as exc:
-            raise DataPlaneUnavailable(f"the model process sent no state: {exc}") from None
+            return [VersionStatistics.from_wire(item) for item in reply["stats"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataPlaneUnavailable(f"the model process sent no statistics: {exc}") from None
 
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
         reply, _ = self.call({"op": "preload", "refs": [str(ref) for ref in refs]})
@@ -209,6 +227,25 @@ class RoutedDataPlane:
     def state(self, ref: ModelRef, *, load: bool = False) -> VersionState:
         return self.plane_of(ref.name).state(ref, load=load)
 
+    def load(self, ref: ModelRef) -> VersionState:
+        return self.plane_of(ref.name).load(ref)
+
+    def unload(self, ref: ModelRef) -> VersionState:
+        return self.plane_of(ref.name).unload(ref)
+
+    def stats(self, keys: Iterable[Key] | None = None) -> list[VersionStatistics]:
+        """Every model process's counts (each model lives in one), by name and version."""
+        if keys is None:
+            found = [item for plane in self.planes for item in plane.stats()]
+        else:
+            by_plane: dict[int, list[Key]] = {}
+            for key in keys:
+                by_plane.setdefault(route(key[0], len(self.planes)), []).append(key)
+            found = [
+                item for index, some in by_plane.items() for item in self.planes[index].stats(some)
+            ]
+        return sorted(found, key=lambda item: (item.name, item.version))
+
     def preload(self, refs: Iterable[str]) -> dict[str, str | None]:
         results: dict[str, str | None] = {}
         for ref in refs:
@@ -225,6 +262,13 @@ class RoutedDataPlane:
     def close(self) -> None:
         for plane in self.planes:
             plane.close()
+
+
+def _state(reply: Head) -> VersionState:
+    try:
+        return VersionState(ModelState(reply["state"]), refused=bool(reply["refused"]))
+    except (KeyError, ValueError) as exc:
+        raise DataPlaneUnavailable(f"the model process sent no state: {exc}") from None
 
 
 class InstanceAudit:

@@ -43,6 +43,7 @@ from secure_maas.dataplane.reports import (
     details,
     emit,
 )
+from secure_maas.dataplane.statistics import Statistics
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import Keyring
 from secure_maas.registry.artifacts import open_version
@@ -116,6 +117,7 @@ class LoadedModels:
         retry_after: float = 30.0,
         decode: Decoder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        statistics: Statistics | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
@@ -130,6 +132,7 @@ class LoadedModels:
         self._retry_after = retry_after
         self._decode = decode
         self._clock = clock
+        self._statistics = statistics
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, CachedModel] = OrderedDict()
         self._bytes = 0
@@ -240,6 +243,20 @@ class LoadedModels:
             self._close(entry)
             self._evicted(entry, "disabled")
 
+    def unload(self, key: Key) -> bool:
+        """Take version `key` out of memory (UNLOADING, then END), as an eviction does: a
+        request that needs it later loads it again. False when it was not in memory."""
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry.weight
+            self._stats.evictions += 1
+            self._unloading.add(key)
+        self._close(entry)
+        self._evicted(entry, "unloaded")
+        return True
+
     def close(self) -> None:
         """Unload everything (queued requests finish first, on their batchers' threads)."""
         with self._lock:
@@ -295,7 +312,7 @@ class LoadedModels:
         options = self._batch_per_model.get(facts.name, self._batch)
         with self._lock:
             self._stats.loads += 1
-        return CachedModel(facts, model, options, self._on_batch)
+        return CachedModel(facts, model, options, self._on_batch, self._statistics)
 
     def _decoder(self) -> Decoder:
         if self._decode is None:

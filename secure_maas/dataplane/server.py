@@ -10,6 +10,9 @@ thread) gets a thread that reads a frame, does what it asks and answers:
   the model's micro-batcher;
 - `audit` (an event) -> acknowledged once committed (`AuditWriter.append`);
 - `state` (ref, load) -> the version's state and whether its artifact was refused;
+- `load`, `unload` (ref, request id) -> the same, once the version is in memory (or refused)
+  or out of it;
+- `stats` (keys or none) -> what each version ran here (`statistics`), for every worker;
 - `ready`, `preload`, `ping`.
 
 An error is answered as `{"ok": false, "error": KIND, "message": ...}`, KIND one of `ERRORS`;
@@ -82,6 +85,9 @@ class DataPlaneServer:
             "audit": self._audit,
             "ready": self._ready,
             "state": self._state,
+            "load": self._load,
+            "unload": self._unload,
+            "stats": self._stats,
             "preload": self._preload,
             "ping": self._ping,
         }
@@ -199,6 +205,19 @@ class DataPlaneServer:
     def _state(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
         found = self.plane.state(_ref(head), load=bool(head.get("load")))
         return {"ok": True, "state": found.state.value, "refused": found.refused}, {}
+
+    def _load(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
+        found = self.plane.load(_ref(head))
+        return {"ok": True, "state": found.state.value, "refused": found.refused}, {}
+
+    def _unload(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
+        found = self.plane.unload(_ref(head))
+        return {"ok": True, "state": found.state.value, "refused": found.refused}, {}
+
+    def _stats(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
+        wanted = head.get("keys")
+        keys = None if wanted is None else [(str(name), int(v)) for name, v in wanted]
+        return {"ok": True, "stats": [item.to_wire() for item in self.plane.stats(keys)]}, {}
 
     def _preload(self, head: Head, _arrays: dict[str, Array]) -> tuple[Head, dict[str, Array]]:
         refs = [str(ref) for ref in head.get("refs", [])]
