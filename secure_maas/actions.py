@@ -15,6 +15,10 @@ class Action(StrEnum):
     MODEL_PREDICT = "model:predict"
     MODEL_METADATA = "model:metadata"
     MODEL_LIST = "model:list"
+    #: Triton's statistics extension: counts and times of everyone's requests to a model.
+    MODEL_STATS = "model:stats"
+    #: Triton's repository load/unload: an operator's action, granted only by naming it.
+    MODEL_CONTROL = "model:control"
     AUDIT_READ = "audit:read"
 
 
