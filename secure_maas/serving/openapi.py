@@ -295,6 +295,56 @@ def _paths() -> dict[str, dict[str, Any]]:
                 path_params=params,
             ),
         )
+    add(
+        "/v2/models/stats",
+        "get",
+        _operation(
+            "Triton statistics of every version the caller may list and read statistics of "
+            "(model:stats and model:list), from the data plane",
+            "Triton extensions",
+            _ok("ModelStatistics"),
+            action="model:stats",
+        ),
+    )
+    for path, params in _model_paths("/v2/models", ("/stats",), labels=False):
+        add(
+            path,
+            "get",
+            _operation(
+                "Triton statistics of a model's versions: counts and cumulative times of "
+                "everyone's requests, from the data plane",
+                "Triton extensions",
+                _ok("ModelStatistics"),
+                action="model:stats",
+                path_params=params,
+            ),
+        )
+    index = _operation(
+        "Triton repository index: the versions the caller may list and their states "
+        '(READY, LOADING, UNLOADING, UNAVAILABLE); {"ready": true} keeps the READY ones',
+        "Triton extensions",
+        _ok("RepositoryIndex"),
+        action="model:list",
+        errors=(400, 408, 415),
+        body="RepositoryIndexRequest",
+    )
+    index["requestBody"]["required"] = False
+    add("/v2/repository/index", "post", index)
+    for verb, text in (
+        ("load", "load the version a bare name serves, now (503 if it cannot be loaded)"),
+        ("unload", "take every version the caller may control out of memory"),
+    ):
+        operation = _operation(
+            f"Triton repository {verb}: {text} (model:control, granted only by naming it)",
+            "Triton extensions",
+            _ok("Empty"),
+            action="model:control",
+            errors=(400, 408, 415),
+            body="RepositoryControlRequest",
+            path_params=("name",),
+        )
+        operation["requestBody"]["required"] = False
+        add(f"/v2/repository/models/{{name}}/{verb}", "post", operation)
     for path, params in _model_paths("/v2/models", ("/infer",), labels=False):
         add(
             path,
@@ -460,6 +510,96 @@ _SCHEMAS: dict[str, Any] = {
             "secure_maas": _ref("Dp"),
         },
     },
+    "Duration": {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}},
+    },
+    "ModelStatistics": {
+        "type": "object",
+        "required": ["model_stats"],
+        "properties": {
+            "model_stats": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "name",
+                        "version",
+                        "last_inference",
+                        "inference_count",
+                        "execution_count",
+                        "inference_stats",
+                        "batch_stats",
+                    ],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "last_inference": {"type": "integer"},
+                        "inference_count": {"type": "integer"},
+                        "execution_count": {"type": "integer"},
+                        "inference_stats": {
+                            "type": "object",
+                            "properties": {
+                                key: _ref("Duration")
+                                for key in (
+                                    "success",
+                                    "fail",
+                                    "queue",
+                                    "compute_input",
+                                    "compute_infer",
+                                    "compute_output",
+                                )
+                            },
+                        },
+                        "batch_stats": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "batch_size": {"type": "integer"},
+                                    "compute_input": _ref("Duration"),
+                                    "compute_infer": _ref("Duration"),
+                                    "compute_output": _ref("Duration"),
+                                },
+                            },
+                        },
+                        "memory_usage": {"type": "array", "items": _OBJECT},
+                    },
+                },
+            }
+        },
+    },
+    "RepositoryIndexRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"ready": {"type": "boolean"}},
+    },
+    "RepositoryIndex": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "version", "state", "reason"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "state": {"enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},
+                "reason": {"type": "string"},
+            },
+        },
+    },
+    "RepositoryControlRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"unload_dependents": {"type": "boolean"}},
+            }
+        },
+    },
+    "Empty": {"type": "object", "additionalProperties": False},
     "ModelConfig": {
         "type": "object",
         "required": ["name", "platform", "max_batch_size", "input", "output"],
