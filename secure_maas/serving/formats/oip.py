@@ -77,7 +77,12 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 #: Triton's extensions served, as `GET /v2` lists them (model_configuration: `formats.triton`).
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+)
 PLATFORM = "tensorflow_savedmodel"
 
 #: OIP datatype -> numpy dtype name. BF16 has no numpy dtype and is refused.

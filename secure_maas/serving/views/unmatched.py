@@ -1,4 +1,5 @@
-"""Every answer under /v1/models and /v2/models is audited, those of Flask's routing included.
+"""Every answer under /v1/models, /v2/models and /v2/repository (Triton's repository extension)
+is audited, those of Flask's routing included.
 
 Under /v1/models a path is read with TF Serving's grammar (`serving.grammar`) before any view
 runs: case-insensitively, a name without `/` or `:`, a version of digits only. A path the
@@ -48,7 +49,7 @@ from secure_maas.serving.errors import ApiError
 from secure_maas.serving.pipeline import Call, guarded
 from secure_maas.serving.refs import Api, malformed_message
 
-MODEL_PREFIXES = ("/v1/models", "/v2/models")
+MODEL_PREFIXES = ("/v1/models", "/v2/models", "/v2/repository")
 _SLASHES = re.compile(r"/{2,}")
 #: Methods whose wrong path is the "Malformed request" error (HEAD is GET's).
 _API_METHODS = frozenset({"GET", "HEAD", "POST"})
