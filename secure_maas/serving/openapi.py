@@ -230,6 +230,34 @@ def _paths() -> dict[str, dict[str, Any]]:
                 path_params=params,
             ),
         )
+    for verb, summary, response in (
+        (
+            "classify",
+            "TF Serving classify: examples -> every class's [label, score] per example, for a "
+            "model with one output of class scores [batch, num_classes]",
+            "ClassifyResponse",
+        ),
+        (
+            "regress",
+            "TF Serving regress: examples -> one value per example, for a model with one "
+            "output of shape [batch] or [batch, 1]",
+            "RegressResponse",
+        ),
+    ):
+        for path, params in _model_paths("/v1/models", (f":{verb}",), labels=True):
+            add(
+                path,
+                "post",
+                _operation(
+                    summary,
+                    "TF Serving",
+                    _ok(response),
+                    action="model:predict",
+                    errors=(400, 408, 415, 429),
+                    body="ExamplesRequest",
+                    path_params=params,
+                ),
+            )
     add(
         "/v1/models",
         "get",
@@ -422,6 +450,13 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 _OBJECT = {"type": "object"}
 
+_FEATURE_VALUE = {"anyOf": [{"type": "number"}, {"type": "boolean"}]}
+_FEATURES = {
+    "type": "object",
+    "description": "Features by model input name: a value, or a flat list of the values one "
+    "example of that input holds (row-major)",
+    "additionalProperties": {"anyOf": [_FEATURE_VALUE, {"type": "array", "items": _FEATURE_VALUE}]},
+}
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -612,6 +647,48 @@ _SCHEMAS: dict[str, Any] = {
             "input": {"type": "array", "items": _OBJECT},
             "output": {"type": "array", "items": _OBJECT},
             "dynamic_batching": _OBJECT,
+        },
+    },
+    "ExamplesRequest": {
+        "type": "object",
+        "required": ["examples"],
+        "description": "TF Serving's classify and regress body: every model input is a feature "
+        "of each example or of context (shared by every example), never both",
+        "properties": {
+            "signature_name": {"type": "string", "default": "serving_default"},
+            "context": _FEATURES,
+            "examples": {"type": "array", "minItems": 1, "items": _FEATURES},
+        },
+    },
+    "ClassifyResponse": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "description": "Per example, every class in score order: [label, score], the "
+                "label being the class index as a string",
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "prefixItems": [{"type": "string"}, {"type": "number"}],
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+            }
+        },
+    },
+    "RegressResponse": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "description": "One value per example, in request order",
+                "items": {"type": "number"},
+            }
         },
     },
     "InferRequest": {
