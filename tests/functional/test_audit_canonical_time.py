@@ -1,4 +1,4 @@
-"""Issue 15.3: one canonical time text is MAC'd, stored and compared, on both databases.
+"""One canonical time text is MAC'd, stored and compared, on both databases.
 
 The attack reproduced: rewrite an event's `at` to the same instant in another offset
 (`...-07:00`). Before the fix verify normalised the time and said intact, while `audit list

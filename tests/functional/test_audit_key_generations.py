@@ -1,4 +1,4 @@
-"""Issue 15.2: audit keys come in generations; a leaked old key cannot rewrite what followed it.
+"""Audit keys come in generations; a leaked old key cannot rewrite what followed it.
 
 The forgery reproduced here: with a copy of the audit key rotated out, rewrite an event written
 after the rotation, re-MAC the rest of the chain and the head with the old key id. Before the

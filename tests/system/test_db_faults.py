@@ -1,4 +1,4 @@
-"""Scenario 2 of issue 8: the database goes away in the middle of load, and comes back.
+"""The database goes away in the middle of load, and comes back.
 
 A `secure-maas serve` instance (gunicorn, 2 workers) reaches PostgreSQL through a TCP proxy
 that the test cuts (every connection dropped, new ones refused) and restores, so that only this

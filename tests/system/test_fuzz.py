@@ -1,4 +1,4 @@
-"""Issue 8, scenario 6: fuzzing, over HTTP against a real server and in process against the
+"""Fuzzing, over HTTP against a real server and in process against the
 parsers of untrusted files.
 
 Over HTTP (`secure-maas serve --workers 2 --threads 4`, gunicorn, PostgreSQL):

@@ -1,4 +1,4 @@
-"""Issue 14: every header and query parameter the service reads, and the name, version and label
+"""Every header and query parameter the service reads, and the name, version and label
 segments of its paths, driven with arbitrary text over real HTTP through gunicorn (`secure-maas
 serve --workers 2 --threads 4`, PostgreSQL, one server for the module). No answer is a 5xx.
 

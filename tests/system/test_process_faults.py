@@ -1,4 +1,4 @@
-"""Issue 8, scenario 3, process faults: SIGKILL at the worst moments, then prove nothing was lost,
+"""Process faults: SIGKILL at the worst moments, then prove nothing was lost,
 half-written or left undecryptable, and that running the command again finishes the job.
 
 - A gunicorn worker killed under load (PostgreSQL, 2 workers x 4 threads, 8 keep-alive clients;

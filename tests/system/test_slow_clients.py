@@ -1,4 +1,4 @@
-"""Issue 14, point 1: slow clients cannot pin the server's threads.
+"""Slow clients cannot pin the server's threads.
 
 gunicorn as in production (2 workers x 4 threads, `secure-maas serve`, PostgreSQL) on
 127.0.0.1, attacked with raw sockets as the review did, while a valid prediction and `/healthz`

@@ -1,4 +1,4 @@
-"""Issue 8, scenario 5: load and soak. A real `secure-maas serve --workers 2 --threads 4`
+"""Load and soak. A real `secure-maas serve --workers 2 --threads 4`
 (gunicorn) on PostgreSQL takes mixed traffic from 32 concurrent keep-alive connections for
 `soak_seconds(15)` (`make system`: 60 s) after a warm-up of the same load.
 

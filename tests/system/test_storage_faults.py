@@ -1,4 +1,4 @@
-"""Scenario 4 of issue 8: storage faults.
+"""Storage faults.
 
 Publishing (`secure-maas models import`, the real CLI in a child process) into a store folder
 that is full or read-only must fail cleanly: exit status 1 with one `Error:` line and no

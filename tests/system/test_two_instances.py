@@ -1,4 +1,4 @@
-"""Scenario 1 of issue 8: two instances, one database.
+"""Two instances, one database.
 
 Two `secure-maas serve` instances (gunicorn, 2 workers each, on different ports) share one
 PostgreSQL schema and one sealed store, as two machines behind a load balancer would. What an
