@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secure_maas.errors import SecureMaasError
-from secure_maas.registry.signature import TensorSpec
+from secure_maas.registry.signature import STRING, TensorSpec, numpy_dtype_name
 
 Array = npt.NDArray[Any]
 
@@ -210,7 +210,9 @@ class MicroBatcher:
         if problem is None and self._specs is not None:
             try:
                 arrays = {
-                    name: array.astype(self._specs[name].dtype, casting="same_kind", copy=False)
+                    name: array.astype(
+                        numpy_dtype_name(self._specs[name].dtype), casting="same_kind", copy=False
+                    )
                     for name, array in arrays.items()
                 }
             except TypeError:
@@ -401,6 +403,9 @@ def _problem(arrays: dict[str, Array], specs: dict[str, TensorSpec] | None) -> s
             for got, want in zip(array.shape[1:], spec.shape[1:], strict=True)
         ):
             return f"input {name!r} has shape {array.shape}, the model takes {spec.shape}"
-        if array.dtype.kind not in "biuf":
+        if spec.dtype == STRING:
+            if array.dtype.kind != "O" or not all(type(v) is bytes for v in array.flat):
+                return f"input {name!r} takes strings (bytes), not {array.dtype}"
+        elif array.dtype.kind not in "biuf":
             return f"input {name!r} has dtype {array.dtype}, not a number"
     return None

@@ -35,7 +35,13 @@ import tensorflow as tf
 
 from secure_maas.errors import SecureMaasError
 from secure_maas.registry.container import ENCODABLE, Array, Buffer, pack, unpack
-from secure_maas.registry.signature import InvalidModelData, ServingSignature, UnsupportedModel
+from secure_maas.registry.signature import (
+    STRING,
+    InvalidModelData,
+    ServingSignature,
+    TensorSpec,
+    UnsupportedModel,
+)
 
 __all__ = [
     "FORMAT",
@@ -92,6 +98,12 @@ def encode_model(model: Any) -> bytes:
         raise UnsupportedModel(f"the model cannot describe its architecture: {exc}") from exc
     tensors = {}
     for index, (variable, value) in enumerate(zip(model.weights, model.get_weights(), strict=True)):
+        if not hasattr(variable, "name"):  # Keras' VocabWeightHandler: an adapted lookup table
+            raise UnsupportedModel(
+                "the model holds a lookup table adapted in place (TextVectorization, "
+                "StringLookup, IntegerLookup): build that layer with vocabulary=... (its "
+                "get_vocabulary()) so the vocabulary is part of the architecture"
+            )
         array = np.asarray(value)
         if array.dtype.name not in ENCODABLE:
             raise UnsupportedModel(f"weight {variable.name} has unsupported dtype {array.dtype}")
@@ -195,10 +207,7 @@ class LoadedModel:
             )
         arrays = []
         for spec in specs:
-            try:
-                array = np.asarray(inputs[spec.name]).astype(spec.dtype, casting="same_kind")
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(f"input {spec.name!r} cannot be read as {spec.dtype}") from exc
+            array = _input_array(inputs[spec.name], spec)
             fixed = spec.shape[1:]
             if array.ndim != len(spec.shape) or any(
                 want is not None and got != want
@@ -211,6 +220,20 @@ class LoadedModel:
         if len({array.shape[0] for array in arrays}) > 1:
             raise InvalidInput("all inputs must have the same batch size")
         return arrays
+
+
+def _input_array(value: Array, spec: TensorSpec) -> Array:
+    """`value` as the spec's dtype: a numpy "same_kind" cast for numbers; for strings, an
+    object array whose every element is `bytes` (TensorFlow's own reading of `tf.string`)."""
+    if spec.dtype == STRING:
+        array = np.asarray(value, dtype=object)
+        if not all(type(item) is bytes for item in array.flat):
+            raise InvalidInput(f"input {spec.name!r} takes bytes values only")
+        return array
+    try:
+        return np.asarray(value).astype(spec.dtype, casting="same_kind")
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"input {spec.name!r} cannot be read as {spec.dtype}") from exc
 
 
 def _read_container(

@@ -17,9 +17,14 @@ from typing import Any
 
 from secure_maas.errors import SecureMaasError
 
-# The dtypes a served tensor may have: the numeric ones TF Serving's REST API and OIP v2 carry.
+#: A tensor of byte strings (TensorFlow's `tf.string`, TF Serving's `DT_STRING`, OIP's `BYTES`):
+#: text or binary values, held in numpy as an object array of `bytes`.
+STRING = "string"
+# The dtypes a served tensor may have: the numeric ones TF Serving's REST API and OIP v2 carry,
+# and byte strings.
 DTYPES = frozenset(
     {
+        STRING,
         "bool",
         "int8",
         "int16",
@@ -34,6 +39,11 @@ DTYPES = frozenset(
         "float64",
     }
 )
+
+
+def numpy_dtype_name(dtype: str) -> str:
+    """The numpy dtype that holds a tensor of `dtype`: `object` (of `bytes`) for strings."""
+    return "object" if dtype == STRING else dtype
 
 
 class InvalidModelData(SecureMaasError):

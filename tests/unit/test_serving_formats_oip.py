@@ -157,7 +157,7 @@ def test_binary_bool_and_bytes_inputs_are_read() -> None:
     assert request.inputs["flags"].tolist() == [[True, False, True]]
     elements = b"".join(struct.pack("<I", len(e)) + e for e in (b"ab", b"", b"c"))
     for tail, message in [
-        (elements, "values of type object cannot be used as bool"),  # read, then refused
+        (elements, "values of type BYTES cannot be used as bool"),  # read, then refused
         (elements[:-1], "BYTES binary data does not hold exactly 3"),
         (elements + b"\0", "BYTES binary data does not hold exactly 3"),
     ]:
@@ -197,7 +197,7 @@ GOOD_X = X.astype("<f4").tobytes()
         (with_input(0, datatype="FP8"), None, "unknown datatype"),
         (with_input(0, datatype="BF16"), None, "BF16 is not supported"),
         (with_input(0, datatype="BOOL", data=[True] * 8), None, "bool cannot be used as float32"),
-        (with_input(0, datatype="BYTES", data=["a"] * 8), None, "object cannot be used as float32"),
+        (with_input(0, datatype="BYTES", data=["a"] * 8), None, "BYTES cannot be used as float32"),
         (with_input(1, datatype="FP32", data=[1.0, 2.0]), None, "float32 cannot be used as int64"),
         (with_input(1, data=[1, 2.5]), None, r"data\[1\]: JSON value 2\.5 .* int64"),
         (with_input(1, data=[1, "2"]), None, "String"),

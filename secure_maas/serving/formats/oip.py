@@ -22,6 +22,12 @@ compresses and what Triton reads after it decompresses.
 Outputs asked for as binary come back the same way, with that header set on the response.
 Shared memory and the classification extension are refused.
 
+BYTES tensors (the model's `string` dtype) are JSON strings in `data` (their UTF-8 bytes), and
+in binary data each element is a 4-byte little-endian length then its bytes, as tritonclient's
+`serialize_byte_tensor` writes them; each element is bounded by `max_string_bytes`. A BYTES
+output asked for as JSON whose bytes are not UTF-8 cannot be a JSON string: it comes back as
+binary data instead (its `binary_data_size` says so, as tritonclient reads any output).
+
 A request datatype may differ from the model's where no value can change meaning (FP64 data
 for an FP32 input, INT32 for INT64, integers for floats); see `tensors.cast_input`.
 """
@@ -38,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from secure_maas.registry.signature import ServingSignature, TensorSpec
+from secure_maas.registry.signature import ServingSignature, TensorSpec, numpy_dtype_name
 from secure_maas.serving.formats.tensors import (
+    MAX_STRING_BYTES,
     Array,
     BadRequest,
     Buffer,
@@ -101,7 +108,8 @@ DATATYPES = {
     "FP64": "float64",
     "BYTES": "object",
 }
-_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+_LENGTH_PREFIX = struct.Struct("<I")
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 #: The header's value: ASCII digits (`str.isdigit()` also takes `²`, which `int()` refuses),
 #: few enough for `int()` (it refuses more than 4300) and far more than any body holds; spaces
@@ -110,8 +118,8 @@ _LENGTH = re.compile(r"[ \t]*([0-9]{1,19})[ \t]*")
 
 
 def datatype_of(dtype: str | np.dtype[Any]) -> str:
-    """The OIP datatype of a numpy dtype (`float32` -> `FP32`)."""
-    name = np.dtype(dtype).name
+    """The OIP datatype of a numpy or signature dtype (`float32` -> `FP32`, `string` -> `BYTES`)."""
+    name = np.dtype(numpy_dtype_name(dtype) if isinstance(dtype, str) else dtype).name
     if name not in _BY_DTYPE:
         raise ValueError(f"dtype {name} has no Open Inference Protocol datatype")
     return _BY_DTYPE[name]
@@ -143,10 +151,12 @@ def parse_infer(
     *,
     header_length: int | str | None = None,
     allow_nan: bool = False,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> InferRequest:
     """Read an infer body for a model with `signature`, or raise `BadRequest`.
 
-    `header_length` is the request's `Inference-Header-Content-Length` header, if any.
+    `header_length` is the request's `Inference-Header-Content-Length` header, if any;
+    `max_string_bytes` bounds each element of a BYTES input.
     """
     head, tail = _split(body, header_length)
     document = decode_json(head, allow_nan=allow_nan)
@@ -159,7 +169,7 @@ def parse_infer(
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise BadRequest("parameter 'binary_data_output' must be true or false")
-    inputs = _inputs(document.get("inputs"), signature, tail, allow_nan)
+    inputs = _inputs(document.get("inputs"), signature, tail, allow_nan, max_string_bytes)
     outputs = _outputs(document.get("outputs"), signature, binary_default)
     return InferRequest(request_id, inputs, outputs)
 
@@ -189,7 +199,11 @@ def _parameters(value: object, what: str) -> dict[str, Any]:
 
 
 def _inputs(
-    value: object, signature: ServingSignature, tail: memoryview, allow_nan: bool
+    value: object,
+    signature: ServingSignature,
+    tail: memoryview,
+    allow_nan: bool,
+    max_string_bytes: int,
 ) -> dict[str, Array]:
     if not isinstance(value, list) or not value:
         raise BadRequest("'inputs' must be a non-empty list of input tensors")
@@ -227,10 +241,15 @@ def _inputs(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(tail) - offset} bytes of binary data left)"
                 )
-            array = _from_binary(tail[offset : offset + size], datatype, shape, name, allow_nan)
+            chunk = tail[offset : offset + size]
+            array = (
+                _reshape(_bytes_elements(chunk, shape, name, max_string_bytes), shape, name)
+                if datatype == "BYTES"
+                else _from_binary(chunk, datatype, shape, name, allow_nan)
+            )
             offset += size
         elif "data" in item:
-            array = _from_json(item["data"], datatype, shape, name, allow_nan)
+            array = _from_json(item["data"], datatype, shape, name, allow_nan, max_string_bytes)
         else:
             raise BadRequest(f"input {name!r} has no 'data'")
         spec = specs[name]
@@ -266,7 +285,12 @@ def _datatype(value: object, name: str) -> str:
 
 
 def _from_json(
-    data: object, datatype: str, shape: tuple[int, ...], name: str, allow_nan: bool
+    data: object,
+    datatype: str,
+    shape: tuple[int, ...],
+    name: str,
+    allow_nan: bool,
+    max_string_bytes: int,
 ) -> Array:
     prefix = f"input {name!r} data"
     nested = isinstance(data, list) and bool(data) and isinstance(data[0], list)
@@ -276,6 +300,7 @@ def _from_json(
         rank=len(shape) if nested else 1,
         allow_nan=allow_nan,
         where=lambda index: prefix + "".join(f"[{i}]" for i in index),
+        max_string_bytes=max_string_bytes,
     )
     if nested:
         if array.shape != shape:
@@ -305,8 +330,6 @@ def _from_binary(
     chunk: memoryview, datatype: str, shape: tuple[int, ...], name: str, allow_nan: bool
 ) -> Array:
     count = math.prod(shape)
-    if datatype == "BYTES":
-        return _reshape(_bytes_elements(chunk, count, name), shape, name)
     dtype = np.dtype(DATATYPES[datatype])
     wire = np.dtype("u1") if datatype == "BOOL" else dtype.newbyteorder("<")
     if len(chunk) != count * wire.itemsize:
@@ -327,15 +350,25 @@ def _from_binary(
     return _reshape(array, shape, name)
 
 
-def _bytes_elements(chunk: memoryview, count: int, name: str) -> Array:
-    """Triton's BYTES layout: each element a 4-byte little-endian length, then the bytes."""
+def _bytes_elements(chunk: memoryview, shape: tuple[int, ...], name: str, limit: int) -> Array:
+    """Triton's BYTES layout: each element a 4-byte little-endian length, then the bytes.
+
+    Every length is checked against `limit` and the bytes left before anything is copied, and
+    the array is made only once the elements are all there (a claimed shape of 10**12 elements
+    over a few bytes allocates nothing)."""
+    count = math.prod(shape)
     elements: list[bytes] = []
     offset = 0
     while offset < len(chunk) and len(elements) < count:
-        if offset + 4 > len(chunk):
+        if offset + _LENGTH_PREFIX.size > len(chunk):
             break
-        (length,) = struct.unpack_from("<I", chunk, offset)
-        offset += 4
+        (length,) = _LENGTH_PREFIX.unpack_from(chunk, offset)
+        if length > limit:
+            raise BadRequest(
+                f"input {name!r} element {len(elements)}: a string of {length} bytes, more "
+                f"than {limit}"
+            )
+        offset += _LENGTH_PREFIX.size
         if offset + length > len(chunk):
             break
         elements.append(bytes(chunk[offset : offset + length]))
@@ -343,7 +376,7 @@ def _bytes_elements(chunk: memoryview, count: int, name: str) -> Array:
     if len(elements) != count or offset != len(chunk):
         raise BadRequest(
             f"input {name!r}: BYTES binary data does not hold exactly {count} length-prefixed "
-            "element(s)"
+            f"element(s) for shape {shape_text(shape)}"
         )
     array = np.empty(count, dtype=object)
     array[:] = elements
@@ -412,13 +445,13 @@ def infer_response(
             "datatype": datatype_of(array.dtype),
             "shape": list(array.shape),
         }
-        if wanted.binary:
-            wire = array.astype(np.uint8) if array.dtype == bool else array
-            blob = np.ascontiguousarray(wire, dtype=wire.dtype.newbyteorder("<")).tobytes()
+        data = None if wanted.binary else _json_data(array)
+        if data is None:
+            blob = _binary(array)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = array.ravel().tolist()
+            tensor["data"] = data
         tensors.append(tensor)
     document["outputs"] = tensors
     head = json.dumps(document, separators=(",", ":")).encode("utf-8")
@@ -430,6 +463,34 @@ def infer_response(
         BINARY_CONTENT_TYPE,
         {HEADER_LENGTH: str(len(head))},
     )
+
+
+def serialize_bytes(array: Array) -> bytes:
+    """A BYTES tensor in Triton's binary layout (row-major; each element's length, then it)."""
+    parts: list[bytes] = []
+    for value in np.asarray(array, dtype=object).ravel():
+        if not isinstance(value, bytes):
+            raise ValueError(f"a BYTES tensor holds a {type(value).__name__}, not bytes")
+        parts += (_LENGTH_PREFIX.pack(len(value)), value)
+    return b"".join(parts)
+
+
+def _binary(array: Array) -> bytes:
+    if array.dtype.kind in "OSV":
+        return serialize_bytes(array)
+    wire = array.astype(np.uint8) if array.dtype == bool else array
+    return np.ascontiguousarray(wire, dtype=wire.dtype.newbyteorder("<")).tobytes()
+
+
+def _json_data(array: Array) -> list[Any] | None:
+    """The output's `data` (flat), or None for BYTES whose elements are not all UTF-8."""
+    if array.dtype.kind not in "OSV":
+        values: list[Any] = array.ravel().tolist()
+        return values
+    try:
+        return [bytes(value).decode("utf-8") for value in array.ravel()]
+    except UnicodeDecodeError:
+        return None
 
 
 def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

@@ -2,18 +2,25 @@
 
 A JSON value becomes an array only when it is a dense (rectangular) nested list of exactly the
 expected depth whose leaves all have the JSON type the dtype calls for: `true`/`false` for bool,
-integers for the integer dtypes, numbers for the floating dtypes, strings for BYTES. Integers
+integers for the integer dtypes, numbers for the floating dtypes, strings for strings (OIP's
+BYTES, TF Serving's DT_STRING: the UTF-8 bytes of the string; TF Serving also takes
+`{"b64": "..."}` for binary values, decoded as its `json_tensor.cc` does). Integers
 must fit the dtype and numbers the floating type. The `NaN`, `Infinity` and `-Infinity` tokens
 are read when the caller allows them (the serving views do, as TF Serving's `json_tensor.cc`
 does) and only for floating dtypes: an integer or boolean input refuses them by name. A literal
 such as `1e999` that overflows a double is refused, as TF Serving's parser refuses it. Every
 refusal is a `BadRequest`
-that says where in the body the problem is; a name or key the caller sent appears in it escaped
+that says where in the body the problem is; a string element longer than `max_string_bytes`
+(once encoded or decoded) is refused too, before its bytes are made. The whole request is
+bounded by the body limit (413) already: decoded strings are never longer than their JSON.
+A name or key the caller sent appears in a message escaped
 (`shown`, `audit.text.quote`), never with its raw control characters.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +31,7 @@ import numpy.typing as npt
 
 from secure_maas.audit.text import escape_controls, quote
 from secure_maas.errors import SecureMaasError
-from secure_maas.registry.signature import TensorSpec
+from secure_maas.registry.signature import STRING, TensorSpec, numpy_dtype_name
 
 Array = npt.NDArray[Any]
 Buffer = bytes | bytearray | memoryview
@@ -32,6 +39,12 @@ Locate = Callable[[tuple[int, ...]], str]
 
 #: How much of a caller's name or key an error message shows.
 SHOWN_CHARS = 80
+#: The longest one string element may be, in bytes (the request as a whole is bounded by the
+#: body limit): text and image-bytes models take far less; a tokenizer fed one huge element
+#: would spend memory out of proportion to the body.
+MAX_STRING_BYTES = 1 << 20
+#: TF Serving's key for a binary (base64) string value: `{"b64": "..."}`.
+B64_KEY = "b64"
 _ALLOWED: dict[str, frozenset[type]] = {
     "b": frozenset({bool}),
     "i": frozenset({int}),
@@ -147,17 +160,31 @@ def shape_text(shape: Iterable[int | None]) -> str:
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
+def is_b64(value: object) -> bool:
+    """Whether `value` is TF Serving's binary string object: exactly `{"b64": <string>}`."""
+    return type(value) is dict and len(value) == 1 and type(value.get(B64_KEY)) is str
+
+
 def read_tensor(
-    value: object, *, dtype: str | np.dtype[Any], rank: int, allow_nan: bool, where: Locate
+    value: object,
+    *,
+    dtype: str | np.dtype[Any],
+    rank: int,
+    allow_nan: bool,
+    where: Locate,
+    b64: bool = False,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> Array:
     """Turn a dense nested list of depth `rank` into an array of `dtype`, or raise `BadRequest`.
 
     `where(index)` names the element at `index` in error messages. A rank-0 value is a scalar.
+    `dtype` "string" (or numpy's object) reads JSON strings as their UTF-8 bytes into an object
+    array; with `b64` (TF Serving) a `{"b64": ...}` object is read as the bytes it encodes.
     """
-    target = np.dtype(dtype)
+    target = np.dtype(numpy_dtype_name(dtype) if isinstance(dtype, str) else dtype)
     leaves, shape = _flatten(value, rank, where)
     kind = target.kind if target.kind in _ALLOWED else "O"
-    allowed = _ALLOWED[kind]
+    allowed = _ALLOWED[kind] | ({dict} if b64 and kind == "O" else set())
     if not set(map(type, leaves)) <= allowed:
         position = next(i for i, leaf in enumerate(leaves) if type(leaf) not in allowed)
         leaf = leaves[position]
@@ -172,6 +199,16 @@ def read_tensor(
             raise BadRequest(
                 f"{at}: found a list where {_EXPECTED[kind]} was expected (too many dimensions)"
             )
+        if is_b64(leaf):
+            raise BadRequest(
+                f'{at}: a binary {{"b64": ...}} value where {_EXPECTED[kind]} '
+                f"({STRING if kind == 'O' else target.name}) was expected: "
+                + (
+                    "BYTES data are JSON strings (base64 objects are TF Serving's form)"
+                    if kind == "O"
+                    else "base64 values are for string inputs only"
+                )
+            )
         raise BadRequest(
             f"{at}: JSON value {preview(leaf)} ({json_type(leaf)}) is not of expected type "
             f"{target.name}"
@@ -184,8 +221,45 @@ def read_tensor(
         array = _floats(leaves, target, shape, where, allow_nan=allow_nan)
     else:
         array = np.empty(len(leaves), dtype=object)
-        array[:] = [leaf.encode("utf-8") for leaf in leaves]
+        array[:] = [
+            _string_bytes(leaf, max_string_bytes, lambda at: where(_unravel(at, shape)), i)
+            for i, leaf in enumerate(leaves)
+        ]
     return array.reshape(shape)
+
+
+def _string_bytes(
+    leaf: str | dict[str, Any], limit: int, locate: Callable[[int], str], position: int
+) -> bytes:
+    """One string element's bytes: a JSON string's UTF-8, or a b64 object's decoded bytes,
+    refused past `limit` bytes before they are made."""
+    if isinstance(leaf, dict):
+        if not is_b64(leaf):
+            raise BadRequest(
+                f"{locate(position)}: JSON object {preview(leaf)} is not a binary value: write "
+                '{"b64": "<base64>"} with the one key b64 and a string'
+            )
+        text = leaf[B64_KEY]
+        if len(text) // 4 * 3 > limit + 3:
+            raise BadRequest(f"{locate(position)}: a string of more than {limit} bytes")
+        try:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(
+                f"{locate(position)}: Unable to base64 decode {preview(text)}"
+            ) from None
+    else:
+        if len(leaf) > limit:
+            raise BadRequest(f"{locate(position)}: a string of more than {limit} bytes")
+        try:
+            data = leaf.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                f"{locate(position)}: the string is not valid Unicode (a lone surrogate escape)"
+            ) from None
+    if len(data) > limit:
+        raise BadRequest(f"{locate(position)}: a string of {len(data)} bytes, more than {limit}")
+    return data
 
 
 def _flatten(value: object, rank: int, where: Locate) -> tuple[list[Any], tuple[int, ...]]:
@@ -332,12 +406,17 @@ def cast_input(array: Array, spec: TensorSpec, *, allow_nan: bool, what: str) ->
 
     Allowed: the same dtype; integers to a wider or narrower integer type when every value
     fits; integers to floats; floats to another float type when no value overflows. Refused:
-    floats to integers, anything to or from bool, and strings to numbers.
+    floats to integers, anything to or from bool, and strings to or from numbers.
     """
-    target = np.dtype(spec.dtype)
+    target = np.dtype(numpy_dtype_name(spec.dtype))
     source = array.dtype
     if source == target:
         return array
+    if source.kind == "O" or target.kind == "O":
+        raise BadRequest(
+            f"{what}: values of type {'BYTES' if source.kind == 'O' else source.name} cannot "
+            f"be used as {'BYTES' if target.kind == 'O' else target.name}"
+        )
     if source.kind in "iu" and target.kind in "iu":
         info = np.iinfo(target)
         if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):

@@ -13,6 +13,13 @@ mirrors the request: `{"predictions": [...]}` for rows (the row's value for a on
 else an object per row), `{"outputs": ...}` for columns (the tensor for a one-output model,
 else an object of tensors).
 
+String inputs (`DT_STRING`) take JSON strings (their UTF-8 bytes) and `{"b64": "..."}` objects
+for binary values, anywhere in the tensor, as TF Serving's `json_tensor.cc` reads them; a b64
+object for any other input is refused. String outputs are written as TF Serving writes them:
+`{"b64": ...}` for an output whose name ends in `_bytes`, else the string itself, except that
+bytes which are not UTF-8 (which TF Serving would write into its JSON as they are) become a
+`{"b64": ...}` object too, so the body stays JSON.
+
 Where this is stricter than TF Serving, it says so: NaN/Infinity are refused unless the model
 accepts them, every input of the batch must have the same number of rows, an unknown input
 name in a columnar object is refused rather than ignored, and an empty batch is refused.
@@ -20,6 +27,7 @@ name in a columnar object is refused rather than ignored, and an empty batch is 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from secure_maas.registry.signature import ServingSignature, TensorSpec
+from secure_maas.registry.signature import STRING, ServingSignature, TensorSpec
 from secure_maas.serving.formats.tensors import (
+    B64_KEY,
+    MAX_STRING_BYTES,
     Array,
     BadRequest,
     Buffer,
@@ -66,7 +76,11 @@ REFUSED_STATUS = {
     "error_message": "the model version could not be loaded",
 }
 
+#: TF Serving writes a string output whose name ends so as base64 objects (`json_tensor.cc`).
+BYTES_SUFFIX = "_bytes"
+
 _TF_DTYPES = {
+    STRING: "DT_STRING",
     "bool": "DT_BOOL",
     "int8": "DT_INT8",
     "int16": "DT_INT16",
@@ -102,12 +116,18 @@ class PredictRequest:
 
 
 def parse_predict(
-    body: Buffer | str, signature: ServingSignature, *, allow_nan: bool = False
+    body: Buffer | str,
+    signature: ServingSignature,
+    *,
+    allow_nan: bool = False,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> PredictRequest:
     """Read a predict body for a model with `signature`, or raise `BadRequest`.
 
-    `allow_nan` lets NaN and Infinity through for a model that takes them (default: refused).
+    `allow_nan` lets NaN and Infinity through for a model that takes them (default: refused);
+    `max_string_bytes` bounds each element of a string input.
     """
+    limits = _Limits(allow_nan, max_string_bytes)
     document = decode_json(body, allow_nan=allow_nan)
     if not isinstance(document, dict):
         raise BadRequest(f"JSON Value: {preview(document)} Is not object")
@@ -115,10 +135,10 @@ def parse_predict(
     if "instances" in document and "inputs" in document:
         raise BadRequest("expecting only one of 'inputs' or 'instances' keys to exist, not both")
     if "instances" in document:
-        inputs = _rows(document["instances"], signature, allow_nan)
+        inputs = _rows(document["instances"], signature, limits)
         fmt = RequestFormat.ROW
     elif "inputs" in document:
-        inputs = _columns(document["inputs"], signature, allow_nan)
+        inputs = _columns(document["inputs"], signature, limits)
         fmt = RequestFormat.COLUMNAR
     else:
         raise BadRequest("Missing 'inputs' or 'instances' key")
@@ -141,7 +161,13 @@ def _is_named(value: object) -> bool:
     return isinstance(value, dict) and set(value) != {"b64"}
 
 
-def _rows(instances: object, signature: ServingSignature, allow_nan: bool) -> dict[str, Array]:
+@dataclass(frozen=True)
+class _Limits:
+    allow_nan: bool
+    max_string_bytes: int
+
+
+def _rows(instances: object, signature: ServingSignature, limits: _Limits) -> dict[str, Array]:
     if not isinstance(instances, list):
         raise BadRequest("expecting 'instances' to be a list/array")
     if not instances:
@@ -157,7 +183,7 @@ def _rows(instances: object, signature: ServingSignature, allow_nan: bool) -> di
         for index, item in enumerate(instances):
             if _is_named(item):
                 raise BadRequest(f"expecting a value/list but got an object at item {index}")
-        return {specs[0].name: _row_tensor(instances, specs[0], allow_nan, named=False)}
+        return {specs[0].name: _row_tensor(instances, specs[0], limits, named=False)}
     wanted = set(names)
     for index, item in enumerate(instances):
         if not _is_named(item):
@@ -177,12 +203,12 @@ def _rows(instances: object, signature: ServingSignature, allow_nan: bool) -> di
                 f"instances[{index}]: keys must be equal to: {','.join(names)} ({detail})"
             )
     return {
-        spec.name: _row_tensor([item[spec.name] for item in instances], spec, allow_nan, named=True)
+        spec.name: _row_tensor([item[spec.name] for item in instances], spec, limits, named=True)
         for spec in specs
     }
 
 
-def _row_tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, *, named: bool) -> Array:
+def _row_tensor(values: list[Any], spec: TensorSpec, limits: _Limits, *, named: bool) -> Array:
     def where(index: tuple[int, ...]) -> str:
         head = f"instances[{index[0]}]" if index else "instances"
         if named:
@@ -190,7 +216,13 @@ def _row_tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, *, named: 
         return head + "".join(f"[{i}]" for i in index[1:])
 
     array = read_tensor(
-        values, dtype=spec.dtype, rank=len(spec.shape), allow_nan=allow_nan, where=where
+        values,
+        dtype=spec.dtype,
+        rank=len(spec.shape),
+        allow_nan=limits.allow_nan,
+        where=where,
+        b64=True,
+        max_string_bytes=limits.max_string_bytes,
     )
     if len(array.shape) != len(spec.shape) or any(
         want is not None and got != want
@@ -203,7 +235,7 @@ def _row_tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, *, named: 
     return array
 
 
-def _columns(value: object, signature: ServingSignature, allow_nan: bool) -> dict[str, Array]:
+def _columns(value: object, signature: ServingSignature, limits: _Limits) -> dict[str, Array]:
     specs = signature.inputs
     if not _is_named(value):
         if len(specs) > 1:
@@ -211,7 +243,7 @@ def _columns(value: object, signature: ServingSignature, allow_nan: bool) -> dic
                 "inputs is a plain value/list, but expecting an object as the model takes "
                 f"several inputs: {', '.join(signature.input_names)}"
             )
-        return {specs[0].name: _column_tensor(value, specs[0], allow_nan, "inputs")}
+        return {specs[0].name: _column_tensor(value, specs[0], limits, "inputs")}
     if not isinstance(value, dict):  # narrowed for the type checker; _is_named said so
         raise BadRequest("'inputs' must be an object")
     for spec in specs:
@@ -224,18 +256,20 @@ def _columns(value: object, signature: ServingSignature, allow_nan: bool) -> dic
             f"{', '.join(signature.input_names)}"
         )
     return {
-        spec.name: _column_tensor(value[spec.name], spec, allow_nan, f"inputs.{spec.name}")
+        spec.name: _column_tensor(value[spec.name], spec, limits, f"inputs.{spec.name}")
         for spec in specs
     }
 
 
-def _column_tensor(value: object, spec: TensorSpec, allow_nan: bool, prefix: str) -> Array:
+def _column_tensor(value: object, spec: TensorSpec, limits: _Limits, prefix: str) -> Array:
     array = read_tensor(
         value,
         dtype=spec.dtype,
         rank=len(spec.shape),
-        allow_nan=allow_nan,
+        allow_nan=limits.allow_nan,
         where=lambda index: prefix + "".join(f"[{i}]" for i in index),
+        b64=True,
+        max_string_bytes=limits.max_string_bytes,
     )
     if array.ndim and array.shape[0] == 0:
         raise BadRequest(f"input {spec.name!r} holds no rows: send at least one")
@@ -250,12 +284,12 @@ def predict_response(
 
     Values become JSON numbers exactly: a float32 becomes the double of the same value, so it
     reads back as the same float32. Non-finite outputs become NaN/Infinity tokens, as TF
-    Serving writes them.
+    Serving writes them. String outputs follow `string_values`.
     """
     fmt = request.format if isinstance(request, PredictRequest) else request
     if not outputs:
         raise ValueError("a model call returned no outputs")
-    columns = {name: np.asarray(value) for name, value in outputs.items()}
+    columns = {name: _json_ready(name, np.asarray(value)) for name, value in outputs.items()}
     if fmt is RequestFormat.COLUMNAR:
         if len(columns) == 1:
             return {"outputs": next(iter(columns.values())).tolist()}
@@ -268,6 +302,30 @@ def predict_response(
     lists = {name: array.tolist() for name, array in columns.items()}
     rows = sizes.pop()
     return {"predictions": [{name: lists[name][i] for name in lists} for i in range(rows)]}
+
+
+def string_value(value: bytes, *, as_b64: bool = False) -> str | dict[str, str]:
+    """One string output element as TF Serving writes it: the text when the bytes are UTF-8
+    (and `as_b64` is false), else `{"b64": <standard base64>}`."""
+    if not as_b64:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {B64_KEY: base64.b64encode(value).decode("ascii")}
+
+
+def _json_ready(name: str, array: Array) -> Array:
+    """`array` with its string elements made JSON values (`.tolist()` then nests them)."""
+    if array.dtype.kind not in "OSV":
+        return array
+    as_b64 = name.endswith(BYTES_SUFFIX)
+    ready = np.empty(array.shape, dtype=object)
+    for index, value in np.ndenumerate(array):
+        if not isinstance(value, bytes):
+            raise ValueError(f"output {name!r} holds a {type(value).__name__}, not bytes")
+        ready[index] = string_value(value, as_b64=as_b64)
+    return ready
 
 
 def model_status(

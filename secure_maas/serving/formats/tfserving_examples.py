@@ -15,8 +15,8 @@ input of shape `[-1]`, four for `[-1, 4]`, six for `[-1, 2, 3]`); an input of sh
 takes a list of any length, the same in every example. Every input must be given, in the
 example or in `context`, never in both; a feature that is no input is refused (where
 `tf.Example` parsing would ignore it). Values follow the input's dtype as in `:predict`
-(NaN and Infinity for floats); a string value or a `{"b64": ...}` byte value is refused until
-the models take string tensors.
+(NaN and Infinity for floats; strings and `{"b64": ...}` byte values for a string input,
+as a `bytes_list` feature; a b64 value for any other input is refused).
 
 Which models fit: for `:classify`, a model with one output of class scores, shape
 `[batch, num_classes]` and floating point; for `:regress`, one output of shape `[batch]` or
@@ -41,12 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from secure_maas.registry.signature import ServingSignature, TensorSpec
+from secure_maas.registry.signature import STRING, ServingSignature, TensorSpec
 from secure_maas.serving.formats.tensors import (
     Array,
     BadRequest,
     Buffer,
     decode_json,
+    is_b64,
     json_type,
     preview,
     read_tensor,
@@ -208,12 +209,16 @@ def _tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, part: str) -> 
     for index, value in enumerate(values):
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if isinstance(item, dict) and set(item) == {"b64"}:
+            if isinstance(item, dict) and set(item) == {"b64"} and spec.dtype != STRING:
                 raise BadRequest(
                     f'{head(index)}: a binary {{"b64": ...}} value, but the model takes no '
                     f"string input ({shown(spec.name)} is {spec.dtype})"
                 )
-            if isinstance(item, list | dict) or item is None:
+            if (
+                isinstance(item, list)
+                or item is None
+                or (isinstance(item, dict) and not is_b64(item))
+            ):
                 raise BadRequest(
                     f"Feature: {head(index)} has element with unexpected JSON type: "
                     f"{json_type(item)} (a feature is a value or a flat list of values)"
@@ -237,6 +242,7 @@ def _tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, part: str) -> 
         rank=2,
         allow_nan=allow_nan,
         where=lambda index: head(index[0]) + "".join(f"[{i}]" for i in index[1:]),
+        b64=True,
     )
     rows = len(flat)
     return array.reshape((rows, *(shape if shape is not None else (array.shape[1],))))
