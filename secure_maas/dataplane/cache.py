@@ -17,7 +17,9 @@ and answers LOADING at once, so a client polling the state until AVAILABLE gets 
 
 Each new registry copy reaches the loaded models before its row mismatches are reported.
 `on_event(kind, details)` (`reports`) runs on the request's thread, outside the cache's locks;
-whatever it raises reaches the caller (the audit sink fails closed).
+whatever it raises reaches the caller (the audit sink fails closed). `on_stats(CacheStats)`
+receives the cache's figures after each call that may have changed them (for metrics: one
+call at a time, in order; what it raises is logged, never the caller's).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class ModelCache:
         batch: BatchOptions | None = None,
         batch_per_model: Mapping[str, BatchOptions] | None = None,
         on_batch: Callable[[BatchInfo], None] | None = None,
+        on_stats: Callable[[CacheStats], None] | None = None,
         poll_interval: float = POLL_INTERVAL_S,
         retry_after: float = 30.0,
         decode: Decoder | None = None,
@@ -134,6 +137,9 @@ class ModelCache:
         self._fallback = LabelFallback()
         self._on_event = on_event
         self.max_bytes = max_bytes
+        self._on_stats = on_stats
+        self._reporting = threading.Lock()
+        self._report()
 
     @classmethod
     def of(
@@ -143,6 +149,7 @@ class ModelCache:
         on_event: OnEvent,
         *,
         on_batch: Callable[[BatchInfo], None] | None = None,
+        on_stats: Callable[[CacheStats], None] | None = None,
         decode: Decoder | None = None,
     ) -> ModelCache:
         """The cache `settings` describe (store, keys folder, memory bound, batching)."""
@@ -154,6 +161,7 @@ class ModelCache:
             on_event,
             batch=BatchOptions.of(settings),
             on_batch=on_batch,
+            on_stats=on_stats,
             decode=decode,
         )
 
@@ -164,19 +172,31 @@ class ModelCache:
 
         Raises if the database cannot be read: requests must then fail closed.
         """
-        return self._view.refresh(force=force)
+        try:
+            return self._view.refresh(force=force)
+        finally:
+            self._report()
 
     def facts(self, ref: ModelRef | str) -> VersionFacts:
         """The version `ref` names, from the registry (`ModelNotFound` if none may be served)."""
-        return self._view.facts(_as_ref(ref))
+        try:
+            return self._view.facts(_as_ref(ref))
+        finally:
+            self._report()
 
     def versions(self, name: str) -> list[VersionFacts]:
         """Every version of `name`, disabled ones included, oldest first."""
-        return self._view.versions(name)
+        try:
+            return self._view.versions(name)
+        finally:
+            self._report()
 
     def models(self) -> list[VersionFacts]:
         """Every version of every model, by name then version."""
-        return self._view.models()
+        try:
+            return self._view.models()
+        finally:
+            self._report()
 
     # -- loaded models ---------------------------------------------------------------------
 
@@ -186,14 +206,17 @@ class ModelCache:
         Raises `ModelNotFound` (no such, or disabled) and `ModelUnavailable` (artifact refused).
         """
         ref = _as_ref(ref)
-        facts = self.facts(ref)
         try:
-            entry = self._loaded.entry(facts)
-        except ModelUnavailable:
-            fallback = self._fall_back(ref, facts)
-            if fallback is None:
-                raise
-            return fallback
+            facts = self._view.facts(ref)
+            try:
+                entry = self._loaded.entry(facts)
+            except ModelUnavailable:
+                fallback = self._fall_back(ref, facts)
+                if fallback is None:
+                    raise
+                return fallback
+        finally:
+            self._report()
         self._fallback.served(ref, facts.version)
         return entry
 
@@ -237,6 +260,7 @@ class ModelCache:
         facts = self.facts(_as_ref(ref))
         key = (facts.name, facts.version)
         self._loaded.unload(key)
+        self._report()
         return self._loaded.state(key)
 
     def version_statistics(self, keys: Iterable[Key] | None = None) -> list[VersionStatistics]:
@@ -268,8 +292,19 @@ class ModelCache:
     def close(self) -> None:
         """Unload everything (queued requests finish first, on their batchers' threads)."""
         self._loaded.close()
+        self._report()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _report(self) -> None:
+        """Hand the figures to `on_stats` (read under its lock, so reports arrive in order)."""
+        if self._on_stats is None:
+            return
+        with self._reporting:
+            try:
+                self._on_stats(self.stats())
+            except Exception:  # a metrics hook must never fail a request
+                log.exception("the cache's on_stats hook failed")
 
     def _fall_back(self, ref: ModelRef, refused: VersionFacts) -> CachedModel | None:
         """The version `ref` served before `refused`, loaded; None when there is none."""
@@ -302,6 +337,7 @@ class ModelCache:
                 log.exception("background load of %s:%d failed", *key)
             finally:
                 self._loaded.mark_loading(key, done=True)
+                self._report()
 
         name = f"load-{facts.name}:{facts.version}"
         threading.Thread(target=load, name=name, daemon=True).start()

@@ -10,6 +10,8 @@ The master calls `check()` about once a second from its loop: a child that died 
 `kill -9`, a crash in native code) is restarted, at once the first time and then with a
 back-off that doubles up to `MAX_BACKOFF_S` while it keeps dying within a minute of its start.
 Meanwhile workers answer 503 (audited by their local fallback writer, see `client`).
+`on_exit(pid)` is called in the master for each child found dead or stopped (the server marks
+its metrics dead with it, so that its live gauges leave the instance's sums).
 
 An instance has one model process per accelerator (`devices.plan`; one when there is no GPU);
 `ModelProcesses` starts, checks and stops them together, and each loads only the models
@@ -26,7 +28,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from secure_maas.config import Settings
@@ -66,10 +68,12 @@ class ModelProcess:
         settings: Settings,
         preload: Sequence[str] = (),
         placement: Placement = ON_CPU,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.preload = tuple(preload)
         self.placement = placement
+        self.on_exit = on_exit
         self.folder = Path(tempfile.mkdtemp(prefix="secure-maas-"))  # 0700
         self.path = self.folder / SOCKET_NAME
         self.pid: int | None = None
@@ -128,6 +132,7 @@ class ModelProcess:
                 lived,
                 self._backoff,
             )
+            self._exited(self.pid)
             self.pid = None
             self._next_start = now + self._backoff
         if now >= self._next_start:
@@ -150,7 +155,15 @@ class ModelProcess:
                     os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+            self._exited(pid)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _exited(self, pid: int) -> None:
+        if self.on_exit is not None:
+            try:
+                self.on_exit(pid)
+            except Exception:  # the master's loop must go on
+                log.exception("on_exit of model process %d failed", pid)
 
     def _spawn(self) -> None:
         parent = os.getpid()
@@ -173,13 +186,18 @@ class ModelProcess:
 class ModelProcesses:
     """An instance's model processes, one per `devices.plan` placement, handled together."""
 
-    def __init__(self, settings: Settings, preload: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        preload: Sequence[str] = (),
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         placements = plan(settings.model_processes, visible_accelerators())
         shares: list[list[str]] = [[] for _ in placements]
         for ref in preload:
             shares[route(ModelRef.parse(ref).name, len(placements))].append(ref)
         self.members = [
-            ModelProcess(settings, share, placement)
+            ModelProcess(settings, share, placement, on_exit)
             for share, placement in zip(shares, placements, strict=True)
         ]
 

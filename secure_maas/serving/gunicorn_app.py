@@ -39,7 +39,8 @@ The access log (`--access-log`) and the error log never hold a query string: tok
 Metrics: `secure-maas serve` names the instance's private folder in `PROMETHEUS_MULTIPROC_DIR`
 before this module is imported; every worker writes there, and when one exits the master tells
 prometheus_client (`mark_process_dead`, in gunicorn's `child_exit` hook) so that its live gauges
-leave the sums while its counters stay in them (`serving.metrics`).
+leave the sums while its counters stay in them (`serving.metrics`). The model processes write
+there too (`dataplane.metrics`), and one that exits or is restarted is marked dead the same way.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
         self.options = {**DEFAULTS, **options}
         self.preload = tuple(preload)
         self.app_factory = app_factory
-        self.model_processes = ModelProcesses(settings, self.preload)
+        self.model_processes = ModelProcesses(settings, self.preload, on_exit=_process_dead)
         super().__init__()
 
     def run(self) -> None:
@@ -188,9 +189,14 @@ def _worker_exit(_server: Any, worker: Any) -> None:
 
 def _child_exit(_server: Any, worker: Any) -> None:
     """In the master, once a worker has exited: drop its live gauges from the metrics."""
+    _process_dead(worker.pid)
+
+
+def _process_dead(pid: int) -> None:
+    """In the master, once a worker or model process has exited: drop its live gauges."""
     folder = shared_folder()
     if folder is not None:
-        mark_process_dead(worker.pid, path=str(folder))  # type: ignore[no-untyped-call]
+        mark_process_dead(pid, path=str(folder))  # type: ignore[no-untyped-call]
 
 
 # -- the worker ---------------------------------------------------------------------------------

@@ -13,9 +13,12 @@ once, at import). A scrape, answered by any worker, sums every worker's files, t
 that have exited too, so a counter never goes backwards. The `process_*` figures are those of
 every process of the instance (the master, each worker, the model processes), read from
 `/proc` at scrape time and labelled `pid` and `process` (`master`, `worker`, `model`), as the
-library labels per-process gauges. The model cache's figures are read from the answering
-process's cache, which under gunicorn holds no model: they are left out there. The development
-server (one process) keeps one registry, with the standard unlabelled `process_*` figures.
+library labels per-process gauges. The model cache, micro-batch and model event figures are
+the data plane's (`dataplane.metrics`): under gunicorn the model process writes them to the
+same folder (the master marks a model process that exits dead, as it does a worker, so its
+live gauges leave the sums); a worker's cache holds no model and reports none. The development
+server (one process) keeps one registry, the cache's figures read at each scrape, with the
+standard unlabelled `process_*` figures.
 """
 
 from __future__ import annotations
@@ -39,10 +42,9 @@ from prometheus_client.registry import Collector
 
 from secure_maas.dataplane.batcher import BatchInfo
 from secure_maas.dataplane.loaded import CacheStats
+from secure_maas.dataplane.metrics import LATENCY_BUCKETS, ModelMetrics, model_events
 from secure_maas.dataplane.process import NAME as MODEL_PROCESS_NAME
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 #: prometheus_client's variable naming the folder of its multiprocess files.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -56,35 +58,6 @@ def shared_folder() -> Path | None:
     one process (the development server, tests)."""
     value = os.environ.get(MULTIPROC_ENV)
     return Path(value) if value else None
-
-
-class _CacheCollector(Collector):
-    """Reads the model cache's counters at scrape time."""
-
-    def __init__(self, stats: Callable[[], CacheStats]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._stats()
-        yield GaugeMetricFamily(
-            "secure_maas_model_cache_entries", "Model versions held in memory", stats.entries
-        )
-        yield GaugeMetricFamily(
-            "secure_maas_model_cache_bytes", "Plaintext bytes of models in memory", stats.bytes
-        )
-        yield GaugeMetricFamily(
-            "secure_maas_model_cache_max_bytes", "Bound of the model cache", stats.max_bytes
-        )
-        for name, value, text in (
-            ("hits", stats.hits, "Model lookups answered from memory"),
-            ("loads", stats.loads, "Model versions decrypted and loaded"),
-            ("refusals", stats.refusals, "Artifacts refused at load"),
-            ("evictions", stats.evictions, "Model versions unloaded"),
-        ):
-            yield CounterMetricFamily(f"secure_maas_model_cache_{name}", text, value)
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
 
 
 class _InstanceProcesses(Collector):
@@ -194,57 +167,24 @@ class Metrics:
             "Responses replaced by 503 because their audit event could not be written",
             registry=registry,
         )
-        self.batch_rows = Histogram(
-            "secure_maas_batch_rows",
-            "Rows per model call of the micro-batcher",
-            buckets=SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.batch_requests = Histogram(
-            "secure_maas_batch_requests",
-            "Requests (or parts of split ones) merged into one model call",
-            buckets=SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.batch_wait = Histogram(
-            "secure_maas_batch_queue_wait_seconds",
-            "How long the oldest request of a batch waited before its model call",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_duration = Histogram(
-            "secure_maas_batch_duration_seconds",
-            "Duration of one model call",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_failures = Counter(
-            "secure_maas_batch_failures",
-            "Merged model calls that raised (their members were then run alone)",
-            registry=registry,
-        )
-        self.model_events = Counter(
-            "secure_maas_model_events",
-            "Model cache events: model.loaded, model.refused, model.evicted, model.fallback",
-            ["kind"],
-            registry=registry,
-        )
+        # The data plane's figures: here in one process, the model process's under gunicorn
+        # (a worker's cache runs no model; its catalog still reports row refusals).
+        self.model: ModelMetrics | None = ModelMetrics(registry) if self.shared is None else None
+        self.model_events = self.model.events if self.model is not None else model_events(None)
+        self._cache_stats: Callable[[], CacheStats] | None = None
 
     def watch_cache(self, stats: Callable[[], CacheStats]) -> None:
-        """Report the cache's figures (read at each scrape). Not with a multiprocess folder:
-        there the cache is a worker's, which holds no model, and a scrape would read the
-        figures of whichever worker answered."""
-        if self.shared is None:
-            self.registry.register(_CacheCollector(stats))
+        """Report the cache's figures, read at each scrape. Not with a multiprocess folder:
+        there the cache is a worker's, which holds no model; the model process reports its own
+        (`dataplane.metrics`)."""
+        if self.model is not None:
+            self._cache_stats = stats
 
     def on_batch(self, info: BatchInfo) -> None:
-        """The micro-batcher's hook: one call per model call."""
-        self.batch_rows.observe(info.rows)
-        self.batch_requests.observe(info.requests)
-        self.batch_wait.observe(info.queue_wait_s)
-        self.batch_duration.observe(info.duration_s)
-        if not info.ok:
-            self.batch_failures.inc()
+        """The micro-batcher's hook: one call per model call (a worker under gunicorn makes
+        none: the model process counts them)."""
+        if self.model is not None:
+            self.model.on_batch(info)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -254,6 +194,8 @@ class Metrics:
         """The exposition text and its content type: of this registry in one process, of every
         process's files (summed) and every process's `process_*` with a multiprocess folder."""
         if self.shared is None:
+            if self.model is not None and self._cache_stats is not None:
+                self.model.on_cache(self._cache_stats())
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.shared))  # type: ignore[no-untyped-call]

@@ -1,9 +1,11 @@
 """One metrics view per instance: `secure-maas serve --workers 2` (gunicorn) answers `/metrics`
 with the sums of every worker's counters and histograms, whichever worker answers, so a counter
 read by successive scrapes never goes backwards; `process_*` of every process of the instance
-(labelled `pid` and `process`); no model name in any of it. The multiprocess folder is the
-instance's own (0700, fresh at start, removed at stop); one named in the environment the server
-inherits is neither used nor touched. The development server keeps one registry of its own.
+(labelled `pid` and `process`); the model process's micro-batch and cache figures, whose live
+gauges leave the sums when it dies and is restarted; no model name in any of it. The
+multiprocess folder is the instance's own (0700, fresh at start, removed at stop); one named in
+the environment the server inherits is neither used nor touched. The development server keeps
+one registry of its own.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -134,12 +138,87 @@ def test_process_metrics_of_every_process_of_the_instance(served: Served) -> Non
 def test_no_model_name_in_the_metrics(served: Served, instance: Instance) -> None:
     body = json.dumps({"instances": X.tolist()}).encode()
     alice = instance.headers("alice", **{"Content-Type": "application/json"})
-    assert call(served.url, "POST", "/v1/models/digits:predict", headers=alice, body=body)[0] == 200
+    assert predict(served, instance) == 200
     assert call(served.url, "POST", "/v1/models/secret:predict", headers=alice, body=body)[0] == 404
     text = scrape(served.url)
     assert 'secure_maas_decisions_total{action="model:predict",decision="allow"}' in text
     for name in (*MODELS, "alice"):
         assert name not in text, name
+
+
+def predict(served: Served, instance: Instance) -> int:
+    """One prediction of `X` (2 rows) by digits, on a connection of its own: the status."""
+    body = json.dumps({"instances": X.tolist()}).encode()
+    alice = instance.headers("alice", **{"Content-Type": "application/json"})
+    return call(served.url, "POST", "/v1/models/digits:predict", headers=alice, body=body)[0]
+
+
+def until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "not within the limit"
+        time.sleep(0.1)
+
+
+def cache(text: str, name: str) -> float:
+    return value(text, f"secure_maas_model_cache_{name}")
+
+
+def test_batch_and_cache_figures_are_the_model_processes(
+    served: Served, instance: Instance
+) -> None:
+    before = scrape(served.url)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: predict(served, instance), range(N)))
+    assert statuses == [200] * N
+    rows = "secure_maas_batch_rows_sum"
+    # A batch is counted once its results are handed back: the last ones may come just after.
+    until(lambda: value(scrape(served.url), rows) - value(before, rows) == 2 * N)
+    text = scrape(served.url)
+    assert value(text, rows) - value(before, rows) == 2 * N
+    calls = value(text, "secure_maas_batch_rows_count") - value(
+        before, "secure_maas_batch_rows_count"
+    )
+    requests = "secure_maas_batch_requests_sum"
+    assert 1 <= calls <= N and value(text, requests) - value(before, requests) == N
+    assert value(text, "secure_maas_batch_duration_seconds_count") == value(
+        text, "secure_maas_batch_rows_count"
+    )
+    # Only digits was ever predicted here: one version, held by the one model process.
+    assert cache(text, "entries") == 1
+    assert 0 < cache(text, "bytes") <= cache(text, "max_bytes")
+    assert cache(text, "loads_total") == 1 and cache(text, "hits_total") >= N
+    assert 'secure_maas_model_events_total{kind="model.loaded"} 1.0' in text
+    # They are the model process's files, beside the workers'.
+    model = model_process(served.process.pid)
+    folder = folder_of(served)
+    assert (folder / f"histogram_{model}.db").exists()
+    assert (folder / f"gauge_livesum_{model}.db").exists()
+
+
+def test_a_restarted_model_process_leaves_its_gauges(served: Served, instance: Instance) -> None:
+    master = served.process.pid
+    first = model_process(master)
+    assert first is not None
+    folder = folder_of(served)
+    assert predict(served, instance) == 200
+    before = scrape(served.url)
+    assert cache(before, "entries") == 1
+    os.kill(first, signal.SIGKILL)
+    until(lambda: model_process(master) not in (None, first), limit=120)
+    # Marked dead by the master before it started the new one.
+    assert not (folder / f"gauge_livesum_{first}.db").exists()
+    text = scrape(served.url)
+    assert cache(text, "entries") == 0 and cache(text, "bytes") == 0
+    until(lambda: predict(served, instance) == 200, limit=120)
+    text = scrape(served.url)
+    # The new process holds digits once more; the dead one's holding is not in the sum.
+    assert cache(text, "entries") == 1 and cache(text, "bytes") == cache(before, "bytes")
+    assert cache(text, "max_bytes") == cache(before, "max_bytes")
+    # Counters keep the dead process's counts: they never go backwards.
+    assert cache(text, "loads_total") == cache(before, "loads_total") + 1
+    rows = "secure_maas_batch_rows_sum"
+    until(lambda: value(scrape(served.url), rows) == value(before, rows) + 2)
 
 
 def test_the_multiprocess_folder_is_the_instances_own(
@@ -149,8 +228,10 @@ def test_the_multiprocess_folder_is_the_instances_own(
     assert folder != decoy and folder.parent != decoy
     mode = folder.stat()
     assert stat.S_IMODE(mode.st_mode) == 0o700 and mode.st_uid == os.getuid()
-    pids = set(workers(served))
-    assert {int(f.stem.rsplit("_", 1)[1]) for f in folder.iterdir()} <= pids
+    # Files of the workers, of the model process, and of those that exited (their counters).
+    pids = {int(f.stem.rsplit("_", 1)[1]) for f in folder.iterdir()}
+    live = set(workers(served)) | {model_process(served.process.pid)}
+    assert all(pid in live or not Path(f"/proc/{pid}").exists() for pid in pids), (pids, live)
     served.stop()
     assert served.process.wait(timeout=60) == 0
     assert not folder.exists()
