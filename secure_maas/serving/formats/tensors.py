@@ -211,7 +211,7 @@ def read_tensor(
             )
         raise BadRequest(
             f"{at}: JSON value {preview(leaf)} ({json_type(leaf)}) is not of expected type "
-            f"{target.name}"
+            f"{STRING if kind == 'O' else target.name}"
         )
     if kind == "b":
         array = np.array(leaves, dtype=bool)
