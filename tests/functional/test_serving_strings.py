@@ -193,6 +193,11 @@ def test_tritonclient_bytes_and_tfserving_b64_through_the_model_process(
         )
         np.testing.assert_allclose(result.as_numpy("probs")[: len(TEXTS)], want, rtol=1e-6)
         assert result.as_numpy("echo").tolist() == texts.tolist()
+        given = triton.InferInput("text", [len(TEXTS), 1], "BYTES")
+        given.set_data_from_numpy(texts[: len(TEXTS)], binary_data=False)  # JSON strings
+        # A fresh dict: tritonclient writes its Inference-Header-Content-Length into the one given.
+        result = client.infer("text", [given], headers=instance.headers("alice"))
+        np.testing.assert_allclose(result.as_numpy("probs"), want, rtol=1e-6)
 
         body = json.dumps({"instances": [[b64(b"\x00\xff raw")], ["the slithy toves"]]})
         status, _, answer = call(
