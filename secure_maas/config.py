@@ -49,6 +49,7 @@ class Settings:
     external_jwks: Path | None = None
     external_roles_claim: str | None = None
     max_body_bytes: int = 8 * MIB
+    max_string_bytes: int = MIB
     body_timeout: timedelta = timedelta(seconds=5)
     cache_bytes: int = 2 * GIB
     batch_max_size: int = 64
@@ -178,6 +179,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "external_jwks": _parse_path,
     "external_roles_claim": _parse_claim,
     "max_body_bytes": _bytes_between(KIB, GIB),
+    "max_string_bytes": _bytes_between(1, GIB),
     "body_timeout": _duration_between(timedelta(seconds=1), timedelta(minutes=5)),
     "cache_bytes": _bytes_between(MIB, 1 << 40),
     "batch_max_size": _int_between(1, 4096),

@@ -9,6 +9,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import os
@@ -220,3 +221,33 @@ def test_the_codec_round_trip_keeps_the_text_model(tmp_path: Path) -> None:
     outputs = loaded.predict({"text": batch})
     np.testing.assert_allclose(outputs["probs"], expected(TEXTS), rtol=1e-6)
     assert outputs["echo"].tolist() == batch.tolist()
+
+
+def test_the_string_element_limit_is_a_setting_on_every_api(instance: Instance) -> None:
+    """`SECURE_MAAS_MAX_STRING_BYTES` bounds each element (after base64 decoding) on predict,
+    infer and classify alike: at the limit it is served, one byte over it is a 400."""
+    settings = dataclasses.replace(instance.settings, max_string_bytes=8)
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        alice = instance.headers("alice")
+        for text, status in (("x" * 8, 200), ("x" * 9, 400)):
+            bodies = (
+                ("/v1/models/text:predict", {"instances": [[text]]}),
+                ("/v1/models/text:predict", {"instances": [[b64(text.encode())]]}),
+                (
+                    "/v2/models/text/infer",
+                    {
+                        "inputs": [
+                            {"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [text]}
+                        ]
+                    },
+                ),
+            )
+            for path, body in bodies:
+                answer = client.post(path, json=body, headers=alice)
+                assert answer.status_code == status, (path, text, answer.json)
+                if status == 400:
+                    assert "8" in answer.json["error"], answer.json
+    finally:
+        close_app(app)

@@ -43,6 +43,7 @@ import numpy as np
 
 from secure_maas.registry.signature import STRING, ServingSignature, TensorSpec
 from secure_maas.serving.formats.tensors import (
+    MAX_STRING_BYTES,
     Array,
     BadRequest,
     Buffer,
@@ -119,7 +120,12 @@ def fitting_output(signature: ServingSignature, method: Method) -> TensorSpec:
 
 
 def parse_examples(
-    body: Buffer | str, signature: ServingSignature, method: Method, *, allow_nan: bool = True
+    body: Buffer | str,
+    signature: ServingSignature,
+    method: Method,
+    *,
+    allow_nan: bool = True,
+    max_string_bytes: int = MAX_STRING_BYTES,
 ) -> ExamplesRequest:
     """Read a classify or regress body for a model with `signature`, or raise `BadRequest`
     (first if the model does not fit `method`, whatever the body)."""
@@ -163,11 +169,12 @@ def parse_examples(
                 f"(neither in the example nor in 'context'); the model takes {', '.join(names)}"
             )
     rows = len(examples)
+    limits = (allow_nan, max_string_bytes)
     inputs = {
         spec.name: (
-            np.repeat(_tensor([context[spec.name]], spec, allow_nan, "context"), rows, axis=0)
+            np.repeat(_tensor([context[spec.name]], spec, limits, "context"), rows, axis=0)
             if spec.name in context
-            else _tensor([e[spec.name] for e in examples], spec, allow_nan, "examples")
+            else _tensor([e[spec.name] for e in examples], spec, limits, "examples")
         )
         for spec in signature.inputs
     }
@@ -198,7 +205,7 @@ def _example_shape(spec: TensorSpec) -> tuple[int, ...] | None:
     return tuple(d for d in dims if d is not None)
 
 
-def _tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, part: str) -> Array:
+def _tensor(values: list[Any], spec: TensorSpec, limits: tuple[bool, int], part: str) -> Array:
     """The input's batch from one feature value per example (`part[i].name`), each a value or
     a flat list."""
 
@@ -240,7 +247,8 @@ def _tensor(values: list[Any], spec: TensorSpec, allow_nan: bool, part: str) -> 
         flat,
         dtype=spec.dtype,
         rank=2,
-        allow_nan=allow_nan,
+        allow_nan=limits[0],
+        max_string_bytes=limits[1],
         where=lambda index: head(index[0]) + "".join(f"[{i}]" for i in index[1:]),
         b64=True,
     )

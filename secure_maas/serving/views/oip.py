@@ -85,7 +85,11 @@ def infer(call: Call, name: str, version: str | None = None) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
     parsed = call.parse(
         lambda body: parse_infer(
-            body, facts.signature, header_length=header_length, allow_nan=True
+            body,
+            facts.signature,
+            header_length=header_length,
+            allow_nan=True,
+            max_string_bytes=call.services.settings.max_string_bytes,
         ),
         INFER_TYPES,
     )

@@ -94,7 +94,13 @@ def predict(
 ) -> Response:
     facts = call.model(name, version, label)
     parsed = call.parse(
-        lambda body: parse_predict(body, facts.signature, allow_nan=True), JSON_TYPES
+        lambda body: parse_predict(
+            body,
+            facts.signature,
+            allow_nan=True,
+            max_string_bytes=call.services.settings.max_string_bytes,
+        ),
+        JSON_TYPES,
     )
     outputs, _served = call.predict(parsed)
     return jsonify(predict_response(parsed, outputs))
@@ -124,7 +130,11 @@ def _examples(
     call: Call, method: Method, name: str, version: str | None, label: str | None
 ) -> Response:
     facts = call.model(name, version, label)
-    parsed = call.parse(lambda body: parse_examples(body, facts.signature, method), JSON_TYPES)
+    limit = call.services.settings.max_string_bytes
+    parsed = call.parse(
+        lambda body: parse_examples(body, facts.signature, method, max_string_bytes=limit),
+        JSON_TYPES,
+    )
     outputs, _served = call.predict(parsed)
     if method is Method.CLASSIFY:
         return jsonify(classify_response(parsed, outputs))
