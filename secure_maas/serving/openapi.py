@@ -52,7 +52,8 @@ _BINARY_TENSORS = {
     "type": "string",
     "format": "binary",
     "description": f"Triton's binary tensor extension: the JSON inference header, exactly "
-    f"{HEADER_LENGTH} bytes of it, then each binary tensor's raw little-endian bytes in order",
+    f"{HEADER_LENGTH} bytes of it, then each binary tensor's raw little-endian bytes in order "
+    "(a BYTES element: its 4-byte little-endian length, then its bytes)",
 }
 
 _STATUS_TEXT = {
@@ -450,7 +451,14 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 _OBJECT = {"type": "object"}
 
-_FEATURE_VALUE = {"anyOf": [{"type": "number"}, {"type": "boolean"}]}
+_B64 = {
+    "type": "object",
+    "required": ["b64"],
+    "additionalProperties": False,
+    "properties": {"b64": {"type": "string"}},
+    "description": "A binary value of a string input, base64-encoded",
+}
+_FEATURE_VALUE = {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}, _B64]}
 _FEATURES = {
     "type": "object",
     "description": "Features by model input name: a value, or a flat list of the values one "
@@ -465,7 +473,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "PredictRequest": {
         "type": "object",
-        "description": "Exactly one of instances (row format) or inputs (columnar format)",
+        "description": "Exactly one of instances (row format) or inputs (columnar format). "
+        "Numbers (NaN, Infinity and -Infinity for float inputs); for a string input a JSON "
+        'string or {"b64": base64} for binary values',
         "properties": {
             "signature_name": {"type": "string", "default": "serving_default"},
             "instances": {"type": "array"},
@@ -474,6 +484,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "PredictResponse": {
         "type": "object",
+        "description": 'A string output is a JSON string, or {"b64": base64} when its name '
+        "ends in _bytes or its bytes are not UTF-8",
         "properties": {"predictions": {"type": "array"}, "outputs": {}},
     },
     "ModelStatus": {
