@@ -106,3 +106,22 @@ def test_the_readme_states_how_long_the_two_test_commands_take() -> None:
     for command in ("make test", "make check"):
         found = re.search(re.escape(f"`{command}`") + r"[^.]*?about [0-9½]+ minutes", text)
         assert found, f"README.md does not say how long {command} takes"
+
+
+def test_the_conformance_table_claims_only_what_the_api_serves() -> None:
+    """Each endpoint family the README's conformance table calls supported is a route."""
+    from secure_maas.serving.openapi import document
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Conformance with TF Serving and Triton", 1)[1].split("\n## ", 1)[0]
+    paths = " ".join(document()["paths"])
+    for claim, route in (
+        ("`:classify`", ":classify"),
+        ("`:regress`", ":regress"),
+        ("model configuration", "/config"),
+        ("statistics", "/stats"),
+        ("repository index/load/unload", "/v2/repository/models/{name}/unload"),
+        ("`/metrics`", "/metrics"),
+    ):
+        assert claim in section, claim
+        assert route in paths, route
