@@ -125,3 +125,11 @@ def test_the_conformance_table_claims_only_what_the_api_serves() -> None:
     ):
         assert claim in section, claim
         assert route in paths, route
+
+
+def test_the_policy_file_guide_names_every_action() -> None:
+    from secure_maas.actions import Action
+
+    guide = (ROOT / "policies" / "README.md").read_text()
+    for action in Action:
+        assert action.value in guide, action
