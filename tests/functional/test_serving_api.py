@@ -44,19 +44,6 @@ def instance(
     yield from prepared(request, tmp_path_factory, "serving")
 
 
-@pytest.fixture
-def app(instance: Instance) -> Iterator[Flask]:
-    """A fresh app per test: no test sees another's caches, leases or metrics."""
-    made = create_app(instance.settings)
-    yield made
-    close_app(made)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 def post(client: FlaskClient, path: str, body: Any, headers: dict[str, str]) -> TestResponse:
     return client.post(path, json=body, headers=headers)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -22,7 +21,6 @@ from secure_maas.policy import Quota, Rule, grants
 from secure_maas.registry.models import Privacy
 from secure_maas.registry.publish import Provenance, publish
 from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.app import close_app, create_app
 from tests.functional.serving_support import Instance, by_request, models, prepared
 
 X = np.random.default_rng(21).normal(size=(5, 4)).astype(np.float32)
@@ -72,13 +70,6 @@ def instance(
             ):  # fmt: skip
                 grants.grant(session, rule, actor="tests")
         yield made
-
-
-@pytest.fixture
-def client(instance: Instance) -> Iterator[FlaskClient]:
-    app: Flask = create_app(instance.settings)
-    yield app.test_client()
-    close_app(app)
 
 
 def post(

@@ -65,11 +65,6 @@ def app(instance: Instance) -> Iterator[Flask]:
     close_app(made)
 
 
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
 def close(got: object, want: np.ndarray) -> None:
     np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=0, atol=1e-6)
 

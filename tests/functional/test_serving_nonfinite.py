@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from flask import Flask
 from flask.testing import FlaskClient
 
 from secure_maas.cli import cli as command
@@ -21,7 +20,6 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import grants
 from secure_maas.policy.files import load
 from secure_maas.policy.rules import Rule
-from secure_maas.serving.app import close_app, create_app
 from tests.functional.serving_support import Instance, by_request, prepared
 
 ROW = b'{"instances": [[NaN, Infinity, -Infinity, 0.5]]}'
@@ -41,13 +39,6 @@ def instance(
             rule = Rule("allow", "user:dave", ANALYST, model="digits", finite_inputs=True)
             grants.grant(session, rule, actor="tests")
         yield made
-
-
-@pytest.fixture
-def client(instance: Instance) -> Iterator[FlaskClient]:
-    app: Flask = create_app(instance.settings)
-    yield app.test_client()
-    close_app(app)
 
 
 def send(client: FlaskClient, instance: Instance, who: str, path: str, body: bytes, rid: str):

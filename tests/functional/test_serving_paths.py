@@ -9,10 +9,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from secure_maas.serving.app import close_app, create_app
 from tests.functional.serving_support import Instance, by_request, prepared
 
 X = np.random.default_rng(21).normal(size=(2, 4)).astype(np.float32)
@@ -24,13 +22,6 @@ def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
     yield from prepared(request, tmp_path_factory, "paths")
-
-
-@pytest.fixture
-def client(instance: Instance) -> Iterator[FlaskClient]:
-    app: Flask = create_app(instance.settings)
-    yield app.test_client()
-    close_app(app)
 
 
 def ask(

@@ -17,7 +17,6 @@ import pytest
 from flask import Flask
 
 from secure_maas.registry.store import ArtifactStore
-from secure_maas.serving.app import close_app, create_app
 from tests.functional.serving_support import Instance, by_request, events, prepared, server
 
 REFUSED = {"error_code": "UNAVAILABLE", "error_message": "the model version could not be loaded"}
@@ -35,13 +34,6 @@ def instance(
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
         yield made
-
-
-@pytest.fixture
-def app(instance: Instance) -> Iterator[Flask]:
-    made = create_app(instance.settings)
-    yield made
-    close_app(made)
 
 
 def poll(read: Callable[[], dict[str, Any]], until: Callable[[dict[str, Any]], bool]) -> Any:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from secure_maas.db.session import session_factory, session_scope
@@ -84,18 +83,6 @@ def instance(
                 actor="t",
             )
         yield made
-
-
-@pytest.fixture
-def app(instance: Instance) -> Iterator[Flask]:
-    made = create_app(instance.settings)
-    yield made
-    close_app(made)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def b64(data: bytes) -> dict[str, str]:

@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import InvalidRule, Rule, grants
-from secure_maas.serving.app import close_app, create_app
 from tests.functional.serving_support import Instance, by_request, prepared, server
 
 
@@ -37,18 +35,6 @@ def instance(
                 session, Rule("allow", "user:dave", ["model:control"], model="multi"), actor="t"
             )
         yield made
-
-
-@pytest.fixture
-def app(instance: Instance) -> Iterator[Flask]:
-    made = create_app(instance.settings)
-    yield made
-    close_app(made)
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def get(client: FlaskClient, path: str, headers: dict[str, str], rid: str) -> tuple[int, object]:
