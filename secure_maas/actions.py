@@ -20,6 +20,11 @@ class Action(StrEnum):
     #: Triton's repository load/unload: an operator's action, granted only by naming it.
     MODEL_CONTROL = "model:control"
     AUDIT_READ = "audit:read"
+    #: The console's privacy page: datasets' budgets, training runs and the models they made.
+    PRIVACY_READ = "privacy:read"
+    #: The console's changes (grant, revoke, disable a principal, label a version); granted only
+    #: by a rule that names it, like every action (rules list actions; there is no wildcard).
+    ADMIN_WRITE = "admin:write"
 
 
 class AdminAction(StrEnum):
