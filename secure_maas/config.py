@@ -55,6 +55,8 @@ class Settings:
     batch_max_size: int = 64
     batch_max_wait_us: int = 2000
     model_processes: int = 0
+    console_idle_timeout: timedelta = timedelta(minutes=30)
+    console_secure_cookie: bool = False
 
     def describe(self) -> list[tuple[str, str]]:
         """(variable, display value) pairs, safe to print: passwords in URLs are masked."""
@@ -160,6 +162,15 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def _parse_log_level(text: str) -> str:
     level = text.upper()
     if level not in LOG_LEVELS:
@@ -185,6 +196,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "batch_max_size": _int_between(1, 4096),
     "batch_max_wait_us": _int_between(0, 1_000_000),
     "model_processes": _int_between(0, 64),
+    "console_idle_timeout": _duration_between(timedelta(minutes=1), timedelta(days=1)),
+    "console_secure_cookie": _parse_bool,
 }
 
 
