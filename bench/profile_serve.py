@@ -9,7 +9,8 @@ to a stage by the innermost frame of ours on its stack (a sample with none of ou
 HTTP server or to TensorFlow), so a SQLAlchemy insert under the audit writer counts as audit
 and a json.dumps under the response formatter as serialising. Each process's CPU time over the
 requests answered gives its CPU cost per request, split by those shares (summed per stage in
-the RESULT). The last line is
+the RESULT). `--detail STAGE` (repeatable; default: the pipeline's glue) lists that stage's
+samples by the innermost function of ours. The last line is
 `RESULT cpu_ms_per_request=... <stage>_ms=...`.
 """
 
@@ -97,6 +98,8 @@ def processes_of(leader: int) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of sampled load")
+    parser.add_argument("--detail", action="append", default=[],
+                        help="a stage whose samples to list by function (repeatable)")  # fmt: skip
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(serve.VENV_BIN / "py-spy")
     if not Path(spy).exists() or shutil.which("wrk") is None:
@@ -125,7 +128,8 @@ def main() -> int:
             for spying in spies:
                 spying.wait(timeout=args.duration + 60)
             counts: dict[str, Counter[str]] = {role: Counter() for role in pids}
-            glue: Counter[str] = Counter()  # what "pipeline+views" samples are in
+            detail = args.detail or ["pipeline+views"]
+            places: dict[str, Counter[str]] = {stage: Counter() for stage in detail}
             for role, raw in raws.items():
                 for line in raw.read_text().splitlines():
                     stack, _, count = line.rpartition(" ")
@@ -134,8 +138,8 @@ def main() -> int:
                     frames = stack.split(";")
                     stage = stage_of(frames)
                     counts[role][stage] += int(count)
-                    if stage == "pipeline+views":
-                        glue[f"{role}: {innermost_ours(frames)}"] += int(count)
+                    if stage in places:
+                        places[stage][f"{role}: {innermost_ours(frames)}"] += int(count)
         finally:
             bench.close()
             bench.drop()
@@ -157,9 +161,10 @@ def main() -> int:
             print(f"  {stage:<16} {share:>6.1%} {share * per_request:>10.3f}")
             key = stage.replace("+", "_").replace(" ", "_") + "_ms"
             result[key] = result.get(key, 0.0) + share * per_request
-    print("pipeline+views, by the innermost function of ours -> the call under it:")
-    for place, count in glue.most_common(12):
-        print(f"  {count / max(every, 1):>6.1%}  {place}")
+    for stage, found in places.items():
+        print(f"{stage}, by the innermost function of ours -> the call under it:")
+        for place, count in found.most_common(12):
+            print(f"  {count / max(every, 1):>6.1%}  {place}")
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
     return 0 if load["errors"] == 0 else 1
 
