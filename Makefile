@@ -4,6 +4,7 @@
 #   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only, 2 workers
 #   make system the hardening scenarios of tests/system in full (60 s soak) and their report
 #   make bench-tools  what the benchmarks need beyond the venv (wrk, a C load generator)
+#   make browser-deps the console's browser tests' Chromium and its driver (Debian packages)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CODE   := secure_maas migrations tests $(wildcard bench)
 
-.PHONY: demo test check system venv lint clean bench-tools
+.PHONY: demo test check system venv lint clean bench-tools browser-deps
 
 venv: $(STAMP)
 
@@ -31,23 +32,32 @@ lint: venv
 	$(BIN)/mypy secure_maas
 
 # Unit and functional tests on both cores (pytest-xdist, one module per worker at a time), then
-# the system scenarios alone: their load and fault timings assume the machine is theirs.
-test: lint
+# the system scenarios alone: their load and fault timings assume the machine is theirs. The
+# console's browser tests are among them, so a missing Chromium fails here rather than skips.
+test: lint browser-deps
 	$(BIN)/pytest -n 2 --dist loadfile tests/unit tests/functional
-	$(BIN)/pytest tests/system
+	SMAAS_TEST_REQUIRE_BROWSER=1 $(BIN)/pytest tests/system
 
 # The edit loop; CI (make test) still runs everything on both databases.
 check: lint
 	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q -n 2 --dist loadfile tests/unit tests/functional
 
 # The regular suite runs these too, with a shorter soak.
-system: venv
+system: venv browser-deps
 	SMAAS_SOAK_SECONDS=$${SMAAS_SOAK_SECONDS:-60} $(BIN)/pytest tests/system
 
 # bench/serve.py drives its servers with wrk (Debian's package) so the client does not hold
 # the faster server back.
 bench-tools: venv
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+
+# tests/system/test_console_browser.py drives Debian's Chromium through its matching
+# chromedriver (same package version), so nothing is downloaded when the tests run. Installs
+# only what is missing; apt-get needs root (CI runs as root).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get install -y chromium chromium-driver || \
+		(apt-get update && apt-get install -y chromium chromium-driver))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
