@@ -22,6 +22,13 @@ Steps 1-4 use the request line and headers only: nobody gets a thread to wait on
 before it is known to be allowed to send one, and a request refused before its body was read
 closes its connection (`CLOSE_CONNECTION`), so the unread rest is never waited for either.
 
+The pipeline does not care how a request arrived: `Call` reads it through an `Inbound` (the
+declared body size, the `Authorization` values, the content coding, the body, the client's
+address, the request id and an endpoint name for logs), and `execute` turns every outcome into
+a result or a `Refusal` (status, message, headers) that the transport renders: `FlaskInbound`
+and `guarded` below for HTTP (an error body and its status), `serving.grpc` for gRPC (a status
+code and its details), through the same steps, decisions and audit events.
+
 Views declare their action with `@guarded(Action...)` and receive a `Call`, whose methods are
 the steps (`model`, `parse`, `predict`, `authorize`, `visible`); the order above is all they can
 do, and a view that answers without an allowing decision gets a 500, never a pass. Every
@@ -38,7 +45,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -64,6 +72,7 @@ from secure_maas.registry.store import InvalidName
 from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, read_up_to, watch_body
 from secure_maas.serving.encodings import (
     CONTENT_ENCODING,
+    Coding,
     EncodingRefused,
     content_coding,
     decode,
@@ -103,6 +112,54 @@ class Parsed(Protocol):
 
 
 ParsedT = TypeVar("ParsedT", bound=Parsed)
+ResultT = TypeVar("ResultT")
+
+
+class Inbound(Protocol):
+    """What the pipeline reads of a request, whatever carried it (HTTP or gRPC)."""
+
+    @property
+    def endpoint(self) -> str:
+        """The handler's name, for logs."""
+        ...
+
+    @property
+    def request_id(self) -> str:
+        """The request's id (the caller's when plain and short enough, else a fresh one)."""
+        ...
+
+    @property
+    def client(self) -> str | None:
+        """The caller's address, as the audit event records it."""
+        ...
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's declared size, if the request declares one before it is read."""
+        ...
+
+    def authorization(self) -> list[str]:
+        """The request's `Authorization` values (none, one, or several: a 401 but for one)."""
+        ...
+
+    def content_coding(self, call: Call, content_types: frozenset[str]) -> Coding | None:
+        """The body's content coding, once its type is one of `content_types` (415 if not;
+        the refusal's reason set on `call`)."""
+        ...
+
+    def read_body(self, call: Call) -> None:
+        """Read the whole body into `call.body` (and its digest), within the limits."""
+        ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer other than success, as each transport renders it: an HTTP status with
+    `{"error": message}` and `headers`, or the gRPC status code of `status`."""
+
+    status: int
+    message: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def services() -> Services:
@@ -125,11 +182,12 @@ def audit_decision(status: int) -> AuditDecision:
 class Call:
     """One guarded request as it goes through the pipeline; what its audit event records."""
 
-    def __init__(self, services: Services, action: Action, api: Api) -> None:
+    def __init__(self, services: Services, action: Action, api: Api, inbound: Inbound) -> None:
         self.services = services
         self.action = action
         self.api = api
-        self.request_id: str = g.request_id
+        self.inbound = inbound
+        self.request_id: str = inbound.request_id
         self.started = time.perf_counter()
         self.now = utcnow()
         self.principal: Principal | None = None
@@ -150,16 +208,16 @@ class Call:
     def check_length(self) -> None:
         """Step 1: refuse a declared body over the limit (a header: refusing costs nothing)."""
         limit = self.services.settings.max_body_bytes
-        length = request.content_length
+        length = self.inbound.content_length
         if length is not None and length > limit:
             self.reason = f"Content-Length {length} is over {limit}"
-            raise self._too_large()
+            raise self.too_large()
 
     def authenticate(self) -> Principal:
         """Step 2: the principal of the bearer token (401 otherwise; 503 if it cannot be
         checked)."""
         try:
-            token = bearer_token(request.headers.getlist("Authorization"))
+            token = bearer_token(self.inbound.authorization())
         except AuthError as error:
             self.reason = error.reason
             raise
@@ -219,17 +277,8 @@ class Call:
         """Step 5: the body, read now, decoded if it came compressed and parsed by `parser`
         (415 for another content type or coding, 413 if it decodes past the limit, 400 if
         bad)."""
-        try:
-            check_content_type(request.mimetype, content_types)
-        except ApiError:
-            self.reason = f"content type {request.mimetype[:64]!r}"
-            raise
-        try:
-            coding = content_coding(request.headers.getlist(CONTENT_ENCODING))
-        except EncodingRefused as error:
-            self.reason = error.reason
-            raise
-        self.read_body()
+        coding = self.inbound.content_coding(self, content_types)
+        self.inbound.read_body(self)
         try:
             parsed = parser(decode(self.body, coding, self.services.settings.max_body_bytes))
         except EncodingRefused as error:
@@ -240,42 +289,8 @@ class Call:
         self.rows = parsed.rows
         return parsed
 
-    def read_body(self) -> None:
-        """The whole body, now that the caller may send it, and its digest: 413 past
-        `max_body_bytes` (a chunked body is read up to one byte past it, never served cut),
-        408 unless all of it arrives within `body_timeout`, 400 if it ends early or its
-        framing is broken."""
-        settings = self.services.settings
-        limit, seconds = settings.max_body_bytes, settings.body_timeout.total_seconds()
-        environ = request.environ
-        length = request.content_length
-        if length is None and not environ.get("wsgi.input_terminated"):
-            environ[BODY_READ] = True  # neither a length nor a framing the server ends: none
-            return
-        wanted = limit + 1 if length is None else length
-        watch = watch_body(environ, seconds)
-        try:
-            data, failure = read_up_to(environ["wsgi.input"], wanted)
-        finally:
-            late = watch is not None and watch.cancel()
-        if late:
-            environ[CLOSE_CONNECTION] = True  # the socket no longer reads: no next request
-        if len(data) > limit:
-            self.reason = f"body without Content-Length over {limit} bytes"
-            raise self._too_large()
-        if failure is not None or (length is not None and len(data) < length):
-            expected = "unknown" if length is None else str(length)
-            if late:
-                self.reason = f"body not received within {seconds:g} s: {len(data)} of {expected}"
-                raise ApiError(
-                    408,
-                    f"request body not received within {seconds:g} seconds",
-                    reason_code="body_timeout",
-                )
-            cause = f" ({type(failure).__name__})" if failure is not None else ""
-            self.reason = f"body cut short{cause}: {len(data)} of {expected} bytes"
-            raise ApiError(400, "request body incomplete or malformed", reason_code="bad_body")
-        environ[BODY_READ] = True
+    def take_body(self, data: bytes) -> None:
+        """The body as received in full (its digest goes to the audit event)."""
         self.body = data
         if data:
             self.body_sha256 = body_digest(data)
@@ -390,7 +405,8 @@ class Call:
         self.reason = decision.reason
         return ApiError(403, FORBIDDEN)
 
-    def _too_large(self) -> ApiError:
+    def too_large(self) -> ApiError:
+        """The refusal of a body over `max_body_bytes` (413)."""
         limit = self.services.settings.max_body_bytes
         return ApiError(413, f"request body too large: the limit is {limit} bytes")
 
@@ -399,38 +415,55 @@ class Call:
 
     # -- running a view and recording the outcome ------------------------------------------
 
-    def run(self, view: Callable[..., Response], arguments: dict[str, object]) -> Response:
-        """Run `view` through the pipeline; returns its response only once it is audited."""
+    def execute(
+        self, view: Callable[..., ResultT], arguments: Mapping[str, object]
+    ) -> ResultT | Refusal:
+        """Run `view` through the pipeline: its result, or the `Refusal` every failure maps to
+        (not yet audited: `record` does that)."""
         try:
             self.check_length()
             self.authenticate()
-            response = view(self, **arguments)
+            result = view(self, **arguments)
             if not self.allowed:
-                raise RuntimeError(f"{request.endpoint} answered without an allowing decision")
+                raise RuntimeError(f"{self.inbound.endpoint} answered without an allowing decision")
+            return result
         except ApiError as error:
             self.reason_code = self.reason_code or error.reason_code
             if self.reason is None:
                 self.reason = error.message
-            response = error_response(error.status, error.message, error.headers)
+            return Refusal(error.status, error.message, error.headers)
         except ModelNotFound as exc:  # the registry changed under the request: as if never there
             self.reason_code, self.reason = "not_found", str(exc)
-            response = error_response(404, self._not_found or "not found")
+            return Refusal(404, self._not_found or "not found")
         except (ModelUnavailable, BatcherClosed) as exc:
             self.reason_code, self.reason = "unavailable", str(exc)
-            response = error_response(503, UNAVAILABLE, {"Retry-After": "5"})
+            return Refusal(503, UNAVAILABLE, {"Retry-After": "5"})
         except UNAVAILABLE_ERRORS as exc:
-            log.warning("%s failed closed: %s: %s", request.endpoint, type(exc).__name__, exc)
+            endpoint = self.inbound.endpoint
+            log.warning("%s failed closed: %s: %s", endpoint, type(exc).__name__, exc)
             self.reason_code, self.reason = "unavailable", f"{type(exc).__name__}: {exc}"
-            response = error_response(503, UNAVAILABLE)
+            return Refusal(503, UNAVAILABLE)
         except Exception as exc:
-            log.exception("unhandled error in %s", request.endpoint)
+            log.exception("unhandled error in %s", self.inbound.endpoint)
             self.reason_code, self.reason = "internal", f"{type(exc).__name__}: {exc}"
-            response = error_response(500, INTERNAL)
-        return self.finish(response)
+            return Refusal(500, INTERNAL)
+
+    def run(self, view: Callable[..., Response], arguments: dict[str, object]) -> Response:
+        """Run `view` through the pipeline; returns its response only once it is audited."""
+        result = self.execute(view, arguments)
+        if isinstance(result, Refusal):
+            return self.finish(error_response(result.status, result.message, result.headers))
+        return self.finish(result)
 
     def finish(self, response: Response) -> Response:
         """Commit the audit event of `response`; answer 503 instead if that fails."""
-        status = response.status_code
+        if self.record(response.status_code):
+            return response
+        return error_response(503, UNAVAILABLE)
+
+    def record(self, status: int) -> bool:
+        """Commit the audit event of an answer with `status`; False if that failed, and then
+        the answer must be a 503 (fail closed)."""
         decision = audit_decision(status)
         metrics = self.services.metrics
         try:
@@ -444,9 +477,9 @@ class Call:
             metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
             if isinstance(exc, AuditUnconfirmed):
                 self._record_unconfirmed(status, exc)
-            return error_response(503, UNAVAILABLE)
+            return False
         metrics.decisions.labels(self.action.value, decision.value).inc()
-        return response
+        return True
 
     def _record_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
         """The instance's writer died holding this request's event: record the 503 the caller
@@ -461,7 +494,7 @@ class Call:
 
     def event(self, status: int, decision: AuditDecision) -> AuditEvent:
         principal = self.principal
-        client = request.remote_addr
+        client = self.inbound.client
         return AuditEvent(
             action=self.action,
             actor=principal.subject if principal is not None else ANONYMOUS,
@@ -481,6 +514,82 @@ class Call:
         )
 
 
+class FlaskInbound:
+    """The request Flask is handling, as the pipeline reads it (the request context's)."""
+
+    @property
+    def endpoint(self) -> str:
+        return str(request.endpoint)
+
+    @property
+    def request_id(self) -> str:
+        found: str = g.request_id
+        return found
+
+    @property
+    def client(self) -> str | None:
+        return request.remote_addr
+
+    @property
+    def content_length(self) -> int | None:
+        return request.content_length
+
+    def authorization(self) -> list[str]:
+        return request.headers.getlist("Authorization")
+
+    def content_coding(self, call: Call, content_types: frozenset[str]) -> Coding | None:
+        try:
+            check_content_type(request.mimetype, content_types)
+        except ApiError:
+            call.reason = f"content type {request.mimetype[:64]!r}"
+            raise
+        try:
+            return content_coding(request.headers.getlist(CONTENT_ENCODING))
+        except EncodingRefused as error:
+            call.reason = error.reason
+            raise
+
+    def read_body(self, call: Call) -> None:
+        """The whole body, now that the caller may send it, and its digest: 413 past
+        `max_body_bytes` (a chunked body is read up to one byte past it, never served cut),
+        408 unless all of it arrives within `body_timeout`, 400 if it ends early or its
+        framing is broken."""
+        settings = call.services.settings
+        limit, seconds = settings.max_body_bytes, settings.body_timeout.total_seconds()
+        environ = request.environ
+        length = request.content_length
+        if length is None and not environ.get("wsgi.input_terminated"):
+            environ[BODY_READ] = True  # neither a length nor a framing the server ends: none
+            return
+        wanted = limit + 1 if length is None else length
+        watch = watch_body(environ, seconds)
+        try:
+            data, failure = read_up_to(environ["wsgi.input"], wanted)
+        finally:
+            late = watch is not None and watch.cancel()
+        if late:
+            environ[CLOSE_CONNECTION] = True  # the socket no longer reads: no next request
+        if len(data) > limit:
+            call.reason = f"body without Content-Length over {limit} bytes"
+            raise call.too_large()
+        if failure is not None or (length is not None and len(data) < length):
+            expected = "unknown" if length is None else str(length)
+            if late:
+                call.reason = f"body not received within {seconds:g} s: {len(data)} of {expected}"
+                raise ApiError(
+                    408,
+                    f"request body not received within {seconds:g} seconds",
+                    reason_code="body_timeout",
+                )
+            cause = f" ({type(failure).__name__})" if failure is not None else ""
+            call.reason = f"body cut short{cause}: {len(data)} of {expected} bytes"
+            raise ApiError(400, "request body incomplete or malformed", reason_code="bad_body")
+        environ[BODY_READ] = True
+        call.body = data
+        if data:
+            call.body_sha256 = body_digest(data)
+
+
 View = Callable[..., Response]
 
 
@@ -498,7 +607,7 @@ def guarded(action: Action, *, api: Api) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def run(**values: object) -> Response:
-            call = Call(services(), action, api)
+            call = Call(services(), action, api, FlaskInbound())
             token = current_request_id.set(call.request_id)
             try:
                 return call.run(view, values)
