@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from markupsafe import Markup, escape
 
 WIDTH = 640
+#: The gauge is a half circle: narrower, so it keeps its size beside a wide chart.
+GAUGE_WIDTH = 320
 #: Longest label drawn in full; the whole text stays in the `data-*` attribute and tooltip.
 LABEL_CHARS = 28
 #: Decisions keep their colour whatever order the series come in.
@@ -54,6 +56,8 @@ STATUS_FILLS = {
 #: Code points XML 1.0 cannot carry (C0 controls but tab/newline/return, surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
+#: The widest column: a few buckets still read as columns, not as a wall.
+BAR_MAX = 48.0
 #: The least height or width of a mark for a value above zero, so a small count still shows.
 MIN_MARK = 1.0
 _TOP = 28
@@ -109,9 +113,14 @@ def _shown(value: float) -> str:
     magnitude = abs(value)
     if magnitude >= 1e12:
         return f"{value:.3g}"
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
-        if magnitude >= limit:
-            return f"{value / limit:.3g}{suffix}"
+    if magnitude >= 1e4:
+        for unit, suffix in ((1e3, "k"), (1e6, "M"), (1e9, "G")):
+            text = f"{value / unit:.3g}"
+            if abs(float(text)) < 1000:  # 999,999 rounds to 1e+03k: take the next unit
+                return text + suffix
+        return f"{value:.3g}"
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.3g}"
@@ -125,21 +134,25 @@ def _fill(name: str, index: int) -> str:
     return DECISION_FILLS.get(name, PALETTE[index % len(PALETTE)])
 
 
-def _open(chart_id: str, title: str, height: float, css: str, extra: str = "") -> list[str]:
+def _open(
+    chart_id: str, title: str, height: float, css: str, extra: str = "", width: int = WIDTH
+) -> list[str]:
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="{_text(chart_id)}" class="{css}" '
-        f'role="img" aria-label="{_text(title)}" viewBox="0 0 {WIDTH} {_px(height)}" '
-        f'width="{WIDTH}" height="{_px(height)}"{extra}>',
+        f'role="img" aria-label="{_text(title)}" viewBox="0 0 {width} {_px(height)}" '
+        f'width="{width}" height="{_px(height)}"{extra}>',
         f"<title>{_text(title)}</title>",
-        f'<text class="chart-title" x="{_LEFT}" y="18" font-size="13">{_text(title)}</text>',
+        f'<text class="chart-title" x="12" y="18" font-size="13">{_text(title)}</text>',
     ]
 
 
-def _empty(chart_id: str, title: str, css: str = "chart", extra: str = "") -> Markup:
+def _empty(
+    chart_id: str, title: str, css: str = "chart", extra: str = "", width: int = WIDTH
+) -> Markup:
     height = 80
-    parts = _open(chart_id, title, height, css, extra)
+    parts = _open(chart_id, title, height, css, extra, width)
     parts.append(
-        f'<text class="empty" x="{WIDTH // 2}" y="52" text-anchor="middle" '
+        f'<text class="empty" x="{width // 2}" y="52" text-anchor="middle" '
         'font-size="13" fill="#616161">no data</text>'
     )
     parts.append("</svg>")
@@ -224,7 +237,7 @@ def stacked_bars(
     plot_top, plot_bottom = float(_TOP + 8), 200.0
     height = plot_bottom + 46
     slot = (WIDTH - _LEFT - _RIGHT) / len(buckets)
-    bar = max(1.0, slot * 0.8)
+    bar = min(BAR_MAX, max(1.0, slot * 0.8))
     centres = [_LEFT + slot * (i + 0.5) for i in range(len(buckets))]
     scale = (plot_bottom - plot_top) / high
     parts = _open(chart_id, title, height, "chart")
@@ -380,15 +393,15 @@ def gauge(spent: float, total: float, *, chart_id: str, title: str) -> Markup:
     counts any spending as over; None or non-finite numbers render as no data."""
     spent_n, total_n = _finite(spent), _finite(total)
     if spent_n is None or total_n is None:
-        return _empty(chart_id, title, "gauge")
+        return _empty(chart_id, title, "gauge", width=GAUGE_WIDTH)
     over = spent_n > total_n
     used = max(0.0, spent_n)
     fraction = 1.0 if total_n <= 0 else min(1.0, used / total_n)
     css = "gauge over" if over else "gauge"
     extra = f' data-spent="{_data(spent)}" data-total="{_data(total)}"'
-    cx, cy, r = WIDTH / 2, 150.0, 100.0
+    cx, cy, r = GAUGE_WIDTH / 2, 150.0, 100.0
     height = 200
-    parts = _open(chart_id, title, height, css, extra)
+    parts = _open(chart_id, title, height, css, extra, width=GAUGE_WIDTH)
     x0, y0 = _arc_point(0.0, cx, cy, r)
     x1, y1 = _arc_point(1.0, cx, cy, r)
     parts.append(
@@ -467,11 +480,12 @@ def timeline(items: Sequence[TimelineItem], *, chart_id: str, title: str) -> Mar
             f"{_text(epsilon)} {_text(_short(item.status))}</text></g>"
         )
     axis_y = top + row * len(items) + 14
+    shown = "%Y-%m-%d %H:%M:%S" if last - first < 3600 else "%Y-%m-%d %H:%M"
     for moment, anchor, x in (
         (first, "start", label_width),
         (last, "end", plot_right),
     ):
-        text = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M")
+        text = datetime.fromtimestamp(moment, UTC).strftime(shown)
         parts.append(
             f'<text class="axis" x="{_px(x)}" y="{axis_y}" text-anchor="{anchor}" '
             f'font-size="10">{_text(text)}</text>'

@@ -165,6 +165,8 @@ def test_stacked_bars_draw_no_bar_for_none_negative_or_nan() -> None:
 def test_stacked_bars_one_bucket_and_all_zero() -> None:
     one = parse(stacked_bars(["only"], {"allow": [7]}, chart_id="c", title="t"))
     assert [r.get("data-value") for r in every(one, "rect", "bar")] == ["7"]
+    # One column stays a column (not the plot's whole width).
+    assert float(every(one, "rect", "bar")[0].get("width", "")) <= 48
     zero = parse(stacked_bars(["a", "b"], {"allow": [0, 0]}, chart_id="c", title="t"))
     assert every(zero, "rect", "bar") == [] and every(zero, "text", "empty") == []
     assert [g.get("data-series") for g in every(zero, "g", "series")] == ["allow"]
@@ -210,6 +212,10 @@ def test_hbars_items_in_order_with_exact_values() -> None:
     assert widths[0] > widths[1] > widths[2] > 0
     assert widths[0] / widths[2] == pytest.approx(40.0)
     assert "12.5 denials" in texts(root)
+    thousands = parse(hbars([("a", 2619.6), ("b", 12_345.0)], chart_id="c", title="t"))
+    assert "2,620" in texts(thousands) and "12.3k" in texts(thousands)
+    rounded = parse(hbars([("a", 999_999.0), ("b", 999.9e9)], chart_id="c", title="t"))
+    assert "1M" in texts(rounded) and "1e+12" in texts(rounded)
 
 
 def test_hbars_none_negative_and_nan_have_no_bar() -> None:
@@ -284,7 +290,8 @@ def test_gauge_within_budget() -> None:
     # Half the budget: the arc ends at the top of the half circle.
     end = _arc_end(root)
     assert end is not None
-    assert end[0] == pytest.approx(320.0)
+    _x, _y, width, _height = (float(v) for v in (root.get("viewBox") or "").split())
+    assert end[0] == pytest.approx(width / 2)
     shown = texts(root)
     assert "1.5 of 3" in shown and "1.5 remaining" in shown
 
