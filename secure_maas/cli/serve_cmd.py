@@ -107,6 +107,13 @@ def metrics_folder() -> Path:
     "string, status, size, time); the development server always logs them at INFO.",
 )
 @click.option(
+    "--grpc-port",
+    type=click.IntRange(1, 65535),
+    help="Also serve gRPC on this port (same host): Triton's GRPCInferenceService and TF "
+    "Serving's PredictionService, bearer token in the 'authorization' metadata; under "
+    "gunicorn every worker serves it (SO_REUSEPORT).",
+)
+@click.option(
     "--graceful-timeout",
     type=click.IntRange(1, 3600),
     default=30,
@@ -125,9 +132,10 @@ def serve(
     batch_max_wait_us: int | None,
     model_processes: int | None,
     access_log: bool,
+    grpc_port: int | None,
     graceful_timeout: int,
 ) -> None:
-    """Serve the TF Serving and Open Inference Protocol APIs over HTTP.
+    """Serve the TF Serving and Open Inference Protocol APIs over HTTP (and gRPC).
 
     Binds 127.0.0.1 by default: put a TLS-terminating reverse proxy in front to expose it.
     Without --workers this is the development server (one process, threaded); with
@@ -139,6 +147,7 @@ def serve(
     Example:
         secure-maas serve --preload digits                      # http://127.0.0.1:8501
         secure-maas serve --workers 4 --threads 8 --port 8501   # production (gunicorn)
+        secure-maas serve --workers 4 --port 8501 --grpc-port 8500   # and gRPC on 8500
     """
     settings = _settings(
         app,
@@ -156,11 +165,13 @@ def serve(
     if workers is None:
         for name in MULTIPROC_VARS:
             os.environ.pop(name, None)
-        _development(settings, host, port, preload)
+        _development(settings, host, port, preload, grpc_port)
         return
     folder, master = metrics_folder(), os.getpid()
     try:
-        _gunicorn(settings, host, port, preload, workers, threads, access_log, graceful_timeout)
+        _gunicorn(
+            settings, host, port, preload, workers, threads, access_log, graceful_timeout, grpc_port
+        )
     finally:
         if os.getpid() == master:  # a worker leaves through here too (gunicorn's SystemExit)
             shutil.rmtree(folder, ignore_errors=True)
@@ -175,6 +186,7 @@ def _gunicorn(
     threads: int,
     access_log: bool,
     graceful_timeout: int,
+    grpc_port: int | None,
 ) -> None:
     from secure_maas.serving.gunicorn_app import ServingApplication
 
@@ -189,22 +201,32 @@ def _gunicorn(
         options["accesslog"] = "-"
     click.echo(
         f"secure-maas: gunicorn on http://{_bind(host, port)} "
-        f"({workers} workers x {threads} threads)",
+        f"({workers} workers x {threads} threads)"
+        + (f", gRPC on {_bind(host, grpc_port)}" if grpc_port is not None else ""),
         err=True,
     )
-    ServingApplication(settings, options, preload=preload).run()
+    ServingApplication(settings, options, preload=preload, grpc_port=grpc_port).run()
 
 
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _development(settings: Settings, host: str, port: int, preload: tuple[str, ...]) -> None:
+def _development(
+    settings: Settings, host: str, port: int, preload: tuple[str, ...], grpc_port: int | None
+) -> None:
     from werkzeug.serving import run_simple
 
-    from secure_maas.serving.app import close_app, create_app, development_handler
+    from secure_maas.serving.app import close_app, create_app, development_handler, services_of
 
     flask_app = create_app(settings, preload=preload)
+    grpc_server = None
+    if grpc_port is not None:
+        from secure_maas.serving.grpc.server import Endpoint, GrpcServer
+
+        endpoint = Endpoint(host, grpc_port)
+        grpc_server = GrpcServer.start(services_of(flask_app), endpoint, threads=8)
+        click.echo(f"secure-maas: gRPC on {_bind(host, grpc_port)}", err=True)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -228,4 +250,6 @@ def _development(settings: Settings, host: str, port: int, preload: tuple[str, .
     except KeyboardInterrupt:
         pass
     finally:
+        if grpc_server is not None:
+            grpc_server.stop()
         close_app(flask_app)
