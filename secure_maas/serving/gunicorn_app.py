@@ -33,6 +33,13 @@ A caller with a valid token can still hold a thread while it sends its body slow
 default `proxy_request_buffering on`) removes that too. TLS is the proxy's job: with gunicorn's
 own TLS (or HTTP/2 prior knowledge) the worker falls back to stock gthread behaviour.
 
+gRPC (`serve --grpc-port N`): each worker starts its own gRPC server after the fork (grpc's
+threads and sockets must not cross a fork), in gunicorn's `post_worker_init` hook, once its app
+and services are built, on the same port with `SO_REUSEPORT` so the kernel spreads
+connections over the workers; it serves through the worker's own services (`serving.grpc`),
+and stops in `worker_exit` before they are closed. The master and the model process never
+import grpc. A worker that cannot bind the port exits, as one that cannot build its app does.
+
 The access log (`--access-log`) and the error log never hold a query string: tokens sent as
 `?access_token=` must not land in a log (`SafeLogger`).
 
@@ -118,8 +125,10 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
         *,
         preload: Sequence[str] = (),
         app_factory: Callable[..., Flask] | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.settings = settings
+        self.grpc_port = grpc_port
         self.options = {**DEFAULTS, **options}
         self.preload = tuple(preload)
         self.app_factory = app_factory
@@ -143,6 +152,8 @@ class ServingApplication(BaseApplication):  # type: ignore[misc]
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
         self.cfg.set("worker_exit", _worker_exit)
+        if self.grpc_port is not None:
+            self.cfg.set("post_worker_init", partial(_start_grpc, self))
         self.cfg.set("child_exit", _child_exit)
 
     def load(self) -> Flask:
@@ -179,9 +190,23 @@ class ServingArbiter(Arbiter):  # type: ignore[misc]
         self.app.model_processes.stop(timeout=float(self.cfg.graceful_timeout))
 
 
+def _start_grpc(application: ServingApplication, worker: Any) -> None:
+    """In a worker, once its app is built: its gRPC server, on the instance's gRPC port."""
+    from secure_maas.serving.app import services_of
+    from secure_maas.serving.grpc.server import Endpoint, GrpcServer
+
+    host = str(application.options["bind"]).rpartition(":")[0].strip("[]")
+    endpoint = Endpoint(host, int(application.grpc_port or 0))
+    services = services_of(worker.flask_app)
+    worker.grpc_server = GrpcServer.start(services, endpoint, threads=worker.cfg.threads)
+
+
 def _worker_exit(_server: Any, worker: Any) -> None:
     from secure_maas.serving.app import close_app
 
+    grpc_server = getattr(worker, "grpc_server", None)
+    if grpc_server is not None:
+        grpc_server.stop(grace=float(worker.cfg.graceful_timeout))
     app = getattr(worker, "flask_app", None) or getattr(worker, "wsgi", None)
     if isinstance(app, Flask):
         close_app(app)
