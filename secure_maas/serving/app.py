@@ -27,6 +27,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from secure_maas.audit.text import escape_controls
 from secure_maas.config import Settings, load_settings
+from secure_maas.console import views as console
 from secure_maas.serving.bodies import BODY_READ, CLOSE_CONNECTION, DEADLINES, BodyDeadlines
 from secure_maas.serving.errors import register_error_handler
 from secure_maas.serving.headers import REQUEST_ID_HEADER, request_id
@@ -72,6 +73,7 @@ def create_app(
     unmatched.register(app)
     for blueprint in (tfserving.bp, platform.bp, oip.bp, triton.bp, admin.bp, ops.bp):
         app.register_blueprint(blueprint)
+    console.register(app)
     _install_request_hooks(app, services)
     refs = list(preload)
     if refs:
