@@ -3,7 +3,8 @@
 It runs the same commands an operator would, in order: init (keys + database), register two
 bundled real datasets with privacy budgets, train a DP model on each (sealed and published),
 apply `policies/`, issue tokens for an analyst and an auditor, print working `curl` commands
-(one allowed, one denied) and where to look in the audit log, then serve. A second run reuses
+(one allowed, one denied), where to look in the audit log and the web console's address with
+the auditor's token to paste there, then serve. A second run reuses
 what exists: datasets and models already there are not registered or trained again.
 """
 
@@ -168,8 +169,11 @@ def demo(ctx: click.Context, port: int, no_serve: bool, quick: bool) -> None:
     click.echo(_curl(f"{base}/admin/audit?since=1h", auditor.token))
     click.echo(_curl(f"{base}/admin/audit/verify", auditor.token))
     click.echo("# or from this machine: secure-maas audit tail -f; secure-maas audit verify")
+    click.echo(f"-- 7. the web console: open {base}/console/ and sign in as the auditor by")
+    click.echo("pasting bob's token (audit log, charts, privacy budgets, models and access):")
+    click.echo(auditor.token)
     if no_serve:
-        click.echo(f"-- 7. serve with: secure-maas serve --port {port} --preload digits-mlp")
+        click.echo(f"-- 8. serve with: secure-maas serve --port {port} --preload digits-mlp")
         return
-    click.echo(f"-- 7. serving on {base} (Ctrl-C to stop)")
+    click.echo(f"-- 8. serving on {base} (Ctrl-C to stop)")
     ctx.invoke(serve_cmd.serve, port=port, preload=("digits-mlp", "breast_cancer-mlp"))
