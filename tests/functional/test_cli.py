@@ -190,6 +190,7 @@ def test_demo_sets_up_from_nothing_and_is_repeatable(cli_env: dict[str, str]) ->
     assert "created audit key" in first.stdout
     assert "published digits-mlp:1" in first.stdout or "digits-mlp:1" in first.stdout
     assert "Authorization: Bearer ey" in first.stdout  # a working curl with a real token
+    assert "/console/ and sign in as the auditor" in first.stdout  # and the console's address
     models = json.loads(run_cli("models", "list", "--format", "json", env=env).stdout)
     assert {(m["name"], m["privacy"]) for m in models} == {
         ("digits-mlp", "dp"),
