@@ -343,6 +343,14 @@ def sign_in(browser: Browser, token: str) -> None:
     browser.check_log()
 
 
+def reloaded_state(driver: Any) -> str | None:
+    """The integrity banner's state after loading the audit page again (the page says to
+    reload to follow a verification; it has no script to do so)."""
+    driver.refresh()
+    found = driver.find_elements(By.CSS_SELECTOR, "#integrity")
+    return found[0].get_attribute("data-state") if found else None
+
+
 def signed_in(browser: Browser) -> bool:
     """Whether the page shows someone signed in (a subject in #whoami, a sign-out form)."""
     return bool(browser.find("#whoami").text.strip()) or bool(browser.all("form#signout"))
@@ -428,6 +436,34 @@ def test_sign_in_with_a_pasted_token_and_out_again(console: Console, browser: Br
     assert browser.all("#audit-table") == []
 
 
+def test_revoking_the_token_ends_the_session(console: Console, browser: Browser) -> None:
+    from secure_maas.auth import tokens
+
+    keyring = Keyring.open(console.instance.settings.keys_dir)
+    factory = session_factory(console.instance.engine)
+    with session_scope(factory) as session:
+        issued = tokens.issue(
+            session,
+            keyring,
+            console.instance.settings,
+            subject=READER,
+            ttl=timedelta(hours=1),
+            actor="tests",
+        )
+    sign_in(browser, issued.token)
+    with session_scope(factory) as session:
+        tokens.revoke(session, issued.jti, actor="tests")
+    # The next page after the revocation (propagation takes up to a second: reload until then)
+    # is the sign-in form, never the audit log.
+    browser.wait(
+        lambda driver: driver.refresh() or urlsplit(driver.current_url).path == "/console/signin",
+        "the sign-in page after the token was revoked",
+    )
+    browser.find("form#signin")
+    assert not signed_in(browser)
+    assert browser.all("#audit-table") == []
+
+
 def test_a_bad_token_does_not_sign_in(console: Console, browser: Browser) -> None:
     for name in ("garbage", "revoked", "expired"):
         browser.open("/console/signin")
@@ -477,6 +513,15 @@ def test_audit_table_filters_and_charts(console: Console, browser: Browser) -> N
     ]
     assert all(g.find_elements(By.CSS_SELECTOR, "polyline") for g in lines)
     browser.screenshot("audit")
+    browser.check_log()
+
+    # Verify on demand: the banner ends at "ok", with the number of events checked.
+    browser.submit("#verify-submit", "#integrity")
+    browser.wait(
+        lambda driver: reloaded_state(driver) == "ok",
+        "the integrity banner at ok after 'Verify now'",
+    )
+    assert "intact" in browser.find("#integrity").text.lower()
     browser.check_log()
 
     # Filter through the form: denied events only.
