@@ -248,13 +248,15 @@ def page(action: Action | AdminAction, *, post: bool = False) -> Callable[[View]
 
 
 def check_origin() -> None:
-    """A browser's POST from another origin is refused (defence beside SameSite and CSRF)."""
+    """A browser's POST from another host is refused (defence beside SameSite and CSRF).
+
+    The host and port are compared, not the scheme: behind a proxy that ends TLS the browser's
+    origin is https while this server sees http (the proxy must pass the Host header on)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    ours = urlsplit(request.host_url)
     theirs = urlsplit(origin)
-    if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+    if theirs.scheme not in ("http", "https") or theirs.netloc != request.host:
         raise Refused(403, "cross-origin request refused", reason=f"Origin {origin[:100]!r}")
 
 

@@ -128,6 +128,9 @@ def signin() -> Response:
         if not token:
             raise InvalidToken("no token pasted")
         principal = call.services.verifier.verify(token, call.now)
+        previous = request.cookies.get(COOKIE)
+        if previous is not None:
+            store().forget(previous)  # signing in again replaces the session, never adds one
         session_id = store().create(principal, call.now)
         call.principal = principal
         call.allow("console sign-in")

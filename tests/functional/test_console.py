@@ -362,6 +362,23 @@ def test_a_cross_origin_post_is_refused(client: FlaskClient, instance: Instance)
         headers={"Origin": "https://evil.example"},
     )
     assert signin.status_code == 403
+    for origin in ("null", "http://localhost.evil.example", "http://localhost:8080"):
+        refused = client.post(
+            "/console/audit/verify", data={"csrf": token}, headers={"Origin": origin}
+        )
+        assert refused.status_code == 403, origin
+    for origin in ("http://localhost", "https://localhost"):  # https: TLS ended at a proxy
+        allowed = client.post(
+            "/console/audit/verify", data={"csrf": token}, headers={"Origin": origin}
+        )
+        assert allowed.status_code == 303, origin
+
+
+def test_signing_in_again_replaces_the_session(client: FlaskClient, instance: Instance) -> None:
+    first = sign_in(client, instance, "bob").headers["Set-Cookie"].split(";")[0].split("=")[1]
+    second = sign_in(client, instance, "bob").headers["Set-Cookie"].split(";")[0].split("=")[1]
+    hashes = {r.id_hash for r in session_rows(instance)}
+    assert id_hash(second) in hashes and id_hash(first) not in hashes
 
 
 # -- audit -----------------------------------------------------------------------------------
