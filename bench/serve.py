@@ -25,6 +25,12 @@ repeats) is printed. Three parts (`--skip` drops any):
 - heavy: a weight-bound MLP (64 -> 4 x 2048 -> 10, 51 MB) whose one-row call takes about 4 ms
   here (the set-up measures and prints it) at levels 16 and 64: batching across requests is
   what can win. Goal >= 1.5x.
+- grpc: the small model through secure-maas's gRPC port (`serve --grpc-port`) with
+  `tritonclient.grpc`, against its baseline in the same run: the same server's HTTP port with
+  `tritonclient.http` (binary tensors), the same rows, at levels 1 and 16. Both loads come from
+  this process (C client threads, each with its own client, for `--duration` seconds): a
+  like-for-like comparison of the two transports of one server, not a measure of either
+  against the bare baseline. Goal: gRPC at least as fast (ratio >= 1).
 - memory: secure-maas with 4 workers serving one 200 MB model: the proportional set size
   (PSS, from /proc/PID/smaps_rollup) of the whole instance (every process of its group) over
   that of one bare Python process holding the same model in TensorFlow. Goal <= 1.5.
@@ -32,7 +38,8 @@ repeats) is printed. Three parts (`--skip` drops any):
 Every answer must be a 200 and every secure answer audited (model:predict events counted in
 the database against the answers wrk saw). The last line is
 `RESULT thr_ratio_c1=... thr_ratio_c16=... thr_ratio_c64=... p99_ratio_c16=... p99_ratio_c64=...
-heavy_thr_ratio_c16=... heavy_thr_ratio_c64=... rss_ratio=... errors=...`.
+heavy_thr_ratio_c16=... heavy_thr_ratio_c64=... grpc_thr_ratio_c1=... grpc_thr_ratio_c16=...
+grpc_p99_ratio_c16=... rss_ratio=... errors=...`.
 """
 
 from __future__ import annotations
@@ -363,11 +370,14 @@ class Bench:
         wait_ready(proc, port, None)
         return proc, port
 
-    def secure(self, name: str, workers: int) -> tuple[subprocess.Popen, int]:
+    def secure(
+        self, name: str, workers: int, extra: Sequence[str] = ()
+    ) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = subprocess.Popen(
             [str(VENV_BIN / "secure-maas"), "serve", "--workers", str(workers),
-             "--threads", str(self.args.threads), "--port", str(port), "--preload", name],
+             "--threads", str(self.args.threads), "--port", str(port), "--preload", name,
+             *extra],
             env=self.env, cwd=ROOT, stdout=self._log("secure"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -484,7 +494,135 @@ def part_memory(bench: Bench) -> dict[str, float]:
     return {"rss_ratio": ratio}
 
 
-PARTS = {"small": part_small, "heavy": part_heavy, "memory": part_memory}
+def client_load(
+    kind: str, port: int, token: str, target: tuple[str, str], c: int, seconds: float
+) -> dict:
+    """`c` threads, each with its own tritonclient (`kind`: grpc or http), calling the model
+    `target` (its name and input name) with one row for `seconds`: answers, errors,
+    throughput and latency percentiles."""
+    model, input_name = target
+    import numpy as np
+
+    if kind == "grpc":
+        sys.path.insert(0, str(ROOT))
+        from tests.grpc_clients import install_tritonclient_grpc
+
+        install_tritonclient_grpc()
+        import tritonclient.grpc as triton
+    else:
+        import tritonclient.http as triton  # type: ignore[no-redef]
+    row = np.random.default_rng(0).normal(size=(1, N_INPUTS)).astype(np.float32)
+    latencies: list[list[float]] = [[] for _ in range(c)]
+    errors = [0] * c
+    ready = threading.Barrier(c + 1)
+    go = threading.Event()
+    deadline = [0.0]
+
+    def work(index: int) -> None:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        given = triton.InferInput(input_name, [1, N_INPUTS], "FP32")
+        given.set_data_from_numpy(row)
+        headers = {"authorization": f"Bearer {token}"}
+        try:
+            client.infer(model, [given], headers=dict(headers))  # connect and warm up
+            ready.wait()
+            go.wait()
+            while time.perf_counter() < deadline[0]:
+                began = time.perf_counter()
+                try:
+                    client.infer(model, [given], headers=dict(headers))
+                except Exception:
+                    errors[index] += 1
+                    continue
+                latencies[index].append(time.perf_counter() - began)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(c)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=120)
+    began = time.perf_counter()
+    deadline[0] = began + seconds
+    go.set()
+    for thread in threads:
+        thread.join(timeout=seconds + 120)
+    took = time.perf_counter() - began
+    every = sorted(x for per in latencies for x in per)
+    ok = len(every)
+    return {
+        "answers": ok + sum(errors),
+        "ok": ok,
+        "errors": sum(errors),
+        "throughput": ok / took,
+        "p50_ms": every[ok // 2] * 1000 if ok else 0.0,
+        "p99_ms": every[min(ok - 1, int(ok * 0.99))] * 1000 if ok else 0.0,
+    }
+
+
+def part_grpc(bench: Bench) -> dict[str, float]:
+    bench.model("bench_grpc", [256])
+    cli(
+        bench.env,
+        "policy",
+        "grant",
+        "--subject",
+        "user:bench-user",
+        "--model",
+        "bench_grpc",
+        "--action",
+        "model:metadata",
+    )  # fmt: skip (the input's name, from the metadata)
+    grpc_port = free_port()
+    _, http_port = bench.secure("bench_grpc", bench.args.workers, ("--grpc-port", str(grpc_port)))
+    target = ("bench_grpc", _input_name(http_port, bench.token, "bench_grpc"))
+    audited_before = bench.audited()
+    ok_total = 0
+    ratios: dict[str, float] = {}
+    print(f"grpc: {'conc':>4} {'client':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'answers':>8} {'errors':>6}", flush=True)  # fmt: skip
+    for c in (1, 16):
+        runs: dict[str, list[dict[str, float]]] = {"http": [], "grpc": []}
+        for repeat in range(bench.args.repeat):
+            order = ("http", "grpc") if repeat % 2 == 0 else ("grpc", "http")
+            for kind in order:
+                port = grpc_port if kind == "grpc" else http_port
+                m = client_load(kind, port, bench.token, target, c, bench.args.duration)
+                runs[kind].append(m)
+                bench.errors += int(m["errors"])
+                ok_total += int(m["ok"])
+                print(f"grpc: {c:>4} {kind:<8} {m['throughput']:>9.1f} {m['p50_ms']:>8.2f} "
+                      f"{m['p99_ms']:>8.2f} {int(m['answers']):>8} {int(m['errors']):>6}",
+                      flush=True)  # fmt: skip
+        thr = {n: median([m["throughput"] for m in r]) for n, r in runs.items()}
+        p99 = {n: median([m["p99_ms"] for m in r]) for n, r in runs.items()}
+        ratios[f"grpc_thr_ratio_c{c}"] = thr["grpc"] / thr["http"]
+        if c > 1:
+            ratios[f"grpc_p99_ratio_c{c}"] = p99["grpc"] / p99["http"]
+        print(f"grpc: {c:>4} ratio    throughput x{thr['grpc'] / thr['http']:.3f}  "
+              f"p99 x{p99['grpc'] / p99['http']:.3f} (gRPC over HTTP)", flush=True)  # fmt: skip
+    # Each client's warm-up call is audited too: c per run.
+    warmups = sum(c for c in (1, 16)) * 2 * bench.args.repeat
+    audited = bench.audited() - audited_before
+    print(f"grpc: answers 200: {ok_total} (+{warmups} warm-ups), audited: {audited}", flush=True)
+    if audited < ok_total + warmups:
+        bench.errors += ok_total + warmups - audited
+    bench.close()
+    return ratios
+
+
+def _input_name(port: int, token: str, model: str) -> str:
+    """The model's one input name, from its OIP metadata."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", f"/v2/models/{model}", headers={"Authorization": f"Bearer {token}"})
+        document = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return str(document["inputs"][0]["name"])
+
+
+PARTS = {"small": part_small, "heavy": part_heavy, "grpc": part_grpc, "memory": part_memory}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--levels", default="1,16,64", help="the small model's levels")
-    parser.add_argument("--skip", default="", help="parts to leave out: small,heavy,memory")
+    parser.add_argument("--skip", default="", help="parts to leave out: small,heavy,grpc,memory")
     parser.add_argument(
         "--postgres",
         metavar="URL",
