@@ -69,6 +69,7 @@ def _register() -> None:
         dataset_cmd,
         db_cmd,
         demo_cmd,
+        derive_cmd,
         init_cmd,
         keys_cmd,
         models_cmd,
@@ -86,6 +87,7 @@ def _register() -> None:
     cli.add_command(db_cmd.db)
     cli.add_command(keys_cmd.keys)
     cli.add_command(models_cmd.models)
+    models_cmd.models.add_command(derive_cmd.quantize)
     cli.add_command(policy_cmd.policy)
     cli.add_command(principal_cmd.principal)
     cli.add_command(serve_cmd.serve)

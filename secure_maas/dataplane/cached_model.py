@@ -29,7 +29,7 @@ from secure_maas.dataplane.facts import VersionFacts
 from secure_maas.dataplane.statistics import Statistics
 
 if TYPE_CHECKING:
-    from secure_maas.registry.codec import LoadedModel
+    from secure_maas.registry.codec import ServedModel
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class CachedModel:
     def __init__(
         self,
         facts: VersionFacts,
-        model: LoadedModel,
+        model: ServedModel,
         options: BatchOptions,
         on_batch: Callable[[BatchInfo], None] | None,
         statistics: Statistics | None = None,

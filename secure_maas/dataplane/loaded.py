@@ -52,11 +52,11 @@ from secure_maas.registry.models import ModelVersion
 from secure_maas.registry.store import SealedStore
 
 if TYPE_CHECKING:
-    from secure_maas.registry.codec import LoadedModel
+    from secure_maas.registry.codec import ServedModel
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[memoryview], "LoadedModel"]
+Decoder = Callable[[memoryview], "ServedModel"]
 
 
 class ModelUnavailable(SecureMaasError):

@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from secure_maas.errors import SecureMaasError
-from secure_maas.registry.container import ENCODABLE, Array, Buffer, pack, unpack
+from secure_maas.registry.container import ENCODABLE, Array, Buffer, Unpacked, pack, unpack
+from secure_maas.registry.lite import LiteModel, decode_lite, is_lite
 from secure_maas.registry.signature import (
     STRING,
     InvalidModelData,
@@ -48,9 +49,11 @@ __all__ = [
     "InvalidInput",
     "InvalidModelData",
     "LoadedModel",
+    "ServedModel",
     "UnsafeModel",
     "UnsupportedModel",
     "check_architecture",
+    "check_inputs",
     "choose_device",
     "decode_model",
     "encode_model",
@@ -114,15 +117,19 @@ def encode_model(model: Any) -> bytes:
     )
 
 
-def decode_model(data: Buffer, *, allow_custom: Mapping[str, type] | None = None) -> LoadedModel:
-    """Rebuild a model from `encode_model` bytes, on the GPU when there is one.
+def decode_model(data: Buffer, *, allow_custom: Mapping[str, type] | None = None) -> ServedModel:
+    """Rebuild a model from `encode_model` bytes, on the GPU when there is one, or a quantized
+    model from `lite.quantize` bytes (the TFLite interpreter runs on the CPU).
 
     `allow_custom` maps class names to the custom layer (or other Keras) classes the artifact
     may use; the risky built-ins (TFOpLambda, SlicingOpLambda and the others in `_REFUSED`)
     pass only when named there, a Lambda layer never. Raises `UnsafeModel` or
     `InvalidModelData`, and nothing else, whatever the bytes.
     """
-    architecture, signature, weights = _read_container(data)
+    unpacked = unpack(data)
+    if is_lite(unpacked.metadata):
+        return decode_lite(data)
+    architecture, signature, weights = _read_container(unpacked)
     allowed = dict(allow_custom or {})
     check_architecture(architecture, allowed)
     device = _place()
@@ -196,30 +203,40 @@ class LoadedModel:
         return {name: value.numpy() for name, value in outputs.items()}
 
     def _arrays(self, inputs: Mapping[str, Array] | Array) -> list[Array]:
-        specs = self.signature.inputs
-        if not isinstance(inputs, Mapping):
-            if len(specs) != 1:
-                raise InvalidInput(f"the model takes named inputs: {self.signature.input_names}")
-            inputs = {specs[0].name: inputs}
-        if set(inputs) != set(self.signature.input_names):
+        return check_inputs(self.signature, inputs)
+
+
+#: What `decode_model` gives: a Keras model, or a quantized one on the TFLite interpreter; both
+#: have `signature`, `device` and `predict`.
+ServedModel = LoadedModel | LiteModel
+
+
+def check_inputs(signature: ServingSignature, inputs: Mapping[str, Array] | Array) -> list[Array]:
+    """`inputs` as arrays in the signature's input order, cast to its dtypes when numpy's
+    "same_kind" rule allows it; a missing or extra name, a wrong rank or size, different batch
+    sizes or an unsafe cast raise `InvalidInput`. One check for every kind of served model."""
+    specs = signature.inputs
+    if not isinstance(inputs, Mapping):
+        if len(specs) != 1:
+            raise InvalidInput(f"the model takes named inputs: {signature.input_names}")
+        inputs = {specs[0].name: inputs}
+    if set(inputs) != set(signature.input_names):
+        raise InvalidInput(f"expected inputs {sorted(signature.input_names)}, got {sorted(inputs)}")
+    arrays = []
+    for spec in specs:
+        array = _input_array(inputs[spec.name], spec)
+        fixed = spec.shape[1:]
+        if array.ndim != len(spec.shape) or any(
+            want is not None and got != want
+            for got, want in zip(array.shape[1:], fixed, strict=True)
+        ):
             raise InvalidInput(
-                f"expected inputs {sorted(self.signature.input_names)}, got {sorted(inputs)}"
+                f"input {spec.name!r} has shape {array.shape}, expected (batch, *{fixed})"
             )
-        arrays = []
-        for spec in specs:
-            array = _input_array(inputs[spec.name], spec)
-            fixed = spec.shape[1:]
-            if array.ndim != len(spec.shape) or any(
-                want is not None and got != want
-                for got, want in zip(array.shape[1:], fixed, strict=True)
-            ):
-                raise InvalidInput(
-                    f"input {spec.name!r} has shape {array.shape}, expected (batch, *{fixed})"
-                )
-            arrays.append(array)
-        if len({array.shape[0] for array in arrays}) > 1:
-            raise InvalidInput("all inputs must have the same batch size")
-        return arrays
+        arrays.append(array)
+    if len({array.shape[0] for array in arrays}) > 1:
+        raise InvalidInput("all inputs must have the same batch size")
+    return arrays
 
 
 def _input_array(value: Array, spec: TensorSpec) -> Array:
@@ -237,10 +254,9 @@ def _input_array(value: Array, spec: TensorSpec) -> Array:
 
 
 def _read_container(
-    data: Buffer,
+    unpacked: Unpacked,
 ) -> tuple[dict[str, Any], ServingSignature, list[tuple[str, Array]]]:
     """Split the container into its architecture config, signature and weights by name."""
-    unpacked = unpack(data)
     fields = unpacked.metadata
     if fields.get("format") != FORMAT:
         raise InvalidModelData(f"not a {FORMAT} artifact")

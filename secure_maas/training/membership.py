@@ -98,6 +98,8 @@ def check_membership(
         loaded = codec.decode_model(opened.plaintext)
     finally:
         opened.wipe()
+    if not isinstance(loaded, codec.LoadedModel):  # made from a trained one, never by a run
+        raise NoTrainingRun(f"{name}:{version} is a quantized model: attack the one it came from")
     report = attack.run_attacks(
         loaded.model,
         data.x[train_idx],
