@@ -264,8 +264,14 @@ class Browser:
         if failed:
             raise AssertionError("console resources not loaded:\n" + "\n".join(failed))
 
-    def screenshot(self, name: str) -> Path:
-        """The whole page (beyond the window) as a PNG under var/screenshots/."""
+    def screenshot(self, name: str, *, whole: bool = True) -> Path:
+        """The whole page (beyond the window), or what the window shows, as a PNG under
+        var/screenshots/."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        target = SCREENSHOTS / f"console-{name}.png"
+        if not whole:
+            assert self.driver.save_screenshot(str(target)), target
+            return target
         metrics = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
         size = metrics["cssContentSize"]
         shot = self.driver.execute_cdp_cmd(
@@ -282,8 +288,6 @@ class Browser:
                 },
             },
         )
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        target = SCREENSHOTS / f"console-{name}.png"
         target.write_bytes(base64.b64decode(shot["data"]))
         return target
 
@@ -513,6 +517,7 @@ def test_audit_table_filters_and_charts(console: Console, browser: Browser) -> N
     ]
     assert all(g.find_elements(By.CSS_SELECTOR, "polyline") for g in lines)
     browser.screenshot("audit")
+    browser.screenshot("audit-window", whole=False)  # the README's picture (docs/img/)
     browser.check_log()
 
     # Verify on demand: the banner ends at "ok", with the number of events checked.
