@@ -11,14 +11,42 @@ import copy
 from typing import Any
 
 from secure_maas import __version__
+from secure_maas.audit import AuditDecision
+from secure_maas.audit.events import LIMITS
 from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
 from secure_maas.serving.encodings import ACCEPTED, CONTENT_ENCODING
 from secure_maas.serving.formats.oip import HEADER_LENGTH
 from secure_maas.serving.formats.tfserving import MODEL_STATES
+from secure_maas.serving.grammar import MAX_INT64
 from secure_maas.serving.headers import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
+from secure_maas.serving.views.admin import DEFAULT_LIMIT, MAX_LIMIT
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
+#: The values of Content-Encoding a body may be sent with (`serving.encodings`).
+CODINGS = ("gzip", "x-gzip", "deflate", "identity", "")
+#: A name or label in a TF Serving path: no slash, no colon (`serving.grammar`).
+V1_SEGMENT = "^[^/:]+$"
+#: Text without control characters (Unicode Cc: C0, DEL, C1), as the audit filters take it.
+NO_CONTROLS = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+
+
+def decimal_at_most(limit: int) -> str:
+    """A regular expression of the decimal strings of 0 to `limit` with no more digits than
+    `limit` has (leading zeros included): what TF Serving converts to a version."""
+    digits = str(limit)
+    branches = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    for index, digit in enumerate(digits):
+        if digit != "0":
+            rest = len(digits) - index - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            branches.append(f"{digits[:index]}[0-{int(digit) - 1}]{tail}")
+    branches.append(digits)
+    return "^(?:" + "|".join(branches) + ")$"
+
+
+#: A version number in a path: digits, at most an int64 (TF Serving refuses more with a 400).
+VERSION_PATTERN = decimal_at_most(MAX_INT64)
 _REQUEST_ID = {
     "name": REQUEST_ID_HEADER,
     "in": "header",
@@ -39,9 +67,10 @@ _CONTENT_ENCODING = {
     "name": CONTENT_ENCODING,
     "in": "header",
     "required": False,
-    "schema": {"type": "string"},
-    "description": f"The body's coding: one of {ACCEPTED} (or none, identity); decoded within "
-    "the body limit (413 past it), 400 if it does not decode, 415 for any other coding",
+    "schema": {"type": "string", "enum": list(CODINGS)},
+    "description": f"The body's coding: one of {ACCEPTED} (x-gzip is gzip, identity or empty none; "
+    "matched without regard to case); decoded within the body limit (413 past it), 400 if the "
+    "body is not data of that coding, 415 for any other coding or several",
 }
 _ANSWER_LENGTH = {
     "schema": {"type": "integer", "minimum": 0},
@@ -120,8 +149,42 @@ _PATH_TEXT = {
 def _path_param(name: str) -> dict[str, Any]:
     param = _param(name, "path", _PATH_TEXT[name])
     if name == "version":  # a number: TF Serving answers 400 for anything else, OIP 404
-        param["schema"] = {"type": "string", "pattern": "^[0-9]+$"}
+        param["schema"] = {"type": "string", "pattern": VERSION_PATTERN}
     return param
+
+
+def _v1_segments(operation: dict[str, Any]) -> None:
+    """Under /v1 a name or label holds no slash or colon: TF Serving's grammar answers such a
+    path 400 "Malformed request" before any model is looked for."""
+    for param in operation.get("parameters", ()):
+        if param["in"] == "path" and param["name"] in ("name", "label"):
+            param["schema"] = {"type": "string", "pattern": V1_SEGMENT}
+
+
+#: How long ago `since`/`until` may say: a count of one unit, never past 100 years (the
+#: digits are bounded so every value is: 999,999,999 s is 31 years).
+_DURATION = (
+    "^[\\t\\n\\x0b\\x0c\\r ]*0*(?:[0-9]{1,9}[ \\t]*s|[0-9]{1,7}[ \\t]*m"
+    "|[0-9]{1,5}[ \\t]*h|[0-9]{1,4}[ \\t]*d|[0-9]{1,3}[ \\t]*w)[\\t\\n\\x0b\\x0c\\r ]*$"
+)
+_MOMENT = {
+    "anyOf": [
+        {"type": "string", "pattern": _DURATION},
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+_AUDIT_QUERY: dict[str, dict[str, Any]] = {
+    "since": _MOMENT,
+    "until": _MOMENT,
+    **{
+        name: {"type": "string", "pattern": NO_CONTROLS, "maxLength": LIMITS[name]}
+        for name in ("actor", "model", "action")
+    },
+    "decision": {"type": "string", "enum": [d.value for d in AuditDecision]},
+    "after": {"type": "integer", "minimum": 0, "maximum": MAX_INT64},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+}
 
 
 def _operation(
@@ -187,6 +250,8 @@ def _paths() -> dict[str, dict[str, Any]]:
     paths: dict[str, dict[str, Any]] = {}
 
     def add(path: str, method: str, operation: dict[str, Any]) -> None:
+        if path.startswith("/v1/"):
+            _v1_segments(operation)
         paths.setdefault(path, {})[method] = operation
 
     for path, params in _model_paths("/v1/models", ("",), labels=True):
@@ -391,7 +456,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             ),
         )
     audit_query = tuple(
-        _param(name, "query", text)
+        {**_param(name, "query", text), "schema": _AUDIT_QUERY[name]}
         for name, text in (
             ("since", "From this time: 1h, 30m, 7d ago, or an ISO date or time"),
             ("until", "Before this time (same forms)"),
@@ -400,7 +465,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             ("action", "Only this action, e.g. model:predict"),
             ("decision", "allow, deny or error"),
             ("after", "Only events with a higher seq (next_after of the previous page)"),
-            ("limit", "Page size, 1 to 1000 (default 100)"),
+            ("limit", f"Page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"),
         )
     )
     add(

@@ -11,10 +11,10 @@ The access decision comes first: a caller without `audit:read` gets 403 (audited
 whatever its query says, so `audit list --decision deny` shows every such attempt and a 400
 never tells it which parameters exist. Then the query is checked: `since`/`until` take what
 `secure-maas audit list` takes (`1h`, `7d`, an ISO date or time; at most 100 years back, years
-1 to 9999), numbers are ASCII digits in range, `actor`/`model`/`action` are printable text no
-longer than the log's own column, and an unknown or repeated parameter is refused: a typo must
-not silently widen the answer. Each of these requests is itself audited, after its answer is
-read, so a page never holds its own event.
+1 to 9999), numbers are ASCII digits in range, `actor`/`model`/`action` are text without
+control characters no longer than the log's own column, and an unknown or repeated parameter
+is refused: a typo must not silently widen the answer. Each of these requests is itself
+audited, after its answer is read, so a page never holds its own event.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ PARAMETERS = ("since", "until", "actor", "model", "action", "decision", "after",
 #: A whole number as a query gives it: ASCII digits only (`str.isdigit()` takes `²` too), and
 #: few enough of them for `int()` (it refuses more than 4300).
 _WHOLE = re.compile(r"[0-9]{1,19}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _number(name: str, low: int, high: int, default: int | None) -> int | None:
@@ -51,11 +52,16 @@ def _number(name: str, low: int, high: int, default: int | None) -> int | None:
 
 
 def _text(name: str) -> str | None:
-    """A text filter: printable (a control character, NUL included, matches no event and
-    PostgreSQL refuses NUL in a query) and no longer than the column it is compared with."""
+    """A text filter: no control character (Unicode's Cc: C0, DEL, C1; one matches no event
+    and PostgreSQL refuses NUL in a query) and no longer than the column it is compared with.
+    Other characters (a no-break space, a format character) are text like any other: the rule
+    is one the OpenAPI document can state exactly (`openapi.NO_CONTROLS`)."""
     text = request.args.get(name)
-    if text is not None and (not text.isprintable() or len(text) > LIMITS[name]):
-        raise ApiError(400, f"{name} must be printable text of at most {LIMITS[name]} characters")
+    if text is not None and (_CONTROL.search(text) or len(text) > LIMITS[name]):
+        raise ApiError(
+            400,
+            f"{name} must be text without control characters, of at most {LIMITS[name]} characters",
+        )
     return text
 
 
