@@ -389,6 +389,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                 path_params=params,
             ),
         )
+    for path, params in _model_paths("/v2/models", ("/openapi.json",), labels=False):
+        add(
+            path,
+            "get",
+            _operation(
+                "This document for one model (or version): its TF Serving and OIP operations "
+                "with request bodies exact for its signature (input names, datatypes and "
+                "ranges, shapes, the batch), guarded as its metadata is",
+                "Open Inference Protocol",
+                _ok("OpenApi"),
+                action="model:metadata",
+                path_params=params,
+            ),
+        )
     add(
         "/v2/models/stats",
         "get",
@@ -804,6 +818,12 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    "OpenApi": {
+        "type": "object",
+        "required": ["openapi", "info", "paths"],
+        "description": "An OpenAPI 3.1 document",
+        "properties": {"openapi": {"type": "string"}, "info": _OBJECT, "paths": _OBJECT},
+    },
 }
 
 
