@@ -301,3 +301,16 @@ def test_unimplemented_methods_and_the_chain(
         classify(b"", metadata=list(auth(instance, "alice", "g-classify").items()))
     assert again.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert audit_intact(instance) > 0
+
+
+def test_the_development_server_serves_grpc_too(instance: Instance) -> None:
+    port = free_port()
+    with server(instance, "--grpc-port", str(port)):
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            headers = auth(instance, "alice", "grpc-dev")
+            result = client.infer("digits", [x_input(1)], model_version="2", headers=headers)
+            assert result.as_numpy("probs").shape == (1, 3)
+        finally:
+            client.close()
+    assert one_event(instance, "grpc-dev").http_status == 200
