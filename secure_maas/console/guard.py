@@ -251,9 +251,12 @@ def check_origin() -> None:
     """A browser's POST from another host is refused (defence beside SameSite and CSRF).
 
     The host and port are compared, not the scheme: behind a proxy that ends TLS the browser's
-    origin is https while this server sees http (the proxy must pass the Host header on)."""
+    origin is https while this server sees http (the proxy must pass the Host header on).
+    `null` is let through: a browser sends it for its own forms under the console's
+    `Referrer-Policy: no-referrer`; a page elsewhere that sends it (a sandboxed frame) still
+    has neither the SameSite=Strict cookie nor the session's CSRF token."""
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return
     theirs = urlsplit(origin)
     if theirs.scheme not in ("http", "https") or theirs.netloc != request.host:

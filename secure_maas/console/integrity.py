@@ -1,24 +1,34 @@
 """The audit page's integrity banner: the last verification of the chain, and one running.
 
 `Integrity.start` runs `audit verify`'s walk in a background thread (one at a time per process:
-a second start while one runs is refused); `Integrity.state` tells the page how far it got
-(events checked of those present when it began) or, once done, the result and the head. The
-walk is the one `audit.verify` runs, assembled here from its public pieces so the number of
-events checked can be read while it runs. No Flask here.
+a second start while one runs here is refused). The walk is the one `audit.verify` runs,
+assembled from its public pieces so the number of events checked can be read while it runs.
+
+Its start and its outcome are audit events (action `audit:read`, actor `console-verify`, the
+service's, with who asked in `detail`), so the banner of every worker and instance shows the
+same last result, read back from the log: `running` (with progress in the process that runs
+it), `ok` or `broken` with the head and the first bad event, or `unknown` (never verified, the
+walk failed, or it was interrupted). No Flask here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from secure_maas.actions import Action
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.audit.chain import read_head
 from secure_maas.audit.keys import AuditKeys
+from secure_maas.audit.models import events_table
 from secure_maas.audit.query import bounds, read_snapshot
 from secure_maas.audit.verify import ChainWalk, VerifyReport, find_anchor, finish, report
 from secure_maas.errors import SecureMaasError
@@ -27,108 +37,175 @@ from secure_maas.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 State = Literal["ok", "broken", "unknown", "running"]
+VERIFY_ACTOR = "console-verify"
+#: A verification whose start is logged but whose outcome is not after this long was cut
+#: short (its process stopped): the banner says so instead of "running" forever.
+ABANDONED_AFTER = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
 class Banner:
-    """What the banner shows: `state`, progress while running, the last report when done."""
+    """What the banner shows."""
 
     state: State
     checked: int = 0
     total: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    report: VerifyReport | None = None
-    error: str | None = None
+    at: datetime | None = None
+    head: str | None = None
+    summary: str | None = None
+    requested_by: str | None = None
 
     @property
     def percent(self) -> int:
         return min(100, self.checked * 100 // self.total) if self.total else 0
 
 
-class Integrity:
-    """One process's verification: at most one running, the last result kept."""
+def _event(outcome: str, reason: str, **detail: str | int | None) -> AuditEvent:
+    return AuditEvent(
+        action=Action.AUDIT_READ,
+        actor=VERIFY_ACTOR,
+        actor_kind=ActorKind.SERVICE,
+        decision=AuditDecision.ALLOW if outcome != "failed" else AuditDecision.ERROR,
+        reason_code=None if outcome != "failed" else "verify_failed",
+        reason=reason,
+        detail={"verify": outcome, **detail},
+    )
 
-    def __init__(self, engine: Engine, keys: AuditKeys) -> None:
+
+class Integrity:
+    """One process's verifications: at most one running here; outcomes go to the audit log
+    through `record` (the process's audit sink)."""
+
+    def __init__(
+        self, engine: Engine, keys: AuditKeys, record: Callable[[AuditEvent], object]
+    ) -> None:
         self._engine = engine
         self._keys = keys
+        self._record = record
         self._lock = threading.Lock()
         self._walk: ChainWalk | None = None
         self._thread: threading.Thread | None = None
         self._total = 0
-        self._started: datetime | None = None
-        self._finished: datetime | None = None
-        self._report: VerifyReport | None = None
-        self._error: str | None = None
 
-    def start(self) -> bool:
-        """Begin a verification in the background; False if one is already running."""
+    def start(self, requested_by: str) -> bool:
+        """Begin a verification in the background; False if one is running in this process."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return False
-            self._walk, self._total, self._started = None, 0, utcnow()
+            self._walk, self._total = None, 0
             self._thread = threading.Thread(
-                target=self._run, name="console-audit-verify", daemon=True
+                target=self._run, args=(requested_by,), name="console-audit-verify", daemon=True
             )
             self._thread.start()
             return True
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the running verification (tests, shutdown)."""
+        """Wait for the verification running here (tests, shutdown)."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, requested_by: str) -> None:
         try:
-            with read_snapshot(self._engine) as connection:
-                _low, _high, total = bounds(connection)
-                try:
-                    head = read_head(connection)
-                except SecureMaasError:
-                    head = None
-                anchor, problem = find_anchor(connection)
-                walk = ChainWalk(self._keys, anchor, None)
-                with self._lock:
-                    self._walk, self._total = walk, total
-                notes: list[str] = []
-                if problem is not None:
-                    walk.problem = problem
-                else:
-                    walk.scan(connection)
-                    if walk.problem is None:
-                        notes = finish(walk, head)
-                found = report(walk, head, notes)
-            with self._lock:
-                self._report, self._error = found, None
-        except Exception as exc:  # the banner says it could not verify; never "ok"
+            found = self._walk_chain(requested_by)
+        except Exception as exc:  # recorded as failed: the banner never says "ok" for it
             log.exception("console audit verification failed")
-            with self._lock:
-                self._report, self._error = None, f"{type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                self._finished = utcnow()
+            self._record_quietly(
+                _event(
+                    "failed",
+                    f"verification failed: {type(exc).__name__}: {exc}",
+                    requested_by=requested_by,
+                )
+            )
+            return
+        if found.intact:
+            head = found.head.text() if found.head is not None else None
+            reason = f"chain intact: {found.checked} events checked, head {head}"
+            outcome = _event("ok", reason, requested_by=requested_by, checked=found.checked,
+                             head=head)  # fmt: skip
+        else:
+            problem = found.problem
+            reason = f"chain broken: {problem.describe() if problem else 'unknown problem'}"
+            outcome = _event(
+                "broken",
+                reason,
+                requested_by=requested_by,
+                checked=found.checked,
+                bad_seq=problem.seq if problem else None,
+            )
+        self._record_quietly(outcome)
 
-    def state(self) -> Banner:
-        """The banner now."""
+    def _walk_chain(self, requested_by: str) -> VerifyReport:
+        with read_snapshot(self._engine) as connection:
+            _low, _high, total = bounds(connection)
+            self._record(_event("started", "verification started", requested_by=requested_by,
+                                events=total))  # fmt: skip
+            try:
+                head = read_head(connection)
+            except SecureMaasError:
+                head = None
+            anchor, problem = find_anchor(connection)
+            walk = ChainWalk(self._keys, anchor, None)
+            with self._lock:
+                self._walk, self._total = walk, total
+            notes: list[str] = []
+            if problem is not None:
+                walk.problem = problem
+            else:
+                walk.scan(connection)
+                if walk.problem is None:
+                    notes = finish(walk, head)
+            return report(walk, head, notes)
+
+    def _record_quietly(self, event: AuditEvent) -> None:
+        try:
+            self._record(event)
+        except Exception as exc:  # the outcome is lost; the banner will say "interrupted"
+            log.error("could not record the verification's outcome: %s", exc)
+
+    def state(self, now: datetime | None = None) -> Banner:
+        """The banner now: this process's running walk, else the last outcome in the log."""
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
-            if running:
-                checked = self._walk.checked if self._walk is not None else 0
-                return Banner("running", checked, self._total, self._started)
-            found = self._report
-            if found is None:
-                return Banner(
-                    "unknown",
-                    started_at=self._started,
-                    finished_at=self._finished,
-                    error=self._error,
-                )
+            walk, total = self._walk, self._total
+        if running:
+            return Banner("running", walk.checked if walk is not None else 0, total)
+        return self._last(now or utcnow())
+
+    def _last(self, now: datetime) -> Banner:
+        c = events_table.c
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(c.at, c.detail, c.reason)
+                .where(c.actor == VERIFY_ACTOR)
+                .order_by(c.seq.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return Banner("unknown")
+        detail = _details(row.detail)
+        outcome, by = detail.get("verify"), detail.get("requested_by")
+        if outcome == "started":
+            if now - row.at > ABANDONED_AFTER:
+                return Banner("unknown", at=row.at, summary="the last verification was cut short")
+            return Banner("running", total=int(detail.get("events") or 0), at=row.at,
+                          requested_by=by)  # fmt: skip
+        if outcome in ("ok", "broken"):
             return Banner(
-                "ok" if found.intact else "broken",
-                found.checked,
-                found.checked,
-                self._started,
-                self._finished,
-                found,
+                outcome,
+                checked=int(detail.get("checked") or 0),
+                total=int(detail.get("checked") or 0),
+                at=row.at,
+                head=detail.get("head"),
+                summary=row.reason,
+                requested_by=by,
             )
+        return Banner("unknown", at=row.at, summary=row.reason, requested_by=by)
+
+
+def _details(text: str | None) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

@@ -75,7 +75,7 @@ def register(app: Flask) -> None:
     app.extensions[STORE] = SessionStore(
         found.engine, idle_timeout=found.settings.console_idle_timeout
     )
-    app.extensions[INTEGRITY] = Integrity(found.engine, found.audit_keys)
+    app.extensions[INTEGRITY] = Integrity(found.engine, found.audit_keys, found.audit.append)
     app.register_blueprint(bp)
 
 
@@ -292,7 +292,8 @@ def audit_csv(call: ConsoleCall) -> Response:
 @page(Action.AUDIT_READ, post=True)
 def audit_verify(call: ConsoleCall) -> Response:
     call.authorize(Action.AUDIT_READ)
-    started = integrity().start()
+    principal = call.principal
+    started = integrity().start(principal.subject if principal is not None else "")
     call.reason = "verification started" if started else "a verification is already running"
     return see_other("/console/audit")
 

@@ -33,7 +33,7 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.keys import Keyring
 from secure_maas.policy import directory, grants
 from secure_maas.policy.rules import Rule
-from secure_maas.serving.app import create_app, services_of
+from secure_maas.serving.app import close_app, create_app, services_of
 from secure_maas.timeutil import utcnow
 from secure_maas.training import dataset_catalog, ledger
 from tests.functional.serving_support import Instance, prepared
@@ -362,12 +362,14 @@ def test_a_cross_origin_post_is_refused(client: FlaskClient, instance: Instance)
         headers={"Origin": "https://evil.example"},
     )
     assert signin.status_code == 403
-    for origin in ("null", "http://localhost.evil.example", "http://localhost:8080"):
+    for origin in ("http://localhost.evil.example", "http://localhost:8080", "file://"):
         refused = client.post(
             "/console/audit/verify", data={"csrf": token}, headers={"Origin": origin}
         )
         assert refused.status_code == 403, origin
-    for origin in ("http://localhost", "https://localhost"):  # https: TLS ended at a proxy
+    # https: TLS ended at a proxy; null: what a browser sends under no-referrer (the cookie and
+    # the CSRF token still decide)
+    for origin in ("http://localhost", "https://localhost", "null"):
         allowed = client.post(
             "/console/audit/verify", data={"csrf": token}, headers={"Origin": origin}
         )
@@ -496,17 +498,28 @@ def test_the_csv_export_streams_the_filtered_events(
     assert event["action"] == "audit:read" and event["reason"] == "CSV export"
 
 
-def test_verify_runs_in_the_background_and_the_banner_shows_it(
+def test_verify_runs_in_the_background_and_every_worker_shows_its_outcome(
     app: Flask, client: FlaskClient, instance: Instance
 ) -> None:
     sign_in(client, instance, "bob")
-    assert 'data-state="unknown"' in client.get("/console/audit").text
+    assert 'id="integrity" data-state="' in client.get("/console/audit").text
     answer = client.post("/console/audit/verify", data={"csrf": csrf_of(client, "/console/audit")})
     assert answer.status_code == 303 and answer.headers["Location"] == "/console/audit"
     assert event_of(instance, answer)["decision"] == "allow"
     app.extensions[INTEGRITY].wait(60)
     page = client.get("/console/audit").text
     assert 'data-state="ok"' in page and "Chain intact" in page
+    logged = [e for e in events_by_action(instance, "audit:read") if e["actor"] == "console-verify"]
+    started, outcome = logged[-2:]
+    assert '"verify":"started"' in started["detail"] and '"requested_by":"bob"' in started["detail"]
+    assert '"verify":"ok"' in outcome["detail"] and outcome["actor_kind"] == "service"
+    other = create_app(instance.settings)  # another worker: nothing ran there, the log tells
+    try:
+        elsewhere = other.test_client()
+        sign_in(elsewhere, instance, "bob")
+        assert 'data-state="ok"' in elsewhere.get("/console/audit").text
+    finally:
+        close_app(other)
 
 
 # -- privacy ---------------------------------------------------------------------------------

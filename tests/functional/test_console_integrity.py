@@ -1,6 +1,7 @@
-"""The console's integrity banner on SQLite and PostgreSQL: `unknown` until a verification ran
-in this process, `ok` with the number of events checked, `broken` naming the first bad event
-when a stored event was altered, and `unknown` with the error when the walk could not run."""
+"""The console's integrity banner on SQLite and PostgreSQL: `unknown` until a verification ran,
+`ok` with the number of events checked and the head, the same in another process (the outcome
+is read back from the audit log), `broken` naming the first bad event when a stored event was
+altered, and `unknown` with the error when the walk could not run."""
 
 from __future__ import annotations
 
@@ -16,28 +17,26 @@ from secure_maas.instance import initialise
 from secure_maas.keys import Keyring
 
 
-def logged(settings: Settings, count: int) -> tuple[Engine, KeyringAuditKeys]:
+def logged(settings: Settings, count: int) -> tuple[Engine, KeyringAuditKeys, AuditWriter]:
     initialise(settings)
     engine = create_engine(settings.database_url)
     keys = KeyringAuditKeys(Keyring.open(settings.keys_dir))
     writer = AuditWriter(engine, keys)
-    try:
-        for n in range(count):
-            writer.append(AuditEvent(action="audit:read", actor=f"user{n}", reason="read"))
-    finally:
-        writer.close(timeout=30)
-    return engine, keys
+    for n in range(count):
+        writer.append(AuditEvent(action="audit:read", actor=f"user{n}", reason="read"))
+    return engine, keys, writer
 
 
 def test_the_banner_is_unknown_then_ok_then_broken(settings: Settings) -> None:
-    engine, keys = logged(settings, 12)
-    integrity = Integrity(engine, keys)
+    engine, keys, writer = logged(settings, 12)
+    integrity = Integrity(engine, keys, writer.append)
     assert integrity.state().state == "unknown"
-    assert integrity.start()
+    assert integrity.start("tester")
     integrity.wait(60)
     banner = integrity.state()
-    assert banner.state == "ok" and banner.report is not None
+    assert banner.state == "ok" and banner.requested_by == "tester" and banner.head
     assert banner.checked >= 12 and banner.percent == 100
+    assert Integrity(engine, keys, writer.append).state() == banner  # another process: the log
     with engine.begin() as connection:
         seq = connection.execute(
             sa.select(events_table.c.seq).where(events_table.c.actor == "user5")
@@ -45,11 +44,11 @@ def test_the_banner_is_unknown_then_ok_then_broken(settings: Settings) -> None:
         connection.execute(
             sa.update(events_table).where(events_table.c.seq == seq).values(reason="edited")
         )
-    assert integrity.start()
+    assert integrity.start("tester")
     integrity.wait(60)
     broken = integrity.state()
-    assert broken.state == "broken" and broken.report is not None
-    assert broken.report.problem is not None and broken.report.problem.seq == seq
+    assert broken.state == "broken" and f"event {seq}" in (broken.summary or "")
+    writer.close(timeout=30)
     engine.dispose()
 
 
@@ -61,10 +60,11 @@ class UnreadableKeys:
 
 
 def test_a_walk_that_cannot_run_leaves_the_banner_unknown_with_why(settings: Settings) -> None:
-    engine, _keys = logged(settings, 2)
-    integrity = Integrity(engine, UnreadableKeys())  # type: ignore[arg-type]
-    assert integrity.start()
+    engine, _keys, writer = logged(settings, 2)
+    integrity = Integrity(engine, UnreadableKeys(), writer.append)  # type: ignore[arg-type]
+    assert integrity.start("tester")
     integrity.wait(60)
     banner = integrity.state()
-    assert banner.state == "unknown" and "audit key unreadable" in (banner.error or "")
+    assert banner.state == "unknown" and "audit key unreadable" in (banner.summary or "")
+    writer.close(timeout=30)
     engine.dispose()
