@@ -25,6 +25,7 @@ from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, AuditUnavail
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
 from secure_maas.console.sessions import SessionEnded, SessionStore, csrf_matches, csrf_token
+from secure_maas.dataplane.client import AuditUnconfirmed
 from secure_maas.dataplane.facts import VersionFacts
 from secure_maas.policy import Decision, ModelFacts, RequestFacts
 from secure_maas.serving.pipeline import ANONYMOUS, UNAVAILABLE_ERRORS, audit_decision
@@ -191,7 +192,8 @@ class ConsoleCall:
         return self.finish(response)
 
     def finish(self, response: Response) -> Response:
-        """Commit the audit event of `response`; a 503 page instead if that fails."""
+        """Commit the audit event of `response`; a 503 page instead if that fails (as
+        `pipeline.Call.record` does, metrics and the instance writer's loss included)."""
         status = response.status_code
         if self.denied:
             decision = AuditDecision.DENY
@@ -199,6 +201,7 @@ class ConsoleCall:
             decision = AuditDecision.ERROR
         else:
             decision = audit_decision(status)
+        metrics = self.services.metrics
         try:
             self.services.audit.append(self.event(status, decision))
         except Exception as exc:  # any failure to record fails closed
@@ -206,13 +209,34 @@ class ConsoleCall:
                 log.error("audit write failed (%s); answering 503 instead of %d", exc, status)
             else:
                 log.exception("audit write failed; answering 503 instead of %d", status)
-            self.services.metrics.audit_failures.inc()
-            return error_page(503, "service unavailable")
+            metrics.audit_failures.inc()
+            metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
+            if isinstance(exc, AuditUnconfirmed):
+                self._record_unconfirmed(status, exc)
+            answer = error_page(503, "service unavailable")
+            if self.clear_cookie:
+                forget_cookie(answer)
+            return answer
+        metrics.decisions.labels(self.action.value, decision.value).inc()
         return response
+
+    def _record_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
+        """The instance's writer died holding this request's event: record the 503 the
+        browser gets as its own event (best effort, as the pipeline does)."""
+        self.allowed, self.denied = False, False
+        self.reason_code = "unavailable"
+        self.reason = f"{exc} (the answer would have been {status})"
+        try:
+            exc.record_locally(self.event(503, AuditDecision.ERROR))
+        except Exception as again:
+            log.error("could not record the 503 either: %s", again)
 
     def event(self, status: int, decision: AuditDecision) -> AuditEvent:
         principal = self.principal
         client = request.remote_addr
+        detail: dict[str, str | int | None] = {"console": request.path[:200]}
+        if principal is not None:
+            detail.update(principal.audit_detail() or {})
         return AuditEvent(
             action=self.action,
             actor=principal.subject if principal is not None else ANONYMOUS,
@@ -227,7 +251,7 @@ class ConsoleCall:
             latency_ms=(time.perf_counter() - self.started) * 1000,
             rows=self.rows,
             request_id=self.request_id,
-            detail={"console": request.path[:200]},
+            detail=detail,
         )
 
 
