@@ -16,6 +16,7 @@ of our code, and so is not audited (docs/grpc.md says so).
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -314,3 +315,59 @@ def test_the_development_server_serves_grpc_too(instance: Instance) -> None:
         finally:
             client.close()
     assert one_event(instance, "grpc-dev").http_status == 200
+
+
+def _hpack_length(size: int) -> bytes:
+    """HPACK's integer with a 7-bit prefix (RFC 7541 5.1), for string lengths."""
+    if size < 127:
+        return bytes([size])
+    out, size = [127], size - 127
+    while size >= 128:
+        out.append(size % 128 + 128)
+        size //= 128
+    return bytes([*out, size])
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def slow_sender(port: int, token: str) -> socket.socket:
+    """An HTTP/2 connection that starts a ModelInfer call, sends 15 bytes of a message that
+    declares 60,000, and then nothing (raw frames: HPACK literals, no Huffman coding)."""
+    headers = [
+        (":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"),
+        (":path", "/inference.GRPCInferenceService/ModelInfer"),
+        ("content-type", "application/grpc"), ("te", "trailers"),
+        ("authorization", f"Bearer {token}"),
+    ]  # fmt: skip
+    block = b"".join(
+        b"\x00" + _hpack_length(len(n)) + n.encode() + _hpack_length(len(v)) + v.encode()
+        for n, v in headers
+    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + _frame(4, 0, 0, b"")  # SETTINGS
+        + _frame(4, 1, 0, b"")  # SETTINGS ACK (of the server's, before it asks)
+        + _frame(1, 4, 1, block)  # HEADERS, END_HEADERS
+        + _frame(0, 0, 1, b"\x00" + (60_000).to_bytes(4, "big") + b"\x00" * 10)  # part of DATA
+    )
+    return sock
+
+
+def test_slow_senders_hold_no_thread(client: Any, instance: Instance, served: Any) -> None:
+    # 24 calls whose messages never finish, three times the 8 threads of the two workers (and
+    # under the 32 calls in progress each worker admits): were each to hold a thread, the
+    # calls below could never be answered while they stay open.
+    senders = [slow_sender(served[1], instance.tokens["alice"]) for _ in range(24)]
+    try:
+        for n in range(8):
+            headers = auth(instance, "alice", f"g-slow-{n}")
+            result = client.infer("digits", [x_input(1)], headers=headers, client_timeout=60)
+            assert result.as_numpy("probs").shape == (1, 3)
+    finally:
+        for sock in senders:
+            sock.close()
