@@ -464,13 +464,23 @@ def _change(call: ConsoleCall, action: AdminAction) -> Any:
 def grant(call: ConsoleCall) -> Response:
     call.authorize(Action.ADMIN_WRITE)
     form = request.form
+
+    def given(name: str) -> str | None:
+        return (form.get(name) or "").strip() or None
+
     try:
+        epsilon = given("max_epsilon")
         rule = Rule(
             effect=Effect.DENY if form.get("effect") == "deny" else Effect.ALLOW,
-            subject=(form.get("subject") or "").strip(),
+            subject=given("subject") or "",
             actions=tuple(Action(a) for a in form.getlist("actions")),
-            model=(form.get("model") or "").strip() or "*",
-            description=(form.get("description") or "").strip() or None,
+            model=given("model") or "*",
+            version=_whole(given("version"), "version", 1, 2**31),
+            label=given("label"),
+            max_rows=_whole(given("max_rows"), "max_rows", 1, 2**31),
+            max_epsilon=float(epsilon) if epsilon is not None else None,
+            finite_inputs=form.get("finite_inputs") is not None,
+            description=given("description"),
         )
     except (InvalidRule, ValueError) as exc:
         raise Refused(400, f"not a rule: {exc}") from None

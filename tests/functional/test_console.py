@@ -638,6 +638,28 @@ def test_an_admin_grants_revokes_disables_and_labels_with_audit_events(
     revoked = client.post("/console/access/revoke", data={"csrf": token, "rule": str(rule.id)})
     assert revoked.status_code == 303
     assert any(e["actor"] == "admin" for e in events_by_action(instance, "policy:revoke"))
+    conditioned = client.post(
+        "/console/access/grant",
+        data={"csrf": token, "subject": "role:analyst", "model": "digits", "label": "stable",
+              "max_epsilon": "2.5", "max_rows": "10", "finite_inputs": "1",
+              "actions": ["model:predict", "model:metadata"], "effect": "allow"},
+    )  # fmt: skip
+    assert conditioned.status_code == 303
+    with session_scope(session_factory(instance.engine)) as session:
+        [made] = [r for r in grants.load_rules(session) if r.label == "stable"]
+    assert (made.max_epsilon, made.max_rows, made.finite_inputs) == (2.5, 10, True)
+    for bad in (
+        {"version": "1", "label": "stable"},
+        {"max_epsilon": "lots"},
+        {"actions": []},
+        {"subject": "nobody"},
+        {"actions": "model:fly"},
+    ):
+        refused = client.post(
+            "/console/access/grant",
+            data={"csrf": token, "subject": "user:eve", "actions": "model:list", **bad},
+        )
+        assert refused.status_code == 400, bad  # fmt: skip
     missing = client.post("/console/access/revoke", data={"csrf": token, "rule": "999999"})
     assert missing.status_code == 404
     disabled = client.post("/console/access/disable", data={"csrf": token, "principal": "dave"})
