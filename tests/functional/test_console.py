@@ -9,21 +9,26 @@ import csv
 import dataclasses
 import html
 import io
+import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from jwcrypto import jwk
 from werkzeug.test import TestResponse
 
 from secure_maas.audit import AuditEvent, AuditUnavailable
 from secure_maas.audit.models import events_table
 from secure_maas.auth import tokens
+from secure_maas.auth.external import external_name
 from secure_maas.console.guard import COOKIE
 from secure_maas.console.headers import CONTENT_SECURITY_POLICY
 from secure_maas.console.models import ConsoleSession
@@ -38,8 +43,10 @@ from secure_maas.timeutil import utcnow
 from secure_maas.training import dataset_catalog, ledger
 from tests.functional.serving_support import Instance, prepared
 from tests.functional.training_support import audit_keys, plan
+from tests.unit.token_support import claims, sign
 
 HOUR = timedelta(hours=1)
+IDP = "https://idp.example/realms/ml"
 EXTRA = {
     "admin": ["admin:write", "audit:read", "model:list"],
     "lister": ["audit:read", "model:list", "model:predict", "model:metadata", "privacy:read"],
@@ -313,6 +320,29 @@ def test_an_expired_or_idle_session_ends(
     assert refused.status_code == 303
     assert event_of(instance, refused)["reason_code"] == code
     assert id_hash(session_id) not in {r.id_hash for r in session_rows(instance)}
+
+
+def test_an_external_identity_providers_token_signs_in(instance: Instance, tmp_path: Path) -> None:
+    signing = jwk.JWK.generate(kty="EC", crv="P-256")
+    jwks = tmp_path / "idp-jwks.json"
+    public = {**signing.export_public(as_dict=True), "kid": "idp-ec", "use": "sig"}
+    jwks.write_text(json.dumps({"keys": [public]}))
+    settings = dataclasses.replace(instance.settings, external_issuer=IDP, external_jwks=jwks)
+    external = create_app(settings)
+    try:
+        client = external.test_client()
+        body = claims(utcnow(), issuer=IDP, subject="zoe", jti=secrets.token_hex(8))
+        token = sign(signing, {"alg": "ES256", "kid": "idp-ec", "typ": "JWT"}, body)
+        answer = client.post("/console/signin", data={"token": token})
+        assert answer.status_code == 303
+        name = external_name(IDP, "zoe")
+        event = event_of(instance, answer)
+        assert event["actor"] == name and IDP in event["detail"]
+        page = client.get("/console/models")
+        assert page.status_code == 200 and f'<span id="whoami">{name}</span>' in page.text
+        assert client.get("/console/audit").status_code == 403  # no rule names it
+    finally:
+        close_app(external)
 
 
 # -- CSRF and Origin -----------------------------------------------------------------------------
