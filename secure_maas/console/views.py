@@ -153,6 +153,11 @@ def signin() -> Response:
     except UNAVAILABLE_ERRORS as exc:
         call.reason_code, call.reason = "unavailable", f"{type(exc).__name__}: {exc}"
         response = error_page(503, "service unavailable")
+    except Exception as exc:
+        log.exception("unhandled error in the console's sign-in")
+        call.allowed, call.reason_code = False, "internal"
+        call.reason = f"{type(exc).__name__}: {exc}"
+        response = error_page(500, "internal error")
     answer = call.finish(response)
     if answer is not response and session_id is not None:
         _end_quietly(session_id)
