@@ -6,14 +6,20 @@ Over HTTP (`secure-maas serve --workers 2 --threads 4`, gunicorn, PostgreSQL):
   schema-valid (positive) and schema-violating (negative), with path parameters either
   generated or drawn from the instance's real names (so requests reach the body parsers and
   the access policy, not only 404), with a valid token (alice; bob, the auditor, for
-  /admin/*) and with none. Every response passes schemathesis's checks: no 5xx, a documented
-  status, the documented content type, headers and body schema, authentication enforced
-  (`ignored_auth` re-sends a successful request without and with a bad token). Without a token
-  every guarded operation answers 401, every open one 200. `positive_data_acceptance` is left
-  out: a body valid against the schema can still not fit a model's signature (shape, dtype,
-  named inputs differ per model, which OpenAPI cannot say), so a 400 there is correct.
-- A test first shows that these checks do catch a response that breaks the document, so a
-  clean run means something.
+  /admin/*) and with none, and a body whose Content-Encoding names a coding is sent in that
+  coding. Every response passes every check schemathesis has (`--checks all`): no 5xx, a
+  documented status, the documented content type, headers and body schema, authentication
+  enforced (`ignored_auth` re-sends a successful request without and with a bad token), a
+  schema-violating request refused (`negative_data_rejection`) and a schema-valid one taken
+  (`positive_data_acceptance`: 2xx, or 401, 403, 404, 409, 429). Without a token every guarded
+  operation answers 401, every open one 200.
+- `/openapi.json` cannot say what a model's body holds, so its positive requests with a body
+  name models alice cannot reach a body of (listed only, invisible, missing); the models she
+  may call, digits and multi, by name and by version, are fuzzed through their own documents
+  (`/v2/models/NAME[/versions/V]/openapi.json`), whose bodies are exact for the signature, with
+  every check too: positive cases reach the model and are served (200), negative ones are
+  400s. A test first shows that these checks do catch a response that breaks the document and
+  a schema-valid body a model refuses, so a clean run means something.
 - Hypothesis generates predict and infer bodies that the OpenAPI document cannot describe:
   arbitrary JSON in `instances`/`inputs`, OIP tensors with any shape, datatype and data, binary
   tails with any `Inference-Header-Content-Length`, any content type, raw bytes. The answer
@@ -35,26 +41,31 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import io
 import json
 import re
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import requests
 import schemathesis
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from jsonschema_rs import Draft202012Validator
 from schemathesis import Case, CheckFunction, GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.transport import Response
 from schemathesis.schemas import APIOperation, BaseSchema
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy.orm import Session, joinedload
 
 from secure_maas.crypto.framing import MAGIC, InvalidArtifact, encode_block, read_prelude
@@ -63,6 +74,7 @@ from secure_maas.policy.files import RULE_FIELDS, TOP_FIELDS, PolicyDocument, Po
 from secure_maas.registry.artifacts import open_version, verify_version
 from secure_maas.registry.models import Model, ModelVersion
 from secure_maas.registry.store import ArtifactStore
+from secure_maas.serving.encodings import CONTENT_ENCODING
 from secure_maas.serving.formats.oip import DATATYPES, HEADER_LENGTH
 from secure_maas.serving.openapi import document
 from tests.functional.serving_support import ROOT, Instance, Served, call, server
@@ -75,6 +87,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 WITH_TOKEN_EXAMPLES = 20  # per operation and generation mode
 WITHOUT_TOKEN_EXAMPLES = 8
+MODEL_EXAMPLES = 15  # per operation of a model's document and generation mode
 BODY_EXAMPLES = 150
 ARTIFACT_EXAMPLES = 300
 POLICY_EXAMPLES = 150
@@ -84,8 +97,13 @@ KNOWN = {
     "version": ["1", "2", "9", "x"],
     "label": ["stable", "canary", "gold"],
 }
-#: `positive_data_acceptance` only: see the module docstring.
-EXCLUDED_CHECKS: list[CheckFunction] = [positive_data_acceptance]
+#: Names whose requests never reach a body for alice: listed only, invisible, missing.
+UNREACHABLE = ["listed", "secret", "digits_loose", "nosuch"]
+#: What alice may call, each fuzzed through its own document: (name, version or None).
+ALICE_MODELS = [("digits", None), ("digits", 1), ("digits", 2), ("multi", None), ("multi", 1)]
+#: Every check schemathesis has (`--checks all`; max_response_time is a timing, not a check).
+load_all_checks()
+ALL_CHECKS = cast("list[CheckFunction]", CHECKS.get_all())
 Sent = tuple[str, bytes, dict[str, str]]  # a request: path, body, headers
 Operation = APIOperation[Any, Any, Any, Any]
 
@@ -107,9 +125,21 @@ def served(pg_instance: Instance) -> Iterator[Served]:
         yield running
 
 
+#: With a token, the caller's real Authorization header is sent, never a generated one: a
+#: negative case whose only fault were its generated token would be sent valid (and be taken).
+#: `ignored_auth` still re-sends each success without a token and with a bad one.
+WITH_TOKEN = {"generation": {"with-security-parameters": False}}
+
+
 @pytest.fixture(scope="module")
 def schema(served: Served) -> BaseSchema:
     return schemathesis.openapi.from_url(served.url + "/openapi.json", config=schemathesis.Config())
+
+
+@pytest.fixture(scope="module")
+def token_schema(served: Served) -> BaseSchema:
+    config = schemathesis.Config.from_dict(WITH_TOKEN)
+    return schemathesis.openapi.from_url(served.url + "/openapi.json", config=config)
 
 
 def operations(schema: BaseSchema) -> list[Operation]:
@@ -119,14 +149,34 @@ def operations(schema: BaseSchema) -> list[Operation]:
     return found
 
 
+def _fits(operation: Operation, name: str, value: str) -> bool:
+    """Whether `value` is valid for path parameter `name` by the document's own schema."""
+    definition = operation.definition.raw
+    [param] = [p for p in definition["parameters"] if p["in"] == "path" and p["name"] == name]
+    return Draft202012Validator(param["schema"]).is_valid(value)
+
+
 def cases(operation: Operation, mode: GenerationMode) -> st.SearchStrategy[Case[Any]]:
-    """Cases of `operation`: path parameters generated, or drawn from the real names."""
+    """Cases of `operation`: path parameters generated, or drawn from the real names.
+
+    A positive case takes only real values its schema allows, and a positive request with a
+    body never names a model alice may call: there a body valid against this generic document
+    need not fit the model (a 400); each model's own document describes its bodies exactly
+    and is fuzzed with real names (`test_schemathesis_with_each_models_own_document`)."""
     generated = operation.as_strategy(mode)
     names = re.findall(r"{(\w+)}", operation.path)
     if not names:
         return generated
-    known = st.fixed_dictionaries({name: st.sampled_from(KNOWN[name]) for name in names})
-    return generated | known.flatmap(
+    known: dict[str, list[str]] = {}
+    for name in names:
+        values = KNOWN[name]
+        if mode is GenerationMode.POSITIVE:
+            if name == "name" and operation.method.upper() == "POST":
+                values = UNREACHABLE
+            values = [value for value in values if _fits(operation, name, value)]
+        known[name] = values
+    drawn = st.fixed_dictionaries({name: st.sampled_from(values) for name, values in known.items()})
+    return generated | drawn.flatmap(
         lambda values: operation.as_strategy(mode, path_parameters=values)
     )
 
@@ -151,24 +201,50 @@ class Fuzzed:
             counts[status] += count
         return dict(sorted(counts.items()))
 
+    def add(self, other: Fuzzed) -> None:
+        self.statuses.update(other.statuses)
+        self.failures.extend(other.failures)
+
+
+def send(case: Case[Any], url: str, headers: dict[str, str]) -> Response:
+    """Send `case` as a client would: a body whose Content-Encoding names a coding is sent
+    compressed with it (schemathesis sends the header but not the coding)."""
+    kwargs = case.as_transport_kwargs(base_url=url, headers=headers)
+    coding = kwargs["headers"].get(CONTENT_ENCODING, "").lower()
+    if coding in COMPRESS:
+        if "json" in kwargs:
+            body = json.dumps(kwargs.pop("json")).encode()
+        else:
+            body = kwargs.pop("data", None) or b""
+            body = body.encode() if isinstance(body, str) else body
+        kwargs["data"] = COMPRESS[coding](body)
+    return Response.from_requests(requests.request(**kwargs, timeout=30), verify=True)
+
+
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,
+}
+
 
 def fuzz_operation(
     url: str, operation: Operation, mode: GenerationMode, headers: dict[str, str],
     examples: int, found: Fuzzed,
 ) -> None:  # fmt: skip
-    """`examples` cases of one operation in one mode, every check but `EXCLUDED_CHECKS`; a
-    failure is collected, not raised (nor shrunk), so that one run reports them all."""
+    """`examples` cases of one operation in one mode, with every check; a failure is
+    collected, not raised (nor shrunk), so that one run reports them all."""
 
     @quick(examples, phases=[Phase.explicit, Phase.generate])
     @given(case=cases(operation, mode))
     def run(case: Case[Any]) -> None:
-        response = case.call(base_url=url, headers=headers, timeout=30)
+        response = send(case, url, headers)
         found.statuses[(operation.label, response.status_code)] += 1
         try:
             case.validate_response(
                 response,
+                checks=ALL_CHECKS,
                 headers=headers,
-                excluded_checks=EXCLUDED_CHECKS,
                 transport_kwargs={"base_url": url, "headers": headers, "timeout": 30},
             )
         except FailureGroup as failure:
@@ -193,12 +269,20 @@ def bearer(instance: Instance, who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {instance.tokens[who]}"}
 
 
+def model_path(name: str, version: int | None) -> str:
+    return f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "")
+
+
 def test_the_fuzzed_document_is_the_services(served: Served, schema: BaseSchema) -> None:
     status, _, body = call(served.url, "GET", "/openapi.json")
     assert status == 200 and json.loads(body) == document()
     described = {f"{m.upper()} {p}" for p, methods in document()["paths"].items() for m in methods}
     # Every operation is fuzzed but the document's own (schemathesis skips the URL it read).
     assert {op.label for op in operations(schema)} == described - {"GET /openapi.json"}
+    assert {check.__name__ for check in ALL_CHECKS} >= {
+        "positive_data_acceptance", "negative_data_rejection", "ignored_auth",
+        "response_schema_conformance", "not_a_server_error",
+    }  # fmt: skip
 
 
 def test_the_checks_catch_a_response_that_breaks_the_document(
@@ -218,10 +302,48 @@ def test_the_checks_catch_a_response_that_breaks_the_document(
     assert case.call_and_validate(base_url=served.url, headers=headers).status_code == 404
 
 
-def test_schemathesis_with_a_token(
-    served: Served, schema: BaseSchema, pg_instance: Instance, report: Report
+def test_the_checks_catch_a_valid_body_the_model_refuses(
+    served: Served, pg_instance: Instance
 ) -> None:
-    every = operations(schema)
+    """positive_data_acceptance is live: bodies valid against the generic document's predict,
+    sent to digits, are mostly refused (400: they do not fit its signature), and the check
+    fails them; digits' own document does not take such a body, and one it takes is served."""
+    headers = bearer(pg_instance, "alice")
+    generic = schemathesis.openapi.from_dict(document(), config=schemathesis.Config())
+    operation = generic["/v1/models/{name}:predict"]["POST"]
+    found = Fuzzed()
+
+    @quick(10, phases=[Phase.generate])
+    @given(case=operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"name": "digits"}))
+    def run(case: Case[Any]) -> None:
+        response = send(case, served.url, headers)
+        found.statuses[(operation.label, response.status_code)] += 1
+        try:
+            case.validate_response(response, checks=ALL_CHECKS, headers=headers)
+        except FailureGroup as failure:
+            found.failures.append(str(failure))
+
+    run()
+    assert 400 in found.of(operation.label)
+    assert any("Schema-valid request rejected" in failure for failure in found.failures)
+    status, _, body = call(served.url, "GET", "/v2/models/digits/openapi.json", headers=headers)
+    assert status == 200
+    exact = Draft202012Validator(json.loads(body)["components"]["schemas"]["PredictRequest"])
+    assert not exact.is_valid({"instances": [[]]})
+    assert not exact.is_valid({"instances": [[1, 2, 3]]})
+    good = {"instances": [[0.5, 1, -2, 3e3]]}
+    assert exact.is_valid(good)
+    status, _, answer = call(
+        served.url, "POST", "/v1/models/digits:predict", body=json.dumps(good).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert status == 200, answer
+
+
+def test_schemathesis_with_a_token(
+    served: Served, token_schema: BaseSchema, pg_instance: Instance, report: Report
+) -> None:
+    every = operations(token_schema)
     admin = [op for op in every if op.path.startswith("/admin/")]
     started = time.monotonic()
     alice = fuzz(served.url, every, bearer(pg_instance, "alice"), WITH_TOKEN_EXAMPLES)
@@ -241,6 +363,49 @@ def test_schemathesis_with_a_token(
     bodies = [op.label for op in every if op.method.upper() == "POST"]
     assert 400 in set().union(*(alice.of(label) for label in bodies))
     assert 200 in bob.of("GET /admin/audit/verify")
+    assert 200 in bob.of("GET /admin/audit")
+
+
+def test_schemathesis_with_each_models_own_document(
+    served: Served, pg_instance: Instance, report: Report
+) -> None:
+    """Each model alice may call, by name and by version, through its own document: every
+    check, positive_data_acceptance included, so a schema-valid body must be served."""
+    headers = bearer(pg_instance, "alice")
+    found = Fuzzed()
+    per_model: dict[str, Fuzzed] = {}
+    started = time.monotonic()
+    for name, version in ALICE_MODELS:
+        path = model_path(name, version) + "/openapi.json"
+        status, _, body = call(served.url, "GET", path, headers=headers)
+        assert status == 200, (path, body[:300])
+        config = schemathesis.Config.from_dict(WITH_TOKEN)
+        own = schemathesis.openapi.from_dict(json.loads(body), config=config)
+        every = operations(own)
+        assert every and all("{" not in op.path for op in every)
+        ran = fuzz(served.url, every, headers, MODEL_EXAMPLES)
+        per_model[path] = ran
+        found.add(ran)
+    elapsed = time.monotonic() - started
+    report.figure("fuzz_model_requests", found.sent)
+    report.note(
+        "fuzz",
+        f"schemathesis with each model's document: {found.sent} requests over "
+        f"{len(per_model)} documents in {elapsed:.0f} s, statuses {found.by_status()}",
+    )
+    assert not found.failures, f"{len(found.failures)} failures:\n" + "\n".join(found.failures[:10])
+    # Positive cases reached the models and were served, on both APIs, for both models.
+    for label in (
+        "POST /v1/models/digits:predict",
+        "POST /v2/models/digits/infer",
+        "POST /v1/models/multi:predict",
+        "POST /v2/models/multi/infer",
+        "POST /v1/models/digits/labels/stable:predict",
+        "POST /v2/models/multi/versions/1/infer",
+    ):
+        assert {200, 400} <= found.of(label), (label, found.of(label))
+    # digits version 1 is labelled canary: alice may read it, never call it.
+    assert found.of("POST /v2/models/digits/versions/1/infer") == {403}
 
 
 def test_schemathesis_without_a_token(served: Served, schema: BaseSchema, report: Report) -> None:
