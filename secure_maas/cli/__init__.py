@@ -88,6 +88,7 @@ def _register() -> None:
     cli.add_command(keys_cmd.keys)
     cli.add_command(models_cmd.models)
     models_cmd.models.add_command(derive_cmd.quantize)
+    models_cmd.models.add_command(derive_cmd.distill)
     cli.add_command(policy_cmd.policy)
     cli.add_command(principal_cmd.principal)
     cli.add_command(serve_cmd.serve)

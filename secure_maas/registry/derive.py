@@ -9,9 +9,12 @@ the public data it used (its digest and row count; the data itself is never stor
 
 Only this module reads a parent to derive from it, so every derived version is made the same
 way: verify and decrypt the parent into memory (`artifacts.open_version`), refuse a parent that
-is itself derived in a way that cannot be repeated (a quantized model is not quantized again),
-transform in memory, publish the result as the model's next version with the caller's audit
-event in the publishing transaction (`publish.publish`).
+is itself derived (derive from the trained or imported model instead, so `derived_from` always
+names one), transform in memory, publish the result as the model's next version with the
+caller's audit event in the publishing transaction (`publish.publish`).
+
+Two transformations: `quantize_version` (TFLite, `registry.lite`) and `distill_version` (a
+smaller student trained on the teacher's outputs over public inputs, `training.distill`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sqlalchemy.orm import Session
 from secure_maas.db.session import session_factory, session_scope
 from secure_maas.errors import SecureMaasError
 from secure_maas.keys import Keyring
-from secure_maas.registry import artifacts, catalog
+from secure_maas.registry import artifacts, catalog, lite
 from secure_maas.registry.container import Array
 from secure_maas.registry.models import ModelVersion, Privacy
 from secure_maas.registry.publish import Provenance, publish
@@ -34,8 +37,7 @@ from secure_maas.registry.signed import SignedFacts, check_row
 from secure_maas.registry.store import SealedStore
 
 QUANTIZE = "quantize"
-#: TFLite's post-training quantization modes, in the order the CLI lists them.
-QUANTIZE_MODES = ("float16", "dynamic", "int8")
+DISTILL = "distill"
 
 
 class DeriveRefused(SecureMaasError):
@@ -75,6 +77,74 @@ def provenance_of(parent: SignedFacts, derived_from: dict[str, Any]) -> Provenan
     )
 
 
+@dataclass(frozen=True)
+class Parent:
+    """A verified, decoded parent version and what its publisher signed."""
+
+    name: str
+    version: int
+    signed: SignedFacts
+    model: Any  # codec.ServedModel
+
+
+def open_parent(engine: Engine, store: SealedStore, keyring: Keyring, ref: str) -> Parent:
+    """The version `ref` names, verified, decrypted into memory and decoded (its plaintext is
+    wiped once decoded). A version that is itself derived is refused: derive from its parent,
+    so every derived version names a trained or imported one."""
+    from secure_maas.registry.codec import decode_model
+
+    parsed = catalog.ModelRef.parse(ref)
+    with session_scope(session_factory(engine)) as session:
+        row = catalog.resolve(session, parsed)
+        name, version = row.model.name, row.version
+        opened = artifacts.open_version(store, keyring, row)
+        signed = check_row(row, opened.header, opened.publisher_key_id)
+    try:
+        if "derived_from" in opened.header.metadata:
+            raise DeriveRefused(f"{name}:{version} is itself derived: use the model it came from")
+        model = decode_model(opened.plaintext)
+    finally:
+        opened.wipe()
+    return Parent(name, version, signed, model)
+
+
+def publish_derived(
+    engine: Engine,
+    store: SealedStore,
+    keyring: Keyring,
+    parent: Parent,
+    *,
+    payload: bytes,
+    signature: dict[str, Any],
+    derived_from: dict[str, Any],
+    created_by: str,
+    record: Callable[[Session, ModelVersion, dict[str, Any]], None] | None,
+) -> Derived:
+    """Publish `payload` as the parent model's next version with the parent's guarantee."""
+    record_from = {
+        "version": parent.version,
+        "plaintext_sha256": parent.signed.plaintext_sha256,
+        **derived_from,
+    }
+
+    def in_transaction(session: Session, published: ModelVersion) -> None:
+        if record is not None:
+            record(session, published, record_from)
+
+    published = publish(
+        engine,
+        store,
+        keyring,
+        name=parent.name,
+        payload=payload,
+        signature=signature,
+        provenance=provenance_of(parent.signed, record_from),
+        created_by=created_by,
+        record=in_transaction,
+    )
+    return Derived(published, parent.version, record_from, parent.signed)
+
+
 def quantize_version(
     engine: Engine,
     store: SealedStore,
@@ -94,51 +164,79 @@ def quantize_version(
     Raises `DeriveRefused` for a parent that cannot be quantized, `UnsupportedModel` for a model
     TFLite cannot convert, and the registry's errors for a missing or refused artifact.
     """
-    from secure_maas.registry import lite
-    from secure_maas.registry.codec import LoadedModel, decode_model
+    from secure_maas.registry.codec import LoadedModel
 
-    parsed = catalog.ModelRef.parse(ref)
-    with session_scope(session_factory(engine)) as session:
-        row = catalog.resolve(session, parsed)
-        name, version = row.model.name, row.version
-        opened = artifacts.open_version(store, keyring, row)
-        signed = check_row(row, opened.header, opened.publisher_key_id)
-    try:
-        if "derived_from" in opened.header.metadata:
-            raise DeriveRefused(
-                f"{name}:{version} is itself derived: quantize the model it came from"
-            )
-        model = decode_model(opened.plaintext)
-    finally:
-        opened.wipe()
+    parent = open_parent(engine, store, keyring, ref)
+    model = parent.model
     if not isinstance(model, LoadedModel):
-        raise DeriveRefused(f"{name}:{version} is already quantized")
+        raise DeriveRefused(f"{parent.name}:{parent.version} is already quantized")
     arrays = calibration.arrays if calibration is not None else None
     payload = lite.quantize(model.model, model.signature, mode, arrays)
-    detail: dict[str, Any] = {"mode": mode}
+    detail: dict[str, Any] = {"transform": QUANTIZE, "mode": mode}
     if calibration is not None:
         rows = min(len(next(iter(calibration.arrays.values()))), lite.MAX_CALIBRATION_ROWS)
         detail["calibration"] = calibration.record(rows)
-    derived_from = {
-        "version": version,
-        "plaintext_sha256": signed.plaintext_sha256,
-        "transform": QUANTIZE,
-        **detail,
-    }
-
-    def in_transaction(session: Session, published: ModelVersion) -> None:
-        if record is not None:
-            record(session, published, derived_from)
-
-    published = publish(
+    return publish_derived(
         engine,
         store,
         keyring,
-        name=name,
+        parent,
         payload=payload,
         signature=model.signature.to_dict(),
-        provenance=provenance_of(signed, derived_from),
+        derived_from=detail,
         created_by=created_by,
-        record=in_transaction,
+        record=record,
     )
-    return Derived(published, version, derived_from, signed)
+
+
+def distill_version(
+    engine: Engine,
+    store: SealedStore,
+    keyring: Keyring,
+    ref: str,
+    *,
+    inputs: PublicData,
+    arch: str,
+    epochs: int,
+    seed: int,
+    created_by: str,
+    record: Callable[[Session, ModelVersion, dict[str, Any]], None] | None = None,
+) -> tuple[Derived, Any]:
+    """Train an `arch` student on the teacher `ref`'s outputs over the public `inputs` and
+    publish it as the teacher model's next version (`training.distill`). Returns the published
+    version and the `training.distill.Student`."""
+    from secure_maas.registry.codec import encode_model
+    from secure_maas.training.distill import distill
+
+    parent = open_parent(engine, store, keyring, ref)
+    teacher = parent.model
+    features = next(iter(inputs.arrays.values()))
+    keras = getattr(teacher, "model", None)
+    student = distill(
+        teacher,
+        teacher.signature,
+        features,
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        teacher_params=int(keras.count_params()) if keras is not None else None,
+    )
+    detail = {
+        "transform": DISTILL,
+        "student_arch": arch,
+        "epochs": epochs,
+        "seed": seed,
+        "inputs": inputs.record(len(features)),
+    }
+    derived = publish_derived(
+        engine,
+        store,
+        keyring,
+        parent,
+        payload=encode_model(student.model),
+        signature=student.signature.to_dict(),
+        derived_from=detail,
+        created_by=created_by,
+        record=record,
+    )
+    return derived, student

@@ -24,6 +24,8 @@ Why it is done the way it is:
   when loaded, whoever signed it.
 - The TFLite interpreter is not thread-safe and has fixed tensor shapes: each call takes a
   lock and resizes the inputs to the batch's row count when it changed.
+- TensorFlow is imported inside the functions that need it, so the CLI can list `MODES`
+  without it.
 - String tensors are refused: TFLite's string support covers few operators, and a model whose
   text layers would not convert is better served as it is.
 """
@@ -36,10 +38,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from secure_maas.registry.container import Array, Buffer, pack, unpack
-from secure_maas.registry.derive import QUANTIZE_MODES
+from secure_maas.registry.inputs import InvalidInput, check_inputs
 from secure_maas.registry.signature import (
     STRING,
     InvalidModelData,
@@ -57,7 +58,8 @@ __all__ = [
 ]
 
 FORMAT = "secure-maas-tflite-model/1"
-MODES = QUANTIZE_MODES
+#: The quantization modes, in the order the CLI lists them.
+MODES = ("float16", "dynamic", "int8")
 #: Rows of calibration data int8 conversion reads (TFLite's guidance is a few hundred).
 MAX_CALIBRATION_ROWS = 500
 TENSOR = "model"
@@ -86,6 +88,8 @@ def quantize(
     ]
     if strings:
         raise UnsupportedModel(f"string tensors cannot be quantized with TFLite: {strings}")
+    import tensorflow as tf
+
     rows = _calibration_rows(signature, calibration) if calibration is not None else 0
     converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(model, signature)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -150,7 +154,7 @@ class LiteModel:
 
     def predict(self, inputs: Mapping[str, Array] | Array) -> dict[str, Array]:
         """Run the model on a batch, checked and cast as `codec.LoadedModel.predict` does."""
-        arrays = _check_inputs(self.signature, inputs)
+        arrays = check_inputs(self.signature, inputs)
         interpreter = self._interpreter
         with self._lock:
             shapes = [array.shape for array in arrays]
@@ -169,15 +173,9 @@ class LiteModel:
         }
 
 
-def _check_inputs(signature: ServingSignature, inputs: Mapping[str, Array] | Array) -> list[Array]:
-    # codec imports this module to dispatch on the format; its one input check is used here.
-    from secure_maas.registry.codec import check_inputs
-
-    return check_inputs(signature, inputs)
-
-
 def _frozen(model: Any, signature: ServingSignature) -> Any:
     """The model's serving function with its variables folded into constants, in memory."""
+    import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
@@ -197,15 +195,13 @@ def _frozen(model: Any, signature: ServingSignature) -> Any:
 
 def _calibration_rows(signature: ServingSignature, calibration: Mapping[str, Array]) -> int:
     """How many rows of `calibration` int8 reads; refuses data that does not fit the inputs."""
-    from secure_maas.registry.codec import InvalidInput
-
     if set(calibration) != set(signature.input_names):
         raise UnsupportedModel(
             f"calibration data must hold the inputs {sorted(signature.input_names)}, "
             f"not {sorted(calibration)}"
         )
     try:
-        arrays = _check_inputs(signature, calibration)
+        arrays = check_inputs(signature, calibration)
     except InvalidInput as exc:
         raise UnsupportedModel(f"calibration data does not fit the model: {exc}") from exc
     rows = min(arrays[0].shape[0], MAX_CALIBRATION_ROWS)
@@ -218,7 +214,7 @@ def _samples(
     signature: ServingSignature, calibration: Mapping[str, Array], rows: int
 ) -> Iterator[list[Array]]:
     """One row at a time, every input as float32 where the model takes floats."""
-    arrays = _check_inputs(signature, calibration)
+    arrays = check_inputs(signature, calibration)
     for row in range(rows):
         yield [array[row : row + 1] for array in arrays]
 
@@ -226,6 +222,8 @@ def _samples(
 def _interpreter(flatbuffer: bytes) -> Any:
     """An interpreter for `flatbuffer`, refused (`UnsupportedModel`) if it names an operator
     outside TFLite's built-ins."""
+    import tensorflow as tf
+
     try:
         interpreter = tf.lite.Interpreter(model_content=flatbuffer)
         operators: Sequence[Mapping[str, Any]] = interpreter._get_ops_details()

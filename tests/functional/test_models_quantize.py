@@ -31,60 +31,17 @@ from flask.testing import FlaskClient
 
 from secure_maas.config import Settings
 from secure_maas.db import create_engine
-from secure_maas.db.session import session_factory, session_scope
-from secure_maas.instance import initialise
 from secure_maas.keys import Keyring
-from secure_maas.registry import artifacts, catalog
 from secure_maas.registry.models import ModelVersion, Privacy
-from secure_maas.registry.publish import publish
 from secure_maas.registry.store import ArtifactStore
 from tests.functional.cli import run_cli
-from tests.functional.serving_support import Instance, dp, events, models, prepared
-
-
-def _publish_parent(settings: Settings) -> None:
-    initialise(settings)
-    engine = create_engine(settings.database_url)
-    try:
-        built = models()
-        publish(
-            engine,
-            ArtifactStore(settings.store_dir),
-            Keyring.open(settings.keys_dir),
-            name="digits",
-            payload=built.payloads["one"],
-            signature=built.signatures["one"],
-            provenance=dp(1.5),
-            created_by="tests",
-        )
-    finally:
-        engine.dispose()
-
-
-def _open(settings: Settings, version: int) -> tuple[Any, dict[str, Any]]:
-    """The decoded model of digits:`version` and its authenticated header's metadata, with
-    the header's plaintext digest added as `plaintext_sha256`."""
-    from secure_maas.registry.codec import decode_model
-
-    engine = create_engine(settings.database_url)
-    try:
-        with session_scope(session_factory(engine)) as session:
-            row = catalog.resolve(session, catalog.ModelRef("digits", version=version))
-            opened = artifacts.open_version(
-                ArtifactStore(settings.store_dir), Keyring.open(settings.keys_dir), row
-            )
-    finally:
-        engine.dispose()
-    try:
-        metadata = {**opened.header.metadata, "plaintext_sha256": opened.header.plaintext_sha256}
-        return decode_model(opened.plaintext), metadata
-    finally:
-        opened.wipe()
+from tests.functional.derive_support import open_version, publish_parent
+from tests.functional.serving_support import Instance, events, models, prepared
 
 
 @pytest.fixture
 def parent(settings: Settings, cli_env: dict[str, str]) -> dict[str, str]:
-    _publish_parent(settings)
+    publish_parent(settings, models().payloads["one"], models().signatures["one"])
     return cli_env
 
 
@@ -107,9 +64,9 @@ def test_each_mode_publishes_a_version_with_the_parents_guarantee(
         assert done.returncode == 0, done.stderr
         assert "from version 1; ε=1.5, inherited" in done.stdout
     reference = models().predict("one", _rows(5))["probs"]
-    parent_model, parent_meta = _open(settings, 1)
+    parent_model, parent_meta = open_version(settings, 1)
     for version, (mode, _) in enumerate(runs, start=2):
-        model, meta = _open(settings, version)
+        model, meta = open_version(settings, version)
         assert type(model).__name__ == "LiteModel"
         assert model.signature == parent_model.signature
         assert meta["privacy"] == Privacy.DP.value
@@ -124,7 +81,7 @@ def test_each_mode_publishes_a_version_with_the_parents_guarantee(
         assert np.abs(out - reference).max() < tolerance, mode
         # the batch size may change between calls (the interpreter is resized)
         assert model.predict({"x": _rows(2)})["probs"].shape == (2, 3)
-    int8 = _open(settings, 4)[1]["derived_from"]["calibration"]
+    int8 = open_version(settings, 4)[1]["derived_from"]["calibration"]
     assert int8["rows"] == 64 and int8["source"] == f"npz:{public.resolve()}"
     assert len(int8["sha256"]) == 64
     engine = create_engine(settings.database_url)
@@ -194,7 +151,7 @@ def test_a_derived_version_is_not_quantized_again(parent: dict[str, str]) -> Non
     assert done.returncode == 0, done.stderr
     done = run_cli("models", "quantize", "digits:2", "--mode", "float16", env=parent)
     assert done.returncode == 1
-    assert "is itself derived: quantize the model it came from" in done.stderr
+    assert "is itself derived: use the model it came from" in done.stderr
     done = run_cli("models", "quantize", "nothing", "--mode", "float16", env=parent)
     assert done.returncode == 1 and "nothing" in done.stderr
 
