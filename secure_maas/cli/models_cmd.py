@@ -70,18 +70,28 @@ def models() -> None:
 @models.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name (letters, digits, '.', '_', '-').")
+@click.option(
+    "--public",
+    is_flag=True,
+    help="Declare the model trained on PUBLIC data only (privacy class `public`), so "
+    "`train --init-from` may start from it. You vouch for its data; the claim is signed into "
+    "the artifact and audited.",
+)
 @click.pass_obj
-def import_model(app: AppContext, file: Path, name: str) -> None:
+def import_model(app: AppContext, file: Path, name: str, public: bool) -> None:
     """Seal an existing Keras model (.keras or .h5) as the next version of NAME.
 
-    The model is recorded as having no DP guarantee (it was trained elsewhere). The file is
-    read once, into memory, and nothing of it is written to disk but the sealed artifact. A
-    refused file (a Lambda layer, a custom class, not a Keras model) is recorded in the audit
-    log as a denied `model:publish`.
+    The model is recorded as having no DP guarantee (it was trained elsewhere): privacy class
+    `imported`, or `public` with --public (trained on public data: no guarantee needed, and
+    the only kind of model DP fine-tuning may start from). Neither has an ε, so a rule with
+    `max_epsilon` serves neither. The file is read once, into memory, and nothing of it is
+    written to disk but the sealed artifact. A refused file (a Lambda layer, a custom class,
+    not a Keras model) is recorded in the audit log as a denied `model:publish`.
 
     \b
     Example:
         secure-maas models import churn.keras --name churn
+        secure-maas models import digits-public.keras --name digits-base --public
     """
     from secure_maas.registry.store import check_name
 
@@ -95,13 +105,17 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
         raise
     from secure_maas.registry.publish import Provenance, publish
 
+    privacy = Privacy.PUBLIC if public else Privacy.IMPORTED
+
     def record(session: Session, row: ModelVersion) -> None:
+        what = "declared trained on public data" if public else "no DP guarantee"
         event = os_event(
             AdminAction.MODEL_PUBLISH,
-            f"imported {file.name} (no DP guarantee)",
+            f"imported {file.name} ({what})",
             model=name,
             model_version=row.version,
             digest=row.ciphertext_digest,
+            privacy=privacy.value,
         )
         record_in(session, app, event)
 
@@ -112,12 +126,12 @@ def import_model(app: AppContext, file: Path, name: str) -> None:
         name=name,
         payload=payload,
         signature=signature,
-        provenance=Provenance(Privacy.IMPORTED),
+        provenance=Provenance(privacy),
         created_by=getpass.getuser(),
         record=record,
     )
     click.echo(
-        f"published {name}:{row.version} ({row.size_bytes} bytes sealed, "
+        f"published {name}:{row.version} ({privacy.value}; {row.size_bytes} bytes sealed, "
         f"service key {row.service_key_id}, publisher {row.publisher_key_id})"
     )
 

@@ -31,6 +31,10 @@ class Privacy(StrEnum):
     DP = "dp"  # trained here with DP-SGD; dp_* columns hold the guarantee
     NON_PRIVATE = "non-private"  # trained here with --no-dp, on request
     IMPORTED = "imported"  # made elsewhere; no guarantee known
+    # Made elsewhere on data its importer declared public (`models import --public`): no
+    # guarantee, and none needed. The only class `train --init-from` starts from; like
+    # IMPORTED it has no ε, so a `max_epsilon` rule never serves it.
+    PUBLIC = "public"
 
 
 class Model(Base):
