@@ -59,6 +59,11 @@ def _announce(plan: Plan, reservation: Reservation) -> None:
     )
     if plan.auto_reason:
         click.echo(f"--auto: {plan.auto_reason}")
+    if plan.init is not None:
+        click.echo(
+            f"starting from public model {plan.init.ref} (sha256 {plan.init.plaintext_sha256}); "
+            f"frozen: {', '.join(plan.frozen_layers) or 'none'}"
+        )
     if plan.privacy is None:
         click.echo("WITHOUT differential privacy (--no-dp): the model will carry no guarantee")
         return
@@ -169,6 +174,22 @@ def _report(outcome: Outcome) -> None:
     show_default=True,
     help="fast (ghost) clipping when every layer allows it, else per-example; logged.",
 )
+@click.option(
+    "--init-from",
+    metavar="NAME[:V|@LABEL]",
+    help="Start from this PUBLIC model's weights (`models import --public`); same --arch and "
+    "sizes. Only the fine-tuning spends the dataset's budget.",
+)
+@click.option(
+    "--freeze-layers",
+    type=int,
+    help="With --init-from: keep the first N layers with weights at their public values.",
+)
+@click.option(
+    "--train-head-only",
+    is_flag=True,
+    help="With --init-from: train the head (logits) only; every other layer stays frozen.",
+)
 @click.pass_obj
 def train(
     app: AppContext,
@@ -199,6 +220,9 @@ def train(
     preprocessing: str,
     stats_noise_multiplier: float | None,
     clipping_path: str,
+    init_from: str | None,
+    freeze_layers: int | None,
+    train_head_only: bool,
 ) -> None:
     """Train a model with DP-SGD on a registered dataset and publish it sealed.
 
@@ -213,6 +237,8 @@ def train(
             --target-epsilon 3 --batch-size 256 --epochs 60 --learning-rate 0.05
         secure-maas train --dataset digits --model-name digits-cnn --arch cnn \\
             --target-epsilon 3 --auto
+        secure-maas train --dataset digits-private --model-name digits-ft --arch cnn \\
+            --target-epsilon 1 --init-from digits-base:1 --freeze-layers 1
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from secure_maas.training.pipeline import run_training
@@ -254,6 +280,9 @@ def train(
         preprocessing=preprocessing,
         stats_noise_multiplier=stats_noise_multiplier,
         clipping_path=clipping_path,
+        init_from=init_from,
+        freeze_layers=freeze_layers,
+        train_head_only=train_head_only,
         sizes={key: value for key, value in given_sizes.items() if value is not None},
     )
     keyring = app.keyring()

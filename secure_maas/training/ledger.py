@@ -402,6 +402,9 @@ def _reserve_event(
         "total_epsilon_rdp": events.number(after.epsilon_rdp),
         "budget": events.number(before.budget),
     }
+    init = (row.config or {}).get("init_from")
+    if isinstance(init, dict):  # public pre-training: which model, exactly
+        detail["init_from"] = f"{init['name']}:{init['version']} sha256:{init['plaintext_sha256']}"
     if refusal is not None:
         return events.event(
             AdminAction.TRAIN_RUN,

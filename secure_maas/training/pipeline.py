@@ -11,7 +11,9 @@ Order, and why:
    run's privacy is computed, once, before any training, from public quantities only: n, batch
    size, epochs, and the noise of the preprocessing statistics' release when there is one. A
    trial build of the architecture on the data's shape follows, so an architecture that cannot
-   take the data fails here too.
+   take the data fails here too. With `--init-from`, the public model is opened through the
+   registry first (`pretrained.load_public_init`: its signed class must be `public`) and checked
+   against the trial build; a refusal is a `deny` event, before any reservation.
 4. The ledger reserves the plan's ε or refuses the run (`ledger.reserve`), in one transaction. A
    run whose model could carry no guarantee (`--no-dp`, a fixed `--noise-seed`: anyone who knows
    it can subtract the noise) reserves nothing and needs data registered to allow it.
@@ -52,6 +54,7 @@ from secure_maas.training.datasets import SPLIT_METHOD, Dataset
 from secure_maas.training.models import RegisteredDataset
 from secure_maas.training.plan import Plan, TrainingRequest, make_plan
 from secure_maas.training.train import ProgressCallback, TrainResult
+from secure_maas.training.transfer import InitRefused, PublicInit
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +123,20 @@ def run_training(
             now=now,
         )
         raise
-    plan = make_plan(request, data, delta=delta)
-    # An architecture that cannot take this data fails here, before any reservation.
-    architectures.build_model(request.arch, data.feature_shape, data.num_classes, **plan.sizes)
+    try:
+        init = _open_init(engine, store, keyring, request.init_from)
+        plan = make_plan(request, data, delta=delta, init=init)
+        # An architecture that cannot take this data fails here, before any reservation.
+        trial = architectures.build_model(
+            request.arch, data.feature_shape, data.num_classes, **plan.sizes
+        )
+        if init is not None:
+            from secure_maas.training import pretrained
+
+            pretrained.check_compatible(trial, init)
+    except InitRefused as exc:
+        _record_init_refusal(engine, audit_keys, request, exc, created_by, now)
+        raise
     reservation = ledger.reserve(
         engine,
         audit_keys,
@@ -156,6 +170,42 @@ def run_training(
     with session_scope(session_factory(engine)) as session:
         spend = ledger.report(session, registered.name)[0].spend
     return Outcome(run_id, plan, result, version, spend)
+
+
+def _open_init(
+    engine: Engine, store: ArtifactStore, keyring: Keyring, ref: str | None
+) -> PublicInit | None:
+    if ref is None:
+        return None
+    from secure_maas.training import pretrained
+
+    return pretrained.load_public_init(engine, store, keyring, ref)
+
+
+def _record_init_refusal(
+    engine: Engine,
+    audit_keys: AuditKeys,
+    request: TrainingRequest,
+    refusal: InitRefused,
+    actor: str,
+    now: datetime | None,
+) -> None:
+    from secure_maas.training.pretrained import NotPublic
+
+    events.record_alone(
+        engine,
+        audit_keys,
+        events.event(
+            AdminAction.TRAIN_RUN,
+            actor,
+            decision=AuditDecision.DENY,
+            reason_code="init-not-public" if isinstance(refusal, NotPublic) else "init-refused",
+            reason=str(refusal)[:900],
+            model=request.model_name,
+            detail={"dataset": request.dataset, "init_from": request.init_from},
+        ),
+        now=now,
+    )
 
 
 def statement(plan: Plan, result: TrainResult) -> str | None:
@@ -192,6 +242,8 @@ def statement(plan: Plan, result: TrainResult) -> str | None:
         "Not covered: the training loss/accuracy history and the test accuracy are computed "
         "without noise; they are for the operator and are not part of the model.",
     ]
+    if plan.init is not None:
+        lines.insert(1, _public_init_text(plan, result))
     if report.statement:
         lines += [
             "",
@@ -199,6 +251,22 @@ def statement(plan: Plan, result: TrainResult) -> str | None:
             report.statement.strip(),
         ]
     return "\n".join(lines)
+
+
+def _public_init_text(plan: Plan, result: TrainResult) -> str:
+    """The statement's line on what was public: the init model, by name, version and digest."""
+    init = plan.init
+    if init is None:  # only called with one; kept as code, never as an assert
+        return ""
+    frozen = ", ".join(plan.frozen_layers) or "none"
+    return (
+        f"Public pre-training: training started from the weights of {init.ref} (plaintext "
+        f"SHA-256 {init.plaintext_sha256}), a model published as public (trained on data "
+        f"declared public, `models import --public`); its weights are public and cost no ε. "
+        f"The guarantee above is that of the fine-tuning on this dataset alone. Head: "
+        f"{result.init_head or 'copied'}; layers kept frozen at the public weights: {frozen}; "
+        "the preprocessing is this run's own."
+    )
 
 
 def _publish(
@@ -253,6 +321,7 @@ def _publish(
                 "nominal_privacy": (
                     None if plan.private or plan.privacy is None else plan.privacy.to_dict()
                 ),
+                "init_from": _init_extra(plan, result),
             }
         },
     )
@@ -281,6 +350,16 @@ def _publish(
         record=record,
     )
     return row.version
+
+
+def _init_extra(plan: Plan, result: TrainResult) -> dict[str, Any] | None:
+    if plan.init is None:
+        return None
+    return {
+        **plan.init.record(),
+        "frozen_layers": list(plan.frozen_layers),
+        "head": result.init_head,
+    }
 
 
 def _why_no_guarantee(plan: Plan) -> str | None:
@@ -333,6 +412,8 @@ def _model_config(plan: Plan) -> dict[str, Any]:
         "clipping_path": request.clipping_path,
         "sizes": _sizes(plan),
         "stats_noise_multiplier": plan.stats_noise_multiplier,
+        "init_from": None if plan.init is None else plan.init.record(),
+        "frozen_layers": list(plan.frozen_layers),
     }
 
 
@@ -363,6 +444,8 @@ def _run_config(plan: Plan) -> dict[str, Any]:
         "clipping_path": request.clipping_path,
         "n_train": plan.n_train,
         "split": SPLIT_METHOD,
+        "init_from": None if plan.init is None else plan.init.record(),
+        "frozen_layers": list(plan.frozen_layers),
     }
 
 

@@ -28,6 +28,7 @@ from secure_maas.training import accounting, auto, dpstats, options
 from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.dataset_catalog import default_delta
 from secure_maas.training.datasets import Dataset, resolve_preprocessing, split
+from secure_maas.training.transfer import PublicInit, frozen_layers
 
 DEFAULT_EPOCHS = 60
 DEFAULT_LEARNING_RATE = 0.05
@@ -69,6 +70,9 @@ class TrainingRequest:
     clipping_path: str = "auto"
     sizes: dict[str, Any] = field(default_factory=dict)
     stats_noise_multiplier: float | None = None
+    init_from: str | None = None  # a public model to start from (`transfer`)
+    freeze_layers: int | None = None
+    train_head_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class Plan:
     train_indices: NDArray[np.int64] = field(compare=False, repr=False)
     test_indices: NDArray[np.int64] = field(compare=False, repr=False)
     auto_reason: str | None = None
+    # The public model the run starts from (its weights are public: they cost no ε) and the
+    # layers that keep its weights; see `transfer`.
+    init: PublicInit | None = field(default=None, compare=False, repr=False)
+    frozen_layers: tuple[str, ...] = ()
 
     @property
     def dataset(self) -> str:
@@ -132,7 +140,13 @@ class Plan:
         return self.privacy if self.private else None
 
 
-def make_plan(request: TrainingRequest, data: Dataset, *, delta: float | None = None) -> Plan:
+def make_plan(
+    request: TrainingRequest,
+    data: Dataset,
+    *,
+    delta: float | None = None,
+    init: PublicInit | None = None,
+) -> Plan:
     """Check `request` against `data` and fix the run: hyperparameters, split, noise, (ε, δ).
 
     The one validator of a training run: raises `ConflictingOptions` for flags that do not go
@@ -140,9 +154,16 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float | None = 
     data's own errors), before anything is trained or reserved. `delta` is the budget's δ
     (default: `default_delta` of the training split). With a target ε the noise is calibrated
     here, once, and the run's report computed from it, once; both cover the preprocessing
-    statistics' release when there is one.
+    statistics' release when there is one. `init` is the public model `request.init_from`
+    names, opened by the caller (`pretrained.load_public_init`); its weights cost no ε, so
+    the accounting is the same as from random weights.
     """
     sizes = _check_request(request)
+    if (request.init_from is None) != (init is None):
+        raise TrainingError("--init-from: plan the run with the public model it names, opened")
+    frozen = (
+        () if init is None else frozen_layers(init, request.freeze_layers, request.train_head_only)
+    )
     train_idx, test_idx = split(data, test_fraction=request.test_fraction, seed=request.seed)
     n = len(train_idx)
     preprocessing = resolve_preprocessing(data, request.preprocessing)
@@ -200,6 +221,8 @@ def make_plan(request: TrainingRequest, data: Dataset, *, delta: float | None = 
         train_indices=train_idx,
         test_indices=test_idx,
         auto_reason=suggestion.why if suggestion else None,
+        init=init,
+        frozen_layers=frozen,
     )
 
 
@@ -291,6 +314,12 @@ def _check_request(request: TrainingRequest) -> dict[str, Any]:
         )
     if request.preprocessing not in options.PREPROCESSING:
         raise TrainingError(f"unknown preprocessing {request.preprocessing!r}")
+    if request.init_from is None and (request.freeze_layers is not None or request.train_head_only):
+        raise ConflictingOptions("--freeze-layers and --train-head-only need --init-from")
+    if request.freeze_layers is not None and request.train_head_only:
+        raise ConflictingOptions("give --freeze-layers or --train-head-only, not both")
+    if request.freeze_layers is not None and request.freeze_layers < 0:
+        raise TrainingError("--freeze-layers must be 0 or more")
     return _sizes(request.arch, request.sizes)
 
 

@@ -38,6 +38,12 @@ DP-SGD noise and the statistics' noise come from the operating system unless `no
 given: an adversary who knows it can subtract the noise, so a model trained with a fixed
 `noise_seed` carries no guarantee (the pipeline publishes it as non-private); it exists to
 reproduce figures.
+
+Public pre-training. A plan with an init model (`transfer`, `--init-from`) builds the same
+model, then copies the public model's weights into it (`pretrained.apply_init`) and freezes the
+layers the plan names, before the DP trainer is made: frozen layers have no trainable variables,
+so DP-SGD neither clips nor noises nor moves them, and they are checked unchanged after
+training like every other non-trainable weight.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from tensorflow_privacy.privacy.keras_models import dp_keras_model
 
-from secure_maas.training import architectures, clipping
+from secure_maas.training import architectures, clipping, pretrained
 from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for
 from secure_maas.training.plan import Plan, TrainingError
 
@@ -94,6 +100,7 @@ class TrainResult:
     path_reason: str
     preprocessing: Preprocessing
     duration_s: float
+    init_head: str | None = None  # with an init model: its head copied, or why not
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,15 @@ def train(dataset: Dataset, plan: Plan, *, progress: ProgressCallback | None = N
         preprocessing=prep,
         **plan.sizes,
     )
+    head = None
+    if plan.init is not None:
+        head = pretrained.apply_init(model, plan.init, plan.frozen_layers)
+        logger.info(
+            "starting from public model %s (head %s), frozen: %s",
+            plan.init.ref,
+            head,
+            ", ".join(plan.frozen_layers) or "none",
+        )
     x_train, y_train = dataset.x[plan.train_indices], dataset.y[plan.train_indices]
     tf.random.set_seed(tf_seed)
     callback = _Progress(plan.epochs, progress)
@@ -149,6 +165,7 @@ def train(dataset: Dataset, plan: Plan, *, progress: ProgressCallback | None = N
         path_reason=fit.path_reason,
         preprocessing=prep,
         duration_s=time.monotonic() - started,
+        init_head=head,
     )
 
 
@@ -198,6 +215,7 @@ def _fit_non_private(
     """Plain minibatch training, for a run planned without DP (`--no-dp`)."""
     logger.warning("training WITHOUT differential privacy (dp=False)")
     trainer = architectures.logits_model(model)
+    frozen = _non_trainable_values(model)
     trainer.compile(
         optimizer=_optimizer(plan.optimizer, plan.learning_rate),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -212,6 +230,7 @@ def _fit_non_private(
         verbose=0,
         callbacks=[progress],
     )
+    _check_unchanged(model, frozen)
     return _Fit(progress.rows(history.history), NON_PRIVATE, "dp=False: trained without privacy")
 
 
