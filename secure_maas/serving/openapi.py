@@ -529,6 +529,23 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 
 _OBJECT = {"type": "object"}
+#: A float output: a number, or NaN/Infinity/-Infinity, the tokens TF Serving and Triton write
+#: for non-finite values; JSON has no type for them, so they match the `not` of every type.
+NUMBER_OR_NON_FINITE = {
+    "anyOf": [
+        {"type": "number"},
+        {"not": {"type": ["null", "boolean", "object", "array", "number", "string"]}},
+    ]
+}
+#: A class's [label, score]. Not `prefixItems` ([string, number]): schemathesis 4.32 reads a
+#: response schema's `prefixItems` as a draft-4 tuple and refuses it (its issues 3842, 4099).
+LABEL_AND_SCORE = {
+    "type": "array",
+    "description": "[label, score]: the class index as a string, then its score",
+    "items": {"anyOf": [{"type": "string"}, NUMBER_OR_NON_FINITE]},
+    "minItems": 2,
+    "maxItems": 2,
+}
 
 _B64 = {
     "type": "object",
@@ -759,15 +776,7 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "description": "Per example, every class in score order: [label, score], the "
                 "label being the class index as a string",
-                "items": {
-                    "type": "array",
-                    "items": {
-                        "type": "array",
-                        "prefixItems": [{"type": "string"}, {"type": "number"}],
-                        "minItems": 2,
-                        "maxItems": 2,
-                    },
-                },
+                "items": {"type": "array", "items": LABEL_AND_SCORE},
             }
         },
     },
@@ -778,7 +787,7 @@ _SCHEMAS: dict[str, Any] = {
             "results": {
                 "type": "array",
                 "description": "One value per example, in request order",
-                "items": {"type": "number"},
+                "items": NUMBER_OR_NON_FINITE,
             }
         },
     },

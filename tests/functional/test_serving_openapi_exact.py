@@ -3,7 +3,8 @@ valid against the document's own schema is taken, one outside it refused with a 
 document names. Each case is one that schemathesis's `--checks all` run found (a schema-valid
 request refused, or a schema-violating one taken): a TF Serving name or label with a colon, a
 version past an int64, a Content-Encoding the server refuses, and audit filters the document
-typed as any string."""
+typed as any string. And a served answer validates against the document with schemathesis's
+own response check (a classify answer did not: `prefixItems` in a response schema)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import schemathesis
 from flask.testing import FlaskClient
 from jsonschema_rs import Draft202012Validator
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from secure_maas.serving.openapi import document
 from tests.functional.serving_support import Instance, prepared
@@ -139,3 +142,20 @@ def test_audit_filters_valid_against_the_document_are_taken(
         assert not schema.is_valid(value), (name, value)
         answer = client.get("/admin/audit", query_string={name: value}, headers=bob)
         assert answer.status_code == 400, (name, value, answer.json)
+
+
+def test_a_served_classify_answer_validates_against_the_document(
+    client: FlaskClient, instance: Instance
+) -> None:
+    """schemathesis 4.32 refuses a response schema holding `prefixItems` (its issues 3842 and
+    4099), which the [label, score] pair of ClassifyResponse held: any 200 of :classify then
+    failed the fuzz as an invalid document."""
+    generic = schemathesis.openapi.from_dict(document(), config=schemathesis.Config())
+    operation = generic["/v1/models/{name}:classify"]["POST"]
+    body = {"examples": [{"x": [0.5, 1.0, -2.0, 3.0]}]}
+    case = operation.Case(
+        path_parameters={"name": "digits"}, body=body, media_type="application/json"
+    )
+    answer = client.post("/v1/models/digits:classify", json=body, headers=instance.headers("alice"))
+    assert answer.status_code == 200, answer.json
+    case.validate_response(answer, checks=[response_schema_conformance])
