@@ -77,6 +77,7 @@ def register(app: Flask) -> None:
     )
     app.extensions[INTEGRITY] = Integrity(found.engine, found.audit_keys, found.audit.append)
     app.register_blueprint(bp)
+    app.after_request(_headers)  # the app's: a 404 or 405 under /console/ gets them too
 
 
 def integrity() -> Integrity:
@@ -86,8 +87,10 @@ def integrity() -> Integrity:
     return found
 
 
-@bp.after_request
 def _headers(response: Response) -> Response:
+    """The console's headers on every answer under `/console/` (see `headers`)."""
+    if request.path != "/console" and not request.path.startswith("/console/"):
+        return response
     response.headers.update(SECURITY_HEADERS)
     if request.endpoint != "console.static":
         response.headers.update(NO_STORE)

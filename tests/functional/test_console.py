@@ -188,6 +188,15 @@ def test_the_sign_in_page_has_its_form_and_the_headers(client: FlaskClient) -> N
     assert_headers(css, cached=True)
 
 
+def test_unknown_paths_and_methods_under_the_console_get_its_headers(
+    client: FlaskClient,
+) -> None:
+    for answer in (client.get("/console/nothing-here"), client.get("/console/signout")):
+        assert answer.status_code in (404, 405)
+        assert_headers(answer)
+    assert "Content-Security-Policy" not in client.get("/healthz").headers  # the API's own
+
+
 def test_the_index_sends_to_sign_in_without_a_session(client: FlaskClient) -> None:
     answer = client.get("/console/")
     assert answer.status_code == 303 and answer.headers["Location"] == "/console/signin"
