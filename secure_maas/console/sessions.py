@@ -33,7 +33,8 @@ from secure_maas.db.session import session_factory, session_scope
 #: What a session id the console made looks like (token_urlsafe(32): 43 characters).
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 _CSRF_LABEL = b"secure-maas console csrf v1"
-#: `last_seen_at` is written at most this often (a write per page view buys nothing).
+#: `last_seen_at` is written at most this often (a write per page view buys nothing), and at
+#: most a tenth of the idle timeout, so a session in use never looks idle.
 TOUCH_EVERY = timedelta(seconds=60)
 
 
@@ -91,6 +92,7 @@ class SessionStore:
     def __init__(self, engine: Engine, *, idle_timeout: timedelta) -> None:
         self._factory = session_factory(engine)
         self._idle = idle_timeout
+        self._touch = min(TOUCH_EVERY, idle_timeout / 10)
 
     def create(self, principal: Principal, now: datetime) -> str:
         """A new session for `principal`; returns its id (for the cookie; not kept here)."""
@@ -133,7 +135,7 @@ class SessionStore:
             if ended is not None:
                 session.delete(row)  # committed as the scope ends, before the refusal
             else:
-                if now - row.last_seen_at >= TOUCH_EVERY:
+                if now - row.last_seen_at >= self._touch:
                     row.last_seen_at = now
                 live = LiveSession(row.id, self._principal(row), row.expires_at)
         if ended is not None:

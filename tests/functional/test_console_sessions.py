@@ -185,6 +185,16 @@ def test_use_keeps_a_session_alive(engine: Engine, settings: Settings) -> None:
         store.load(session_id, now + timedelta(minutes=minutes))
 
 
+def test_use_keeps_a_session_alive_under_the_shortest_idle_timeout(
+    engine: Engine, settings: Settings
+) -> None:
+    store = SessionStore(engine, idle_timeout=timedelta(minutes=1))
+    now = utcnow()
+    session_id = store.create(principal_for(settings, engine), now)
+    for seconds in range(50, 600, 50):  # a request every 50 s, each within the minute
+        store.load(session_id, now + timedelta(seconds=seconds))
+
+
 def test_malformed_session_ids_are_not_looked_up(engine: Engine) -> None:
     store = SessionStore(engine, idle_timeout=timedelta(minutes=30))
     for value in (None, "", "x" * 42, "x" * 44, "é" * 43, "a b" + "c" * 40):
