@@ -19,7 +19,9 @@ served too, in parts). What it does not say: OIP datatypes other than the input'
 (`/openapi.json` has them); the length of a free dimension other than the batch. Requested
 outputs are enumerated for models of up to `MAX_LISTED_OUTPUTS` outputs (every ordered choice
 without repetition); a model with more is described one requested output at a time.
-`:classify` and `:regress` are not in it.
+`:classify` and `:regress` are in it for a model that fits them (`fitting_output`) and whose
+every input takes a fixed number of values per example, with every way of splitting the inputs
+between `context` and the examples for models of up to `MAX_LISTED_INPUTS` inputs.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import numpy as np
 
 from secure_maas.registry.signature import STRING, ServingSignature, TensorSpec, numpy_dtype_name
 from secure_maas.serving.formats.oip import HEADER_LENGTH, datatype_of
+from secure_maas.serving.formats.tensors import BadRequest
 from secure_maas.serving.formats.tfserving import DEFAULT_SIGNATURE
-from secure_maas.serving.openapi import JSON, document
+from secure_maas.serving.formats.tfserving_examples import Method, fitting_output
+from secure_maas.serving.openapi import JSON, LABEL_AND_SCORE, NUMBER_OR_NON_FINITE, document
 
 #: Up to this many outputs, the `outputs` an OIP request may ask for are listed in full.
 MAX_LISTED_OUTPUTS = 4
@@ -53,16 +57,10 @@ _TENSOR_PARAMETERS = {
     "type": ["object", "null"],
     "properties": {"binary_data_size": False, **{key: False for key in _SHARED_MEMORY}},
 }
-#: A float output: a number, or NaN/Infinity/-Infinity, the tokens TF Serving and Triton write
-#: for non-finite values; JSON has no type for them, so they match the `not` of every type.
-_NUMBER_OR_NON_FINITE = {
-    "anyOf": [
-        {"type": "number"},
-        {"not": {"type": ["null", "boolean", "object", "array", "number", "string"]}},
-    ]
-}
 _MODEL_PREFIXES = ("/v1/models/{name}", "/v2/models/{name}")
-_LEFT_OUT = (":classify", ":regress", "/openapi.json")
+_LEFT_OUT = ("/openapi.json",)
+#: Up to this many inputs, every split of them between `context` and the examples is listed.
+MAX_LISTED_INPUTS = 4
 
 
 def model_document(
@@ -81,10 +79,22 @@ def model_document(
     for template, item in generic["paths"].items():
         if not template.startswith(_MODEL_PREFIXES) or template.endswith(_LEFT_OUT):
             continue
+        verb = template.rpartition(":")[2] if ":" in template else None
+        if verb is not None and verb != "predict" and examples_fit(signature, verb) is None:
+            continue
         for path in _concrete(template, name, version, sorted(labels)):
             paths[path] = {method: _fixed(op) for method, op in item.items()}
     schemas = generic["components"]["schemas"]
     rows = range(1, max_batch_size + 1)
+    schemas["ExamplesRequest"] = _examples_request(signature, max_string_bytes)
+    classify = examples_fit(signature, Method.CLASSIFY.value)
+    if classify is not None:
+        schemas["ClassifyResponse"] = _classify_response(classify)
+    schemas["RegressResponse"] = {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": NUMBER_OR_NON_FINITE}},
+    }
     schemas["PredictRequest"] = _predict_request(signature, rows, max_string_bytes)
     schemas["PredictResponse"] = _predict_response(signature)
     schemas["InferRequest"] = _infer_request(signature, rows, max_string_bytes)
@@ -95,9 +105,9 @@ def model_document(
         f"The operations on {which} with its request bodies exact for its signature: a body "
         "valid against this document is one the model takes. Rows: at least one; an OIP "
         f"request or a columnar one of several inputs is described up to {max_batch_size} "
-        "rows (the model configuration's max_batch_size; more are served too). Binary "
-        "tensors, other OIP datatypes that convert without loss and the body limit are in "
-        "/openapi.json."
+        "rows (the model configuration's max_batch_size; more are served too). :classify "
+        "and :regress are here only if the model fits them. Binary tensors, other OIP "
+        "datatypes that convert without loss and the body limit are in /openapi.json."
     )
     generic["paths"] = paths
     return generic
@@ -166,7 +176,7 @@ def _out_leaf(dtype: str) -> dict[str, Any]:
         return {"anyOf": [{"type": "string"}, binary]}
     kind = np.dtype(numpy_dtype_name(dtype)).kind
     if kind == "f":
-        return _NUMBER_OR_NON_FINITE
+        return NUMBER_OR_NON_FINITE
     return {"type": {"b": "boolean", "i": "integer", "u": "integer"}.get(kind, "number")}
 
 
@@ -265,6 +275,72 @@ def _predict_response(signature: ServingSignature) -> dict[str, Any]:
             {"type": "object", "required": ["predictions"], "properties": {"predictions": rows}},
             {"type": "object", "required": ["outputs"], "properties": {"outputs": columns}},
         ]
+    }
+
+
+# -- TF Serving classify and regress --------------------------------------------------------
+
+
+def examples_fit(signature: ServingSignature, verb: str) -> TensorSpec | None:
+    """The output `:classify` or `:regress` (`verb`) reads from a model with `signature`, or
+    None when the model does not fit it or an input takes no fixed number of values per
+    example (a `[-1, -1]` input: its length must match across examples, which no schema
+    says)."""
+    try:
+        output = fitting_output(signature, Method(verb))
+    except BadRequest:
+        return None
+    if any(len(spec.shape) < 1 or None in spec.shape[1:] for spec in signature.inputs):
+        return None
+    return output
+
+
+def _examples_request(signature: ServingSignature, max_string_bytes: int) -> dict[str, Any]:
+    specs = signature.inputs
+    names = [spec.name for spec in specs]
+
+    def feature(spec: TensorSpec) -> dict[str, Any]:
+        leaf = _leaf(spec.dtype, b64=True, max_string_bytes=max_string_bytes)
+        size = math.prod(d for d in spec.shape[1:] if d is not None)
+        values = {"type": "array", "items": leaf, "minItems": size, "maxItems": size}
+        return {"anyOf": [leaf, values]} if size == 1 else values
+
+    def features(chosen: list[str]) -> dict[str, Any]:
+        return _named(tuple(s for s in specs if s.name in chosen), feature)
+
+    splits: list[list[str]] = [[]]
+    if len(specs) <= MAX_LISTED_INPUTS:
+        splits = [list(c) for n in range(len(names) + 1) for c in itertools.combinations(names, n)]
+    branches = []
+    for shared in splits:
+        own = [name for name in names if name not in shared]
+        branch: dict[str, Any] = {
+            "type": "object",
+            "required": ["examples"] + (["context"] if shared else []),
+            "properties": {
+                "signature_name": {"type": "string", "enum": ["", DEFAULT_SIGNATURE]},
+                "context": features(shared),
+                "examples": {"type": "array", "minItems": 1, "items": features(own)},
+            },
+        }
+        branches.append(branch)
+    return {
+        "description": "Each input a feature of every example or of context (shared by every "
+        "example), never both; a feature is a value or a flat list of one example's values "
+        "in row-major order: " + ", ".join(f"{s.name} {s.dtype} {_shape(s.shape)}" for s in specs),
+        "oneOf": branches,
+    }
+
+
+def _classify_response(output: TensorSpec) -> dict[str, Any]:
+    classes = output.shape[1]
+    one: dict[str, Any] = {"type": "array", "items": LABEL_AND_SCORE}
+    if classes is not None:
+        one.update(minItems=classes, maxItems=classes)
+    return {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": one}},
     }
 
 

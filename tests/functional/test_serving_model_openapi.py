@@ -76,6 +76,7 @@ def test_the_document_names_its_model_only_with_fixed_paths(
         "/v1/models/digits",
         "/v1/models/digits/metadata",
         "/v1/models/digits:predict",
+        "/v1/models/digits:classify",  # one output of class scores; not :regress
         "/v2/models/digits",
         "/v2/models/digits/ready",
         "/v2/models/digits/config",
@@ -96,6 +97,9 @@ def test_the_document_names_its_model_only_with_fixed_paths(
     assert "/canary" not in json.dumps(second)
     first = own(client, instance, "/v2/models/digits/versions/1")
     assert "/v1/models/digits/labels/canary:predict" in first["paths"]
+    # Two outputs: multi fits neither :classify nor :regress.
+    multi = own(client, instance, "/v2/models/multi")
+    assert not [path for path in multi["paths"] if path.endswith((":classify", ":regress"))]
 
 
 def schema_of(document: dict[str, Any], name: str) -> Draft202012Validator:
@@ -184,3 +188,25 @@ def test_infer_bodies_valid_against_the_document_are_served_and_others_refused(
         {"inputs": [tensor("a", 1, 3), tensor("b", 1, 2)], "parameters": {"binary_data_output": 1}},
     ):
         agree(client, instance, "/v2/models/multi/infer", multi, body)
+
+
+def test_classify_bodies_valid_against_the_document_are_served_and_others_refused(
+    client: FlaskClient, instance: Instance
+) -> None:
+    schema = schema_of(own(client, instance, "/v2/models/digits"), "ExamplesRequest")
+    row = [0.5, 1, -2, FLOAT32_EDGE]
+    bodies: list[dict[str, Any]] = [
+        {"examples": [{"x": row}, {"x": row}]},
+        {"examples": [{}, {}], "context": {"x": row}},
+        {"examples": [{"x": row}], "context": {}, "signature_name": ""},
+        {"examples": []},
+        {"examples": [{"x": row[:3]}]},
+        {"examples": [{"x": row}], "context": {"x": row}},
+        {"examples": [{"x": row, "y": 1}]},
+        {"examples": [{"x": [[0.5, 1], [2, 3]]}]},
+        {"examples": [{"x": [0.5, 1, -2, FLOAT32_OVER]}]},
+        {"examples": [{"x": row}], "context": None},
+        {"context": {"x": row}},
+    ]
+    for body in bodies:
+        agree(client, instance, "/v1/models/digits:classify", schema, body)

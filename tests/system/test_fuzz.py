@@ -397,6 +397,7 @@ def test_schemathesis_with_each_models_own_document(
     # Positive cases reached the models and were served, on both APIs, for both models.
     for label in (
         "POST /v1/models/digits:predict",
+        "POST /v1/models/digits:classify",
         "POST /v2/models/digits/infer",
         "POST /v1/models/multi:predict",
         "POST /v2/models/multi/infer",
