@@ -281,5 +281,7 @@ def test_a_failed_audit_write_or_a_silent_database_fails_closed(
 def test_metrics_count_grpc_calls_by_method(channel: grpc.Channel, services: Services) -> None:
     rpc(channel, TRITON + "ServerLive", message("inference.ServerLiveRequest"),
         "inference.ServerLiveResponse")  # fmt: skip
+    refused(channel, TRITON + "ModelInfer", infer_request(np.zeros((1, 4)), typed=True))
     text, _ = services.metrics.render()
     assert b'endpoint="grpc.GRPCInferenceService.ServerLive"' in text
+    assert b'endpoint="grpc.GRPCInferenceService.ModelInfer",method="POST",status="401"' in text

@@ -120,13 +120,14 @@ def decode(call: Call, raw: bytes, kind: type[MessageT]) -> MessageT:
 @dataclass(frozen=True)
 class Answer:
     """What to send: the serialized response (OK) or a status, details and trailing metadata,
-    with the request id for the initial metadata."""
+    with the request id for the initial metadata; `status` is the HTTP equivalent (metrics)."""
 
     request_id: str
     body: bytes | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
     trailing: tuple[tuple[str, str], ...] = ()
+    status: int = 200
 
 
 #: A guarded RPC's view: the call and the serialized request, its serialized response.
@@ -165,12 +166,9 @@ def answer(services: Services, rpc: Rpc, raw: bytes, metadata: Metadata, peer: s
         if rpc.view
         else _open(services, rpc, raw, rid)
     )
-    status = _STATUS_OF.get(found.code, 500)
-    services.metrics.observe_request(rpc.endpoint, "POST", status, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    services.metrics.observe_request(rpc.endpoint, "POST", found.status, elapsed)
     return found
-
-
-_STATUS_OF = {code: status for status, code in reversed(CODES.items())}
 
 
 def _open(services: Services, rpc: Rpc, raw: bytes, rid: str) -> Answer:
@@ -179,10 +177,10 @@ def _open(services: Services, rpc: Rpc, raw: bytes, rid: str) -> Answer:
     try:
         return Answer(rid, rpc.open(services, raw))
     except ApiError as error:
-        return Answer(rid, None, code_of(error.status), error.message)
+        return Answer(rid, None, code_of(error.status), error.message, status=error.status)
     except Exception:
         log.exception("unhandled error in %s", rpc.endpoint)
-        return Answer(rid, None, grpc.StatusCode.INTERNAL, INTERNAL)
+        return Answer(rid, None, grpc.StatusCode.INTERNAL, INTERNAL, status=500)
 
 
 def _guarded(
@@ -197,10 +195,10 @@ def _guarded(
         result = call.execute(rpc.view, {"raw": raw})
         status = result.status if isinstance(result, Refusal) else 200
         if not call.record(status):
-            return Answer(rid, None, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+            return Answer(rid, None, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE, status=503)
     finally:
         current_request_id.reset(token)
     if isinstance(result, Refusal):
         trailing = tuple((name.lower(), value) for name, value in result.headers.items())
-        return Answer(rid, None, code_of(result.status), result.message, trailing)
+        return Answer(rid, None, code_of(result.status), result.message, trailing, result.status)
     return Answer(rid, result)
