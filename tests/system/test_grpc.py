@@ -371,3 +371,23 @@ def test_slow_senders_hold_no_thread(client: Any, instance: Instance, served: An
     finally:
         for sock in senders:
             sock.close()
+
+
+def test_tfserving_stub_predicts_strings(channel: grpc.Channel, instance: Instance) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "text"
+    texts = np.array([[t.encode()] for t in TEXTS], dtype=object)
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(texts))
+    request.output_filter.append("echo")
+    request.output_filter.append("probs")
+    answer = stub.Predict(request, metadata=list(auth(instance, "alice", "g-text").items()))
+    assert sorted(answer.outputs) == ["echo", "probs"]
+    np.testing.assert_allclose(
+        tf.make_ndarray(answer.outputs["probs"]), expected(TEXTS), rtol=1e-5, atol=1e-6
+    )
+    assert tf.make_ndarray(answer.outputs["echo"]).ravel().tolist() == [t.encode() for t in TEXTS]
+    assert one_event(instance, "g-text").rows == len(TEXTS)
