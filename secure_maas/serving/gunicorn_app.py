@@ -198,7 +198,11 @@ def _start_grpc(application: ServingApplication, worker: Any) -> None:
     host = str(application.options["bind"]).rpartition(":")[0].strip("[]")
     endpoint = Endpoint(host, int(application.grpc_port or 0))
     services = services_of(worker.flask_app)
-    worker.grpc_server = GrpcServer.start(services, endpoint, threads=worker.cfg.threads)
+    try:
+        worker.grpc_server = GrpcServer.start(services, endpoint, threads=worker.cfg.threads)
+    except OSError as exc:  # the worker fails to boot, and gunicorn stops: say why, once
+        worker.log.error("%s", exc)
+        raise
 
 
 def _worker_exit(_server: Any, worker: Any) -> None:

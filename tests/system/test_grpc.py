@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from secure_maas.db.session import session_factory, session_scope
 from secure_maas.policy import Rule, grants
 from tests.functional.cli import run_cli
 from tests.functional.serving_support import (
+    SCRIPT,
     Instance,
     Served,
     by_request,
@@ -391,3 +393,16 @@ def test_tfserving_stub_predicts_strings(channel: grpc.Channel, instance: Instan
     )
     assert tf.make_ndarray(answer.outputs["echo"]).ravel().tolist() == [t.encode() for t in TEXTS]
     assert one_event(instance, "g-text").rows == len(TEXTS)
+
+
+def test_a_grpc_port_in_use_stops_the_server_with_a_clear_error(instance: Instance) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", free_port()))
+        holder.listen()
+        port = holder.getsockname()[1]
+        command = [str(SCRIPT), "serve", "--workers", "1", "--port", str(free_port()),
+                   "--grpc-port", str(port)]  # fmt: skip
+        done = subprocess.run(command, env=instance.env(), capture_output=True, timeout=300)
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode != 0
+    assert f"gRPC could not listen on 127.0.0.1:{port} (in use?)" in output

@@ -127,9 +127,12 @@ class GrpcServer:
                 options=options,
                 maximum_concurrent_rpcs=threads * RPCS_PER_THREAD,
             )
-            port = server.add_insecure_port(endpoint.address)
+            try:
+                port = server.add_insecure_port(endpoint.address)
+            except RuntimeError:  # grpc's word for a failed bind
+                port = 0
             if port == 0:
-                raise OSError(f"gRPC could not listen on {endpoint.address}")
+                raise OSError(f"gRPC could not listen on {endpoint.address} (in use?)")
             await server.start()
             return server, port
 
