@@ -183,7 +183,7 @@ def distill(
 
 
 def _distill(app: AppContext, teacher: str, arch: str, source: str, epochs: int, seed: int) -> Any:
-    from secure_maas.registry import derive
+    from secure_maas.training.distill import distill_version
     from secure_maas.training.public_data import load_public
 
     public = load_public(source, _input_names(app, teacher), app.engine())
@@ -202,7 +202,7 @@ def _distill(app: AppContext, teacher: str, arch: str, source: str, epochs: int,
         )
         record_in(session, app, event)
 
-    return derive.distill_version(
+    return distill_version(
         app.engine(),
         app.store(),
         app.keyring(),

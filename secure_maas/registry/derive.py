@@ -13,8 +13,9 @@ is itself derived (derive from the trained or imported model instead, so `derive
 names one), transform in memory, publish the result as the model's next version with the
 caller's audit event in the publishing transaction (`publish.publish`).
 
-Two transformations: `quantize_version` (TFLite, `registry.lite`) and `distill_version` (a
-smaller student trained on the teacher's outputs over public inputs, `training.distill`).
+Two transformations: `quantize_version` here (TFLite, `registry.lite`), and
+`training.distill.distill_version` (a smaller student trained on the teacher's outputs over
+public inputs), which uses `open_parent` and `publish_derived`.
 """
 
 from __future__ import annotations
@@ -187,56 +188,3 @@ def quantize_version(
         created_by=created_by,
         record=record,
     )
-
-
-def distill_version(
-    engine: Engine,
-    store: SealedStore,
-    keyring: Keyring,
-    ref: str,
-    *,
-    inputs: PublicData,
-    arch: str,
-    epochs: int,
-    seed: int,
-    created_by: str,
-    record: Callable[[Session, ModelVersion, dict[str, Any]], None] | None = None,
-) -> tuple[Derived, Any]:
-    """Train an `arch` student on the teacher `ref`'s outputs over the public `inputs` and
-    publish it as the teacher model's next version (`training.distill`). Returns the published
-    version and the `training.distill.Student`."""
-    from secure_maas.registry.codec import encode_model
-    from secure_maas.training.distill import distill
-
-    parent = open_parent(engine, store, keyring, ref)
-    teacher = parent.model
-    features = next(iter(inputs.arrays.values()))
-    keras = getattr(teacher, "model", None)
-    student = distill(
-        teacher,
-        teacher.signature,
-        features,
-        arch=arch,
-        epochs=epochs,
-        seed=seed,
-        teacher_params=int(keras.count_params()) if keras is not None else None,
-    )
-    detail = {
-        "transform": DISTILL,
-        "student_arch": arch,
-        "epochs": epochs,
-        "seed": seed,
-        "inputs": inputs.record(len(features)),
-    }
-    derived = publish_derived(
-        engine,
-        store,
-        keyring,
-        parent,
-        payload=encode_model(student.model),
-        signature=student.signature.to_dict(),
-        derived_from=detail,
-        created_by=created_by,
-        record=record,
-    )
-    return derived, student

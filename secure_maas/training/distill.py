@@ -12,14 +12,27 @@ trained here have it by construction; a teacher with other tensor names is refus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from secure_maas.errors import SecureMaasError
+from secure_maas.keys import Keyring
 from secure_maas.registry.container import Array
+from secure_maas.registry.derive import (
+    DISTILL,
+    Derived,
+    PublicData,
+    open_parent,
+    publish_derived,
+)
+from secure_maas.registry.models import ModelVersion
 from secure_maas.registry.signature import ServingSignature
+from secure_maas.registry.store import SealedStore
 
 #: Rows per teacher call when labelling the public inputs.
 LABEL_BATCH = 256
@@ -99,3 +112,55 @@ def distill(
     predicted = student.predict(features, batch_size=LABEL_BATCH, verbose=0)
     agreement = float((predicted.argmax(axis=1) == soft.argmax(axis=1)).mean())
     return Student(student, built, teacher_params, int(student.count_params()), agreement)
+
+
+def distill_version(
+    engine: Engine,
+    store: SealedStore,
+    keyring: Keyring,
+    ref: str,
+    *,
+    inputs: PublicData,
+    arch: str,
+    epochs: int,
+    seed: int,
+    created_by: str,
+    record: Callable[[Session, ModelVersion, dict[str, Any]], None] | None = None,
+) -> tuple[Derived, Student]:
+    """Train an `arch` student on the teacher `ref`'s outputs over the public `inputs` and
+    publish it as the teacher model's next version (`training.distill`). Returns the published
+    version and the `Student`."""
+    from secure_maas.registry.codec import encode_model
+
+    parent = open_parent(engine, store, keyring, ref)
+    teacher = parent.model
+    features = next(iter(inputs.arrays.values()))
+    keras = getattr(teacher, "model", None)
+    student = distill(
+        teacher,
+        teacher.signature,
+        features,
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        teacher_params=int(keras.count_params()) if keras is not None else None,
+    )
+    detail = {
+        "transform": DISTILL,
+        "student_arch": arch,
+        "epochs": epochs,
+        "seed": seed,
+        "inputs": inputs.record(len(features)),
+    }
+    derived = publish_derived(
+        engine,
+        store,
+        keyring,
+        parent,
+        payload=encode_model(student.model),
+        signature=student.signature.to_dict(),
+        derived_from=detail,
+        created_by=created_by,
+        record=record,
+    )
+    return derived, student
