@@ -74,12 +74,17 @@ def load_public_init(engine: Engine, store: SealedStore, keyring: Keyring, ref: 
         raise InitRefused(
             f"--init-from {name}:{version} is a quantized model: start from its float parent"
         )
+    return public_init_of(model.model, name, version, signed.plaintext_sha256)
+
+
+def public_init_of(model: tf.keras.Model, name: str, version: int, sha256: str) -> PublicInit:
+    """A copy of `model`'s weights as a `PublicInit` (the registry's path above, or a model
+    the caller vouches is public, as `bench/transfer.py` does for its demonstration)."""
     layers = tuple(
         InitLayer(layer.name, tuple(np.array(w, copy=True) for w in layer.get_weights()))
-        for layer in model.model.layers
-        if layer.weights and layer.name != PREPROCESSING_LAYER
+        for layer in _weighted_layers(model)
     )
-    return PublicInit(name, version, signed.plaintext_sha256, layers)
+    return PublicInit(name, version, sha256, layers)
 
 
 def _weighted_layers(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
