@@ -48,8 +48,12 @@ _FLOAT_BOUNDS = {
     "float16": 65520.0,
     "float32": 3.4028235677973366e38,
 }
-#: Standard base64, padding optional (`tensors._string_bytes`: padded with `=` then decoded).
-B64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}={0,2}|[A-Za-z0-9+/]{3}=?)?$"
+#: Standard base64 as `tensors._string_bytes` decodes it (padded with `=`, then Python's strict
+#: base64): padding optional, and any run of `=` after a whole number of 4-character groups.
+B64_PATTERN = (
+    "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}={0,2}|[A-Za-z0-9+/]{3}=?)"
+    "|(?:[A-Za-z0-9+/]{4})+=*)?$"
+)
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 #: What the parsers read as "not asked for" (`parameters.get(...)` is falsy).
 _FALSY = [False, 0, "", None, [], {}]
