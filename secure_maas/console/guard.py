@@ -276,11 +276,12 @@ def check_origin() -> None:
 
     The host and port are compared, not the scheme: behind a proxy that ends TLS the browser's
     origin is https while this server sees http (the proxy must pass the Host header on).
-    `null` is let through: a browser sends it for its own forms under the console's
-    `Referrer-Policy: no-referrer`; a page elsewhere that sends it (a sandboxed frame) still
-    has neither the SameSite=Strict cookie nor the session's CSRF token."""
+    `null` (a sandboxed frame, a `file:` page, a redirect across origins) is refused: the
+    console's `Referrer-Policy: same-origin` lets browsers name its own origin on its forms
+    (under `no-referrer` they would send `null`). No header at all (a client that is not a
+    browser) is left to the cookie and the CSRF token."""
     origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
+    if origin is None:
         return
     theirs = urlsplit(origin)
     if theirs.scheme not in ("http", "https") or theirs.netloc != request.host:
