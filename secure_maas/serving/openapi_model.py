@@ -14,11 +14,13 @@ Where JSON Schema cannot tie two parts of a body together, the document enumerat
 of every input of an OIP request (`shape` and the length of `data`) and of a columnar TF
 Serving request with several inputs are the same `n`, for `n` from 1 to the instance's
 `max_batch_size` (Triton's `max_batch_size` of the model configuration; a larger request is
-served too, in parts). What it does not say: OIP datatypes other than the input's own that
-`tensors.cast_input` converts, nested `data`, binary tensors and the limits of the whole body
-(`/openapi.json` has them); the length of a free dimension other than the batch. Requested
-outputs are enumerated for models of up to `MAX_LISTED_OUTPUTS` outputs (every ordered choice
-without repetition); a model with more is described one requested output at a time.
+served too, in parts), at most `MAX_LISTED_ROWS` (the setting goes to 4096: a document that
+large would cost more to build and read than it tells). What it does not say: OIP datatypes
+other than the input's own that `tensors.cast_input` converts, nested `data`, binary tensors
+and the limits of the whole body (`/openapi.json` has them); the length of a free dimension
+other than the batch. Requested outputs are enumerated for models of up to
+`MAX_LISTED_OUTPUTS` outputs (every ordered choice without repetition); a model with more is
+described one requested output at a time.
 `:classify` and `:regress` are in it for a model that fits them (`fitting_output`) and whose
 every input takes a fixed number of values per example, with every way of splitting the inputs
 between `context` and the examples for models of up to `MAX_LISTED_INPUTS` inputs.
@@ -41,6 +43,8 @@ from secure_maas.serving.formats.tfserving import DEFAULT_SIGNATURE
 from secure_maas.serving.formats.tfserving_examples import Method, fitting_output
 from secure_maas.serving.openapi import JSON, LABEL_AND_SCORE, NUMBER_OR_NON_FINITE, document
 
+#: The most rows an enumerated batch is described with, whatever `max_batch_size` says.
+MAX_LISTED_ROWS = 64
 #: Up to this many outputs, the `outputs` an OIP request may ask for are listed in full.
 MAX_LISTED_OUTPUTS = 4
 #: Where a float of each width stops: a value at or past it rounds to infinity (refused).
@@ -89,7 +93,8 @@ def model_document(
         for path in _concrete(template, name, version, sorted(labels)):
             paths[path] = {method: _fixed(op) for method, op in item.items()}
     schemas = generic["components"]["schemas"]
-    rows = range(1, max_batch_size + 1)
+    listed = min(max_batch_size, MAX_LISTED_ROWS)
+    rows = range(1, listed + 1)
     schemas["ExamplesRequest"] = _examples_request(signature, max_string_bytes)
     classify = examples_fit(signature, Method.CLASSIFY.value)
     if classify is not None:
@@ -108,8 +113,8 @@ def model_document(
     generic["info"]["description"] = (
         f"The operations on {which} with its request bodies exact for its signature: a body "
         "valid against this document is one the model takes. Rows: at least one; an OIP "
-        f"request or a columnar one of several inputs is described up to {max_batch_size} "
-        "rows (the model configuration's max_batch_size; more are served too). :classify "
+        f"request or a columnar one of several inputs is described up to {listed} rows "
+        "(the model configuration's max_batch_size, at most 64; more are served too). :classify "
         "and :regress are here only if the model fits them. Binary tensors, other OIP "
         "datatypes that convert without loss and the body limit are in /openapi.json."
     )

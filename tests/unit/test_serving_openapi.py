@@ -149,3 +149,25 @@ def test_requested_outputs_are_listed_for_few_outputs_and_bounded_for_many() -> 
     assert valid(3, ["o2", "o0", "o1"]) and valid(3, []) and valid(3, ["o1"])
     assert not valid(3, ["o1", "o1"]) and not valid(3, ["o3"])
     assert valid(6, ["o5"]) and not valid(6, ["o5", "o4"])  # past MAX_LISTED_OUTPUTS: one
+
+
+def test_the_rows_of_an_infer_request_are_listed_up_to_the_batch_size_at_most_64() -> None:
+    signature = ServingSignature.from_dict(
+        {
+            "inputs": [{"name": "x", "shape": [None, 2], "dtype": "int8"}],
+            "outputs": [{"name": "y", "shape": [None], "dtype": "float32"}],
+        }
+    )
+
+    def valid(rows: int, max_batch_size: int) -> bool:
+        schema = document_of(signature, max_batch_size=max_batch_size)["InferRequest"]
+        tensor = {"name": "x", "shape": [rows, 2], "datatype": "INT8", "data": [1] * (2 * rows)}
+        return bool(Draft202012Validator(schema).is_valid({"inputs": [tensor]}))
+
+    assert valid(1, 3) and valid(3, 3) and not valid(4, 3) and not valid(0, 3)
+    assert valid(64, 4096) and not valid(65, 4096)
+    tensor = {"name": "x", "shape": [1, 2], "datatype": "INT8", "data": [127, -128]}
+    schema = document_of(signature, max_batch_size=8)["InferRequest"]
+    assert Draft202012Validator(schema).is_valid({"inputs": [tensor]})
+    tensor["data"] = [128, 0]
+    assert not Draft202012Validator(schema).is_valid({"inputs": [tensor]})
