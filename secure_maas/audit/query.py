@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement
 
-from secure_maas.audit.events import AuditRecord
+from secure_maas.audit.events import LIMITS, AuditRecord
 from secure_maas.audit.models import CANONICAL_COLUMNS, events_table
 from secure_maas.audit.text import quote
 from secure_maas.timeutil import as_utc, parse_duration
@@ -26,6 +26,23 @@ from secure_maas.timeutil import as_utc, parse_duration
 STREAM_ROWS = 1_000
 #: A relative time: ASCII digits and a unit (`\d` would take Arabic-Indic digits too).
 _RELATIVE = re.compile(r"[0-9]+[ \t]*[smhdw]")
+
+#: The characters a text filter (actor, model, action) may not hold: Unicode's Cc (C0, DEL,
+#: C1). One matches no event and PostgreSQL refuses NUL in a query; anything else (a no-break
+#: space, a format character) is text like any other, a rule OpenAPI can state as a pattern.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+
+
+def text_filter_problem(name: str, text: str) -> str | None:
+    """Why `text` cannot be the `name` filter (control characters, over the column's length),
+    or None: the one rule of the API's and the console's audit filters."""
+    if _CONTROL.search(text) or len(text) > LIMITS[name]:
+        return (
+            f"{name} must be text without control characters, of at most {LIMITS[name]} characters"
+        )
+    return None
+
 
 #: Every column of an event, in `AuditRecord` field order.
 RECORD_COLUMNS = (*CANONICAL_COLUMNS, "mac", "encoding")

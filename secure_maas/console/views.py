@@ -20,8 +20,7 @@ from secure_maas.actions import Action, AdminAction
 from secure_maas.admin.changes import admin_change
 from secure_maas.admin.explain import explain_access
 from secure_maas.audit import ActorKind, AuditDecision, parse_time
-from secure_maas.audit.events import LIMITS
-from secure_maas.audit.query import AuditFilter, get_event, read_snapshot
+from secure_maas.audit.query import AuditFilter, get_event, read_snapshot, text_filter_problem
 from secure_maas.auth.verify import InvalidToken
 from secure_maas.console import chartdata, pages
 from secure_maas.console.guard import (
@@ -203,8 +202,9 @@ def _audit_query(args: Mapping[str, str], now: datetime) -> tuple[pages.AuditQue
             raise Refused(400, f"{name}: {exc}") from None
     for name in ("actor", "model", "action"):
         text = values.get(name)
-        if text is not None and (not text.isprintable() or len(text) > LIMITS[name]):
-            raise Refused(400, f"{name} must be printable text of at most {LIMITS[name]} chars")
+        problem = text_filter_problem(name, text) if text is not None else None
+        if problem is not None:
+            raise Refused(400, problem)
     decision = values.get("decision")
     if decision is not None and decision not in AuditDecision._value2member_map_:
         raise Refused(400, "decision must be one of allow, deny, error")

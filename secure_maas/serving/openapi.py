@@ -13,6 +13,7 @@ from typing import Any
 from secure_maas import __version__
 from secure_maas.audit import AuditDecision
 from secure_maas.audit.events import LIMITS
+from secure_maas.audit.query import CONTROL_CHARACTERS
 from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
 from secure_maas.serving.encodings import ACCEPTED, CONTENT_ENCODING
 from secure_maas.serving.formats.oip import HEADER_LENGTH
@@ -28,7 +29,7 @@ CODINGS = ("gzip", "x-gzip", "deflate", "identity", "")
 #: A name or label in a TF Serving path: no slash, no colon (`serving.grammar`).
 V1_SEGMENT = "^[^/:]+$"
 #: Text without control characters (Unicode Cc: C0, DEL, C1), as the audit filters take it.
-NO_CONTROLS = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+NO_CONTROLS = f"^[^{CONTROL_CHARACTERS}]*$"
 
 
 def decimal_at_most(limit: int) -> str:

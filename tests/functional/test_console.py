@@ -497,9 +497,12 @@ def test_the_audit_filter_and_pages(client: FlaskClient, instance: Instance) -> 
         "page=0",
         "colour=red",
         "actor=" + "x" * 200,
+        "actor=a%01b",  # a control character: the API's rule (audit.query.text_filter_problem)
+        "model=a%C2%85b",
     ):
         refused = client.get(f"/console/audit?{bad}")
         assert refused.status_code == 400, bad  # fmt: skip
+    assert client.get("/console/audit?actor=a%C2%A0b").status_code == 200  # a no-break space
     for _ in range(55):  # more than a page of events, whatever ran before in this module
         alice.get("/console/audit")
     first = client.get("/console/audit")

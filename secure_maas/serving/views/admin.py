@@ -25,8 +25,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from secure_maas.actions import Action
 from secure_maas.audit import AuditDecision, AuditFilter, parse_time, verify_database
-from secure_maas.audit.events import LIMITS
-from secure_maas.audit.query import list_events, read_snapshot
+from secure_maas.audit.query import list_events, read_snapshot, text_filter_problem
 from secure_maas.serving.errors import ApiError
 from secure_maas.serving.pipeline import Call, guarded
 from secure_maas.serving.refs import Api, shown
@@ -39,7 +38,6 @@ PARAMETERS = ("since", "until", "actor", "model", "action", "decision", "after",
 #: A whole number as a query gives it: ASCII digits only (`str.isdigit()` takes `²` too), and
 #: few enough of them for `int()` (it refuses more than 4300).
 _WHOLE = re.compile(r"[0-9]{1,19}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _number(name: str, low: int, high: int, default: int | None) -> int | None:
@@ -57,11 +55,9 @@ def _text(name: str) -> str | None:
     Other characters (a no-break space, a format character) are text like any other: the rule
     is one the OpenAPI document can state exactly (`openapi.NO_CONTROLS`)."""
     text = request.args.get(name)
-    if text is not None and (_CONTROL.search(text) or len(text) > LIMITS[name]):
-        raise ApiError(
-            400,
-            f"{name} must be text without control characters, of at most {LIMITS[name]} characters",
-        )
+    problem = text_filter_problem(name, text) if text is not None else None
+    if problem is not None:
+        raise ApiError(400, problem)
     return text
 
 
