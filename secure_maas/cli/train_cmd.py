@@ -110,6 +110,21 @@ def _report(outcome: Outcome) -> None:
     )
 
 
+def _work(app: AppContext, request: Any, trainer: Any) -> None:
+    """A worker's part of `train --distributed`: train with the others, publish nothing."""
+    from secure_maas.training.pipeline import run_worker
+    from secure_maas.training.plan import ConflictingOptions
+
+    try:
+        result = run_worker(app.engine(), request, trainer=trainer)
+    except ConflictingOptions as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(
+        f"worker done: {result.plan.steps} global steps in {_clock(result.duration_s)}; the "
+        "chief publishes the model"
+    )
+
+
 @click.command()
 @click.option("--dataset", "dataset_name", required=True, help="A registered dataset.")
 @click.option("--model-name", required=True, help="Publish as the next version of this model.")
@@ -190,6 +205,12 @@ def _report(outcome: Outcome) -> None:
     is_flag=True,
     help="With --init-from: train the head (logits) only; every other layer stays frozen.",
 )
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="Train on the workers TF_CONFIG names (MultiWorkerMirroredStrategy): run the same "
+    "command in every process; the chief reserves, publishes and audits.",
+)
 @click.pass_obj
 def train(
     app: AppContext,
@@ -223,6 +244,7 @@ def train(
     init_from: str | None,
     freeze_layers: int | None,
     train_head_only: bool,
+    distributed: bool,
 ) -> None:
     """Train a model with DP-SGD on a registered dataset and publish it sealed.
 
@@ -241,6 +263,11 @@ def train(
             --target-epsilon 1 --init-from digits-base:1 --freeze-layers 1
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cluster = None
+    if distributed:  # before TensorFlow runs anything: the strategy must come first
+        from secure_maas.training.cluster import from_environment
+
+        cluster = from_environment()
     from secure_maas.training.pipeline import run_training
     from secure_maas.training.plan import ConflictingOptions, TrainingRequest
 
@@ -283,8 +310,24 @@ def train(
         init_from=init_from,
         freeze_layers=freeze_layers,
         train_head_only=train_head_only,
+        distributed=distributed,
         sizes={key: value for key, value in given_sizes.items() if value is not None},
     )
+    trainer: Any = None
+    if cluster is not None:
+        import functools
+
+        from secure_maas.training.distributed import make_strategy, train_distributed
+
+        click.echo(
+            f"{cluster.task_type} {cluster.task_index} of {cluster.size} processes: waiting "
+            "for every worker to join"
+        )
+        strategy = make_strategy()
+        trainer = functools.partial(train_distributed, strategy=strategy, cluster=cluster)
+        if not cluster.is_chief:
+            _work(app, request, trainer)
+            return
     keyring = app.keyring()
     interactive = sys.stdout.isatty()
     bar: Any = None
@@ -318,6 +361,7 @@ def train(
             created_by=os_user(),
             progress=progress,
             announce=announce,
+            **({} if trainer is None else {"trainer": trainer}),
         )
     except ConflictingOptions as exc:
         raise click.UsageError(str(exc)) from None

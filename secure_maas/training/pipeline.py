@@ -25,6 +25,11 @@ Order, and why:
    step 4 marks the run aborted (its ε stays counted); a killed process leaves it `started`
    (counted too) and nothing published.
 
+With `--distributed` (`distributed`, `cluster`) every process of the cluster runs the same
+command: the chief runs all of the above with the distributed trainer; a worker runs only
+`run_worker` (read the registration, check the data's fingerprint, make the same plan, train)
+and touches neither the ledger nor the registry nor the audit log.
+
 TensorFlow is imported by this module; the CLI imports it only inside `secure-maas train`.
 """
 
@@ -170,6 +175,23 @@ def run_training(
     with session_scope(session_factory(engine)) as session:
         spend = ledger.report(session, registered.name)[0].spend
     return Outcome(run_id, plan, result, version, spend)
+
+
+def run_worker(
+    engine: Engine,
+    request: TrainingRequest,
+    *,
+    trainer: Trainer,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """A worker's part of a distributed run: the chief's plan, made from the same registered
+    data, trained with the others. Reads the dataset's registration; writes nothing."""
+    with session_scope(session_factory(engine)) as session:
+        registered = dataset_catalog.get_dataset(session, request.dataset)
+        delta = float(dataset_catalog.budget_owner(session, registered).delta or 0.0)
+    data = dataset_catalog.load_registered(registered)
+    plan = make_plan(request, data, delta=delta)
+    return trainer(data, plan, progress=progress)
 
 
 def _open_init(

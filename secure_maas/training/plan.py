@@ -73,6 +73,7 @@ class TrainingRequest:
     init_from: str | None = None  # a public model to start from (`transfer`)
     freeze_layers: int | None = None
     train_head_only: bool = False
+    distributed: bool = False  # several workers (`distributed`, TF_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,12 @@ def make_plan(
     n = len(train_idx)
     preprocessing = resolve_preprocessing(data, request.preprocessing)
     stats_noise = stats_noise_for(preprocessing, request.stats_noise_multiplier)
+    if request.distributed and preprocessing == "dp-standardize":
+        raise TrainingError(
+            "--distributed needs inputs scaled alike on every worker: this data has no public "
+            "range, and dp-standardize would draw its statistics' release once per process; "
+            "declare the range at registration (--feature-range)"
+        )
     if request.dp:
         if preprocessing not in options.COVERED_PREPROCESSING:
             raise TrainingError(
@@ -320,6 +327,18 @@ def _check_request(request: TrainingRequest) -> dict[str, Any]:
         raise ConflictingOptions("give --freeze-layers or --train-head-only, not both")
     if request.freeze_layers is not None and request.freeze_layers < 0:
         raise TrainingError("--freeze-layers must be 0 or more")
+    if request.distributed:
+        if not request.dp:
+            raise ConflictingOptions("--distributed trains with DP-SGD only (not --no-dp)")
+        if request.init_from is not None:
+            raise ConflictingOptions("--distributed does not take --init-from yet")
+        if request.clipping_path == "per-example":
+            raise ConflictingOptions("--distributed trains on the fast clipping path only")
+        if request.preprocessing in ("dp-standardize", "standardize"):
+            raise ConflictingOptions(
+                f"--distributed does not take --preprocessing {request.preprocessing}: every "
+                "worker must scale inputs alike (a public range, or none)"
+            )
     return _sizes(request.arch, request.sizes)
 
 

@@ -123,7 +123,7 @@ def train(dataset: Dataset, plan: Plan, *, progress: ProgressCallback | None = N
     started = time.monotonic()
     if dataset.fingerprint != plan.fingerprint:
         raise TrainingError("the plan was made for other data; plan the run on this dataset")
-    sample_seed, tf_seed, stats_seed = _secret_seeds(plan.request.noise_seed)
+    sample_seed, tf_seed, stats_seed = secret_seeds(plan.request.noise_seed)
     prep = preprocessing_for(
         dataset,
         plan.train_indices,
@@ -190,7 +190,7 @@ def _fit_dp(
         path=plan.request.clipping_path,
     )
     batches = _poisson_batches(x, y, plan.sampling_rate, plan.batch_size, plan.steps, rng)
-    frozen = _non_trainable_values(model)
+    frozen = non_trainable_values(model)
     history = trainer.fit(
         batches,
         epochs=plan.epochs,
@@ -201,7 +201,7 @@ def _fit_dp(
     done = int(trainer.optimizer.iterations.numpy())
     if done != plan.steps:
         raise TrainingError(f"training ran {done} steps, the accountant assumed {plan.steps}")
-    _check_unchanged(model, frozen)
+    check_unchanged(model, frozen)
     return _Fit(progress.rows(history.history), clipping_plan.path, clipping_plan.reason)
 
 
@@ -215,9 +215,9 @@ def _fit_non_private(
     """Plain minibatch training, for a run planned without DP (`--no-dp`)."""
     logger.warning("training WITHOUT differential privacy (dp=False)")
     trainer = architectures.logits_model(model)
-    frozen = _non_trainable_values(model)
+    frozen = non_trainable_values(model)
     trainer.compile(
-        optimizer=_optimizer(plan.optimizer, plan.learning_rate),
+        optimizer=make_optimizer(plan.optimizer, plan.learning_rate),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -230,7 +230,7 @@ def _fit_non_private(
         verbose=0,
         callbacks=[progress],
     )
-    _check_unchanged(model, frozen)
+    check_unchanged(model, frozen)
     return _Fit(progress.rows(history.history), NON_PRIVATE, "dp=False: trained without privacy")
 
 
@@ -296,7 +296,7 @@ def make_dp_trainer(
             f"TF Privacy chose a different clipping path than planned ({plan.path}); refusing"
         )
     trainer.compile(
-        optimizer=_optimizer(optimizer, learning_rate),
+        optimizer=make_optimizer(optimizer, learning_rate),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM
         ),
@@ -305,7 +305,7 @@ def make_dp_trainer(
     return trainer, plan
 
 
-def _optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
     if name == "sgd":
         return tf.keras.optimizers.SGD(learning_rate)
     if name == "momentum":
@@ -313,11 +313,11 @@ def _optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer
     return tf.keras.optimizers.Adam(learning_rate)
 
 
-def _non_trainable_values(model: tf.keras.Model) -> list[NDArray[Any]]:
+def non_trainable_values(model: tf.keras.Model) -> list[NDArray[Any]]:
     return [np.array(v.numpy(), copy=True) for v in model.non_trainable_variables]
 
 
-def _check_unchanged(model: tf.keras.Model, before: list[NDArray[Any]]) -> None:
+def check_unchanged(model: tf.keras.Model, before: list[NDArray[Any]]) -> None:
     """Refuse a model whose training changed non-trainable state (it holds exact statistics of
     the training batches, outside the DP guarantee: BatchNormalization's moving averages)."""
     after = model.non_trainable_variables
@@ -334,7 +334,7 @@ def _check_unchanged(model: tf.keras.Model, before: list[NDArray[Any]]) -> None:
         )
 
 
-def _secret_seeds(noise_seed: int | None) -> tuple[int, int, int]:
+def secret_seeds(noise_seed: int | None) -> tuple[int, int, int]:
     """Seeds of the batch sampling, the DP-SGD noise and the statistics' noise: from the OS,
     or all derived from `noise_seed` (which voids the guarantee)."""
     root = np.random.SeedSequence(secrets.randbits(128) if noise_seed is None else noise_seed)

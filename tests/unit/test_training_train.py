@@ -168,7 +168,7 @@ def test_training_that_changes_non_trainable_weights_is_refused(tiny_model) -> N
     statistics of the batches, as BatchNormalization's moving averages do)."""
     model = tiny_model
     model.get_layer("dense_0").trainable = False
-    frozen = train._non_trainable_values(model)
+    frozen = train.non_trainable_values(model)
     assert frozen
     trainer, _ = train.make_dp_trainer(
         model, l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=5, optimizer="sgd",
@@ -176,10 +176,10 @@ def test_training_that_changes_non_trainable_weights_is_refused(tiny_model) -> N
     )  # fmt: skip
     x, y = tiny_batch()
     trainer.train_on_batch(x, y, sample_weight=np.full(5, 0.2, np.float32))
-    train._check_unchanged(model, frozen)  # frozen weights stay frozen under DP-SGD
+    train.check_unchanged(model, frozen)  # frozen weights stay frozen under DP-SGD
     model.non_trainable_variables[0].assign_add(tf.ones_like(frozen[0]))
     with pytest.raises(TrainingError, match="changed non-trainable weights"):
-        train._check_unchanged(model, frozen)
+        train.check_unchanged(model, frozen)
 
 
 def test_exact_statistics_and_stray_statistics_noise_are_refused_with_dp() -> None:
