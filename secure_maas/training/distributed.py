@@ -27,8 +27,10 @@ made) and refuse to train if any differs. A worker that dies makes the others' n
 fail (the strategy's coordination service, or the collective timeout): the run fails, on the
 chief, as a killed run does, and its ε stays counted.
 
-What is not distributed yet, and refused by the plan: `dp-standardize` (each process would draw
-its own statistics' release), `--init-from`, and the per-example clipping path.
+With `dp-standardize`, every worker receives the chief's released statistics before the model
+is built (`chiefs_statistics`), so every replica scales its inputs alike and the model carries
+the one release the plan accounted. Not distributed yet, and refused by the plan: `--init-from`
+and the per-example clipping path.
 
 `MultiWorkerMirroredStrategy` must be made before TensorFlow runs anything else in the process
 (`make_strategy`, first thing in `train --distributed`).
@@ -39,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
@@ -47,7 +50,7 @@ from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
 
 from secure_maas.training import architectures, clipping
 from secure_maas.training.cluster import Cluster
-from secure_maas.training.datasets import Dataset, preprocessing_for
+from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for
 from secure_maas.training.plan import Plan, TrainingError
 from secure_maas.training.train import (
     EpochProgress,
@@ -174,6 +177,27 @@ class GlobalStep:
         return bool(np.all(gap <= 1e-9 * np.maximum(1.0, np.abs(mine.numpy()))))
 
 
+def chiefs_statistics(strategy: tf.distribute.Strategy, prep: Preprocessing) -> Preprocessing:
+    """`prep` with the chief's released statistics on every worker (a sum of the chief's
+    values and zeros). Each worker drew its own release; only the chief's is used, and it is
+    the one the plan accounts and the model carries; the others never leave their process."""
+    mine = [tf.constant(prep.mean, tf.float64), tf.constant(prep.variance, tf.float64)]
+
+    def share() -> list[tf.Tensor]:
+        context = tf.distribute.get_replica_context()
+        first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float64)
+        summed: list[tf.Tensor] = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [t * first for t in mine]
+        )
+        return summed
+
+    shared = strategy.run(tf.function(share))
+    mean, variance = (
+        np.asarray(strategy.experimental_local_results(value)[0], np.float32) for value in shared
+    )
+    return replace(prep, mean=mean, variance=variance)
+
+
 def shard_draws(
     n: int, rank: int, size: int, sampling_rate: float, steps: int, rng: np.random.Generator
 ) -> list[NDArray[np.int64]]:
@@ -198,8 +222,8 @@ def train_distributed(
         raise TrainingError("the plan was made for other data; plan the run on this dataset")
     if plan.privacy is None:
         raise TrainingError("--distributed trains with DP-SGD only")
-    if plan.init is not None or plan.preprocessing == "dp-standardize":
-        raise TrainingError("--distributed takes neither --init-from nor dp-standardize yet")
+    if plan.init is not None:
+        raise TrainingError("--distributed does not take --init-from yet")
     root = plan.request.noise_seed
     sample_seed, tf_seed, stats_seed = secret_seeds(
         None if root is None else root * 1_000_003 + cluster.rank
@@ -211,6 +235,8 @@ def train_distributed(
         rng=np.random.default_rng(stats_seed),
         stats_noise_multiplier=plan.stats_noise_multiplier,
     )
+    if prep.kind == "dp-standardize":
+        prep = chiefs_statistics(strategy, prep)
     tf.keras.utils.set_random_seed(plan.request.seed)
     with strategy.scope():
         model = architectures.build_model(

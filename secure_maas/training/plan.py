@@ -169,12 +169,6 @@ def make_plan(
     n = len(train_idx)
     preprocessing = resolve_preprocessing(data, request.preprocessing)
     stats_noise = stats_noise_for(preprocessing, request.stats_noise_multiplier)
-    if request.distributed and preprocessing == "dp-standardize":
-        raise TrainingError(
-            "--distributed needs inputs scaled alike on every worker: this data has no public "
-            "range, and dp-standardize would draw its statistics' release once per process; "
-            "declare the range at registration (--feature-range)"
-        )
     if request.dp:
         if preprocessing not in options.COVERED_PREPROCESSING:
             raise TrainingError(
@@ -334,11 +328,6 @@ def _check_request(request: TrainingRequest) -> dict[str, Any]:
             raise ConflictingOptions("--distributed does not take --init-from yet")
         if request.clipping_path == "per-example":
             raise ConflictingOptions("--distributed trains on the fast clipping path only")
-        if request.preprocessing in ("dp-standardize", "standardize"):
-            raise ConflictingOptions(
-                f"--distributed does not take --preprocessing {request.preprocessing}: every "
-                "worker must scale inputs alike (a public range, or none)"
-            )
     return _sizes(request.arch, request.sizes)
 
 

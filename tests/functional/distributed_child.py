@@ -41,6 +41,8 @@ def small_request(**fields: Any) -> Any:
         "epochs": 4,
         "learning_rate": 0.1,
         "noise_seed": 11,
+        "preprocessing": "dp-standardize",  # a statistics release every worker must share
+        "stats_noise_multiplier": 2.0,
         "sizes": {"units": (32,)},
     }
     return TrainingRequest(**{**base, **fields})
@@ -63,6 +65,11 @@ def train(strategy: Any, cluster: Any) -> dict[str, Any]:
         "epsilon": plan.privacy.epsilon,
         "steps": plan.steps,
         "checksum": _checksum(result.model),
+        "statistics": [
+            float(np.sum(result.preprocessing.mean)),
+            float(np.sum(result.preprocessing.variance)),
+        ],
+        "prediction": result.model.predict(data.x[:20], verbose=0).tolist(),
         "path": result.path_used,
     }
 

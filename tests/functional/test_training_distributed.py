@@ -98,8 +98,11 @@ def test_two_workers_train_like_one_process_at_the_same_epsilon(tmp_path: Path) 
     assert plan.privacy is not None
     assert chief["epsilon"] == worker["epsilon"] == plan.privacy.epsilon
     assert chief["steps"] == plan.steps and chief["path"] == "distributed fast-clipping"
-    # Both workers applied the same updates: one model.
+    # Both workers applied the same updates to the same model, the chief's released input
+    # statistics included (each drew its own release; only the chief's is used).
     assert chief["checksum"] == worker["checksum"] and chief["loss"] == worker["loss"]
+    assert chief["statistics"] == worker["statistics"]
+    assert chief["prediction"] == worker["prediction"]
     # The curves are alike: both fall the same way, epoch by epoch, within a wide band (the
     # two runs draw different batches and noise; the seeds fix each, so this does not flake).
     single = [row["loss"] for row in alone.history]
