@@ -216,7 +216,24 @@ def train_distributed(
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train `plan` as one worker of `cluster` (see the module docstring); every worker calls
-    this with the same plan. On the chief, the result is the model to publish."""
+    this with the same plan. On the chief, the result is the model to publish. A collective
+    that fails (a worker died, left or timed out) raises `TrainingError`, on one line."""
+    try:
+        return _train(dataset, plan, strategy=strategy, cluster=cluster, progress=progress)
+    except tf.errors.OpError as exc:
+        raise TrainingError(
+            f"distributed training failed (a worker died, left or timed out): {_reason(exc)}"
+        ) from exc
+
+
+def _train(
+    dataset: Dataset,
+    plan: Plan,
+    *,
+    strategy: tf.distribute.Strategy,
+    cluster: Cluster,
+    progress: ProgressCallback | None,
+) -> TrainResult:
     started = time.monotonic()
     if dataset.fingerprint != plan.fingerprint:
         raise TrainingError("the plan was made for other data; plan the run on this dataset")

@@ -241,3 +241,22 @@ def test_a_worker_that_dies_fails_the_run_which_stays_counted(
     assert run.status == "aborted" and run.epsilon is not None  # charged, like a killed run
     assert "a worker died" in (run.reason or "")
     assert versions(instance) == 0
+
+
+def test_workers_started_with_different_plans_refuse_to_train(
+    instance, cli_env, tmp_path: Path
+) -> None:
+    from tests.functional.training_support import runs, versions
+
+    chosen = ports()
+    args = [*ARGS, "--model-name", "dp", "--noise-multiplier", "2"]
+    worker = start_cli([*args, "--epochs", "4"], "worker", chosen, cli_env, tmp_path / "w.log")
+    chief = start_cli([*args, "--epochs", "3"], "chief", chosen, cli_env, tmp_path / "c.log")
+    finish(chief, worker)
+    for process, log in ((chief, "c.log"), (worker, "w.log")):
+        said = (tmp_path / log).read_text()
+        assert process.returncode == 1, said[-3000:]
+        (error,) = [line for line in said.splitlines() if line.startswith("Error: ")]
+        assert "the workers do not agree on the plan" in error
+    (run,) = runs(instance)  # reserved by the chief before the check: aborted, and counted
+    assert run.status == "aborted" and versions(instance) == 0
