@@ -29,8 +29,10 @@ chief, as a killed run does, and its ε stays counted.
 
 With `dp-standardize`, every worker receives the chief's released statistics before the model
 is built (`chiefs_statistics`), so every replica scales its inputs alike and the model carries
-the one release the plan accounted. Not distributed yet, and refused by the plan: `--init-from`
-and the per-example clipping path.
+the one release the plan accounted. With `--init-from`, only the chief opens the public model
+(through the registry, with the service's key); a worker plans with its layout
+(`pipeline.run_worker`), and every weight is then set to the chief's (`chiefs_weights`) before
+the first step. Not distributed yet, and refused by the plan: the per-example clipping path.
 
 `MultiWorkerMirroredStrategy` must be made before TensorFlow runs anything else in the process
 (`make_strategy`, first thing in `train --distributed`).
@@ -48,7 +50,7 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
 
-from secure_maas.training import architectures, clipping
+from secure_maas.training import architectures, clipping, pretrained
 from secure_maas.training.cluster import Cluster
 from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for
 from secure_maas.training.plan import Plan, TrainingError
@@ -198,6 +200,23 @@ def chiefs_statistics(strategy: tf.distribute.Strategy, prep: Preprocessing) -> 
     return replace(prep, mean=mean, variance=variance)
 
 
+def chiefs_weights(strategy: tf.distribute.Strategy, model: tf.keras.Model) -> None:
+    """Set every weight of `model` to the chief's (a sum of the chief's values and zeros):
+    with `--init-from` only the chief opened the public model; the workers hold its layout."""
+    mine = [tf.constant(value) for value in model.get_weights()]
+
+    def share() -> list[tf.Tensor]:
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        summed: list[tf.Tensor] = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, [t * tf.cast(first, t.dtype) for t in mine]
+        )
+        return summed
+
+    shared = strategy.run(tf.function(share))
+    model.set_weights([np.asarray(strategy.experimental_local_results(v)[0]) for v in shared])
+
+
 def shard_draws(
     n: int, rank: int, size: int, sampling_rate: float, steps: int, rng: np.random.Generator
 ) -> list[NDArray[np.int64]]:
@@ -239,8 +258,6 @@ def _train(
         raise TrainingError("the plan was made for other data; plan the run on this dataset")
     if plan.privacy is None:
         raise TrainingError("--distributed trains with DP-SGD only")
-    if plan.init is not None:
-        raise TrainingError("--distributed does not take --init-from yet")
     root = plan.request.noise_seed
     sample_seed, tf_seed, stats_seed = secret_seeds(
         None if root is None else root * 1_000_003 + cluster.rank
@@ -263,6 +280,10 @@ def _train(
             preprocessing=prep,
             **plan.sizes,
         )
+    head = None
+    if plan.init is not None:  # the chief's init is the public model; a worker's, a layout
+        head = pretrained.apply_init(model, plan.init, plan.frozen_layers)
+        chiefs_weights(strategy, model)
     step = GlobalStep(
         strategy,
         model,
@@ -282,6 +303,8 @@ def _train(
         plan.n_train,
         float(len(dataset.x)),
         _bits(plan.fingerprint),
+        len(plan.frozen_layers),
+        float(len(model.trainable_variables)),
     ]
     if not step.agree([float(f) for f in figures]):
         raise TrainingError(
@@ -354,6 +377,7 @@ def _train(
         ),
         preprocessing=prep,
         duration_s=time.monotonic() - started,
+        init_head=head,
     )
 
 

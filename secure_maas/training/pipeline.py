@@ -57,7 +57,7 @@ from secure_maas.training import architectures, dataset_catalog, events, ledger,
 from secure_maas.training.accounting import PrivacyReport
 from secure_maas.training.datasets import SPLIT_METHOD, Dataset
 from secure_maas.training.models import RegisteredDataset
-from secure_maas.training.plan import Plan, TrainingRequest, make_plan
+from secure_maas.training.plan import Plan, TrainingRequest, make_plan, sizes_of
 from secure_maas.training.train import ProgressCallback, TrainResult
 from secure_maas.training.transfer import InitRefused, PublicInit
 
@@ -185,12 +185,24 @@ def run_worker(
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """A worker's part of a distributed run: the chief's plan, made from the same registered
-    data, trained with the others. Reads the dataset's registration; writes nothing."""
+    data, trained with the others. Reads the dataset's registration; writes nothing.
+
+    With `--init-from` a worker cannot open the public model (only the service's key
+    decrypts): it plans with the layout of the model it builds (the chief checked the public
+    model against the same build), and training sets every weight to the chief's."""
     with session_scope(session_factory(engine)) as session:
         registered = dataset_catalog.get_dataset(session, request.dataset)
         delta = float(dataset_catalog.budget_owner(session, registered).delta or 0.0)
     data = dataset_catalog.load_registered(registered)
-    plan = make_plan(request, data, delta=delta)
+    layout = None
+    if request.init_from is not None:
+        from secure_maas.training import pretrained
+
+        trial = architectures.build_model(
+            request.arch, data.feature_shape, data.num_classes, **sizes_of(request)
+        )
+        layout = pretrained.public_init_of(trial, request.init_from, 0, "held by the chief")
+    plan = make_plan(request, data, delta=delta, init=layout)
     return trainer(data, plan, progress=progress)
 
 

@@ -324,10 +324,13 @@ def _check_request(request: TrainingRequest) -> dict[str, Any]:
     if request.distributed:
         if not request.dp:
             raise ConflictingOptions("--distributed trains with DP-SGD only (not --no-dp)")
-        if request.init_from is not None:
-            raise ConflictingOptions("--distributed does not take --init-from yet")
         if request.clipping_path == "per-example":
             raise ConflictingOptions("--distributed trains on the fast clipping path only")
+    return _sizes(request.arch, request.sizes)
+
+
+def sizes_of(request: TrainingRequest) -> dict[str, Any]:
+    """The architecture options of `request` as the plan will hold them (checked, normalised)."""
     return _sizes(request.arch, request.sizes)
 
 

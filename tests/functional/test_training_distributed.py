@@ -260,3 +260,59 @@ def test_workers_started_with_different_plans_refuse_to_train(
         assert "the workers do not agree on the plan" in error
     (run,) = runs(instance)  # reserved by the chief before the check: aborted, and counted
     assert run.status == "aborted" and versions(instance) == 0
+
+
+def test_distributed_fine_tuning_starts_every_worker_from_the_chiefs_public_weights(
+    instance, cli_env, settings, tmp_path: Path
+) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from secure_maas.keys import Keyring
+    from secure_maas.registry import artifacts, catalog, codec
+    from secure_maas.registry.store import ArtifactStore
+    from secure_maas.training import architectures
+    from tests.functional.training_support import runs
+
+    tf.keras.utils.set_random_seed(5)
+    public = architectures.build_model("mlp", (64,), 10, units=(16,))
+    public.save(tmp_path / "base.keras")
+    imported = run_cli(
+        "models", "import", str(tmp_path / "base.keras"), "--name", "base", "--public",
+        env=cli_env,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    chosen = ports()
+    args = [*ARGS, "--model-name", "df", "--epochs", "2", "--noise-multiplier", "2"]
+    args += ["--init-from", "base:1", "--freeze-layers", "1"]
+    worker = start_cli(args, "worker", chosen, cli_env, tmp_path / "worker.log")
+    chief = start_cli(args, "chief", chosen, cli_env, tmp_path / "chief.log")
+    finish(chief, worker)
+    said = (tmp_path / "chief.log").read_text()
+    assert chief.returncode == 0, said[-3000:]
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    assert "Public pre-training: training started from the weights of base:1" in said
+    (run,) = runs(instance)
+    assert run.status == "finished" and run.config["frozen_layers"] == ["dense_0"]
+
+    from sqlalchemy.orm import Session
+
+    with Session(instance) as session:
+        row = catalog.resolve(session, catalog.ModelRef.parse("df:1"))
+        opened = artifacts.open_version(
+            ArtifactStore(settings.store_dir), Keyring.open(settings.keys_dir), row
+        )
+    try:
+        tuned = codec.decode_model(opened.plaintext)
+    finally:
+        opened.wipe()
+    for mine, theirs in zip(
+        tuned.model.get_layer("dense_0").get_weights(),
+        public.get_layer("dense_0").get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(mine, theirs)  # frozen on every worker, bit for bit
+    assert not np.array_equal(
+        tuned.model.get_layer("logits").get_weights()[0],
+        public.get_layer("logits").get_weights()[0],
+    )

@@ -70,7 +70,6 @@ def request(**fields: object) -> TrainingRequest:
     ("fields", "message"),
     [
         ({"dp": False, "noise_multiplier": None}, "DP-SGD only"),
-        ({"init_from": "base:1"}, "--init-from"),
         ({"clipping_path": "per-example"}, "fast clipping path only"),
     ],
 )
