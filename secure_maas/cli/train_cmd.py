@@ -317,13 +317,18 @@ def train(
     if cluster is not None:
         import functools
 
-        from secure_maas.training.distributed import make_strategy, train_distributed
+        from secure_maas.training.distributed import (
+            check_same_request,
+            make_strategy,
+            train_distributed,
+        )
 
         click.echo(
             f"{cluster.task_type} {cluster.task_index} of {cluster.size} processes: waiting "
             "for every worker to join"
         )
         strategy = make_strategy()
+        check_same_request(strategy, request)
         trainer = functools.partial(train_distributed, strategy=strategy, cluster=cluster)
         if not cluster.is_chief:
             _work(app, request, trainer)

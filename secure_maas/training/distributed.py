@@ -53,7 +53,7 @@ from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
 from secure_maas.training import architectures, clipping, pretrained
 from secure_maas.training.cluster import Cluster
 from secure_maas.training.datasets import Dataset, Preprocessing, preprocessing_for
-from secure_maas.training.plan import Plan, TrainingError
+from secure_maas.training.plan import Plan, TrainingError, TrainingRequest
 from secure_maas.training.train import (
     EpochProgress,
     ProgressCallback,
@@ -78,6 +78,28 @@ def make_strategy(
     """The strategy, from `TF_CONFIG`; blocks until every worker has joined."""
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_s)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def check_same_request(strategy: tf.distribute.Strategy, request: TrainingRequest) -> None:
+    """Refuse (`TrainingError`, on every process) a run whose processes were not given the same
+    request: called by `train --distributed` before the chief reserves anything."""
+    mine = tf.constant([_bits(repr(request))], tf.float64)
+
+    def gather() -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(mine, axis=0)
+
+    try:
+        every = strategy.experimental_local_results(strategy.run(tf.function(gather)))[0]
+    except tf.errors.OpError as exc:
+        raise TrainingError(
+            f"the workers could not compare their requests: {_reason(exc)}"
+        ) from exc
+    if len(set(np.asarray(every).tolist())) != 1:
+        raise TrainingError(
+            "the workers were not given the same training request: run the same command, "
+            "with the same options, in every process (nothing was reserved)"
+        )
 
 
 class GlobalStep:

@@ -257,9 +257,8 @@ def test_workers_started_with_different_plans_refuse_to_train(
         said = (tmp_path / log).read_text()
         assert process.returncode == 1, said[-3000:]
         (error,) = [line for line in said.splitlines() if line.startswith("Error: ")]
-        assert "the workers do not agree on the plan" in error
-    (run,) = runs(instance)  # reserved by the chief before the check: aborted, and counted
-    assert run.status == "aborted" and versions(instance) == 0
+        assert "the workers were not given the same training request" in error
+    assert runs(instance) == [] and versions(instance) == 0  # refused before any reservation
 
 
 def test_distributed_fine_tuning_starts_every_worker_from_the_chiefs_public_weights(
