@@ -280,6 +280,15 @@ def _train(
         raise TrainingError("the plan was made for other data; plan the run on this dataset")
     if plan.privacy is None:
         raise TrainingError("--distributed trains with DP-SGD only")
+    logger.info(
+        "distributed DP-SGD: %s %d, rank %d of %d; %d global steps at q=%.5g",
+        cluster.task_type,
+        cluster.task_index,
+        cluster.rank,
+        cluster.size,
+        plan.steps,
+        plan.sampling_rate,
+    )
     root = plan.request.noise_seed
     sample_seed, tf_seed, stats_seed = secret_seeds(
         None if root is None else root * 1_000_003 + cluster.rank
