@@ -21,14 +21,19 @@ from urllib.parse import urlsplit
 from flask import Response, current_app, g, render_template, request
 
 from secure_maas.actions import Action, AdminAction
-from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, AuditUnavailable
+from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
 from secure_maas.auth.principal import Principal
 from secure_maas.auth.verify import InvalidToken
 from secure_maas.console.sessions import SessionEnded, SessionStore, csrf_matches, csrf_token
 from secure_maas.dataplane.client import AuditUnconfirmed
 from secure_maas.dataplane.facts import VersionFacts
 from secure_maas.policy import Decision, ModelFacts, RequestFacts
-from secure_maas.serving.pipeline import ANONYMOUS, UNAVAILABLE_ERRORS, audit_decision
+from secure_maas.serving.pipeline import (
+    ANONYMOUS,
+    UNAVAILABLE_ERRORS,
+    audit_decision,
+    commit_event,
+)
 from secure_maas.serving.services import Services
 from secure_maas.timeutil import utcnow
 
@@ -192,8 +197,8 @@ class ConsoleCall:
         return self.finish(response)
 
     def finish(self, response: Response) -> Response:
-        """Commit the audit event of `response`; a 503 page instead if that fails (as
-        `pipeline.Call.record` does, metrics and the instance writer's loss included)."""
+        """Commit the audit event of `response`; a 503 page instead if that fails
+        (`pipeline.commit_event`, the pipeline's own)."""
         status = response.status_code
         if self.denied:
             decision = AuditDecision.DENY
@@ -201,35 +206,18 @@ class ConsoleCall:
             decision = AuditDecision.ERROR
         else:
             decision = audit_decision(status)
-        metrics = self.services.metrics
-        try:
-            self.services.audit.append(self.event(status, decision))
-        except Exception as exc:  # any failure to record fails closed
-            if isinstance(exc, AuditUnavailable):
-                log.error("audit write failed (%s); answering 503 instead of %d", exc, status)
-            else:
-                log.exception("audit write failed; answering 503 instead of %d", status)
-            metrics.audit_failures.inc()
-            metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
-            if isinstance(exc, AuditUnconfirmed):
-                self._record_unconfirmed(status, exc)
-            answer = error_page(503, "service unavailable")
-            if self.clear_cookie:
-                forget_cookie(answer)
-            return answer
-        metrics.decisions.labels(self.action.value, decision.value).inc()
-        return response
+        if commit_event(self, status, decision):
+            return response
+        answer = error_page(503, "service unavailable")
+        if self.clear_cookie:
+            forget_cookie(answer)
+        return answer
 
-    def _record_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
-        """The instance's writer died holding this request's event: record the 503 the
-        browser gets as its own event (best effort, as the pipeline does)."""
+    def mark_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
+        """What the 503 event says when the writer died holding this request's event."""
         self.allowed, self.denied = False, False
         self.reason_code = "unavailable"
         self.reason = f"{exc} (the answer would have been {status})"
-        try:
-            exc.record_locally(self.event(503, AuditDecision.ERROR))
-        except Exception as again:
-            log.error("could not record the 503 either: %s", again)
 
     def event(self, status: int, decision: AuditDecision) -> AuditEvent:
         principal = self.principal

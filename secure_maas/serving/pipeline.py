@@ -53,7 +53,7 @@ import numpy as np
 from flask import Response, current_app, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from secure_maas.actions import Action
+from secure_maas.actions import Action, AdminAction
 from secure_maas.audit import ActorKind, AuditDecision, AuditEvent, AuditUnavailable, body_digest
 from secure_maas.auth.keyset import KeySetError
 from secure_maas.auth.principal import Principal
@@ -464,33 +464,13 @@ class Call:
     def record(self, status: int) -> bool:
         """Commit the audit event of an answer with `status`; False if that failed, and then
         the answer must be a 503 (fail closed)."""
-        decision = audit_decision(status)
-        metrics = self.services.metrics
-        try:
-            self.services.audit.append(self.event(status, decision))
-        except Exception as exc:  # any failure to record fails closed, whatever its cause
-            if isinstance(exc, AuditUnavailable):
-                log.error("audit write failed (%s); answering 503 instead of %d", exc, status)
-            else:
-                log.exception("audit write failed; answering 503 instead of %d", status)
-            metrics.audit_failures.inc()
-            metrics.decisions.labels(self.action.value, AuditDecision.ERROR.value).inc()
-            if isinstance(exc, AuditUnconfirmed):
-                self._record_unconfirmed(status, exc)
-            return False
-        metrics.decisions.labels(self.action.value, decision.value).inc()
-        return True
+        return commit_event(self, status, audit_decision(status))
 
-    def _record_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
-        """The instance's writer died holding this request's event: record the 503 the caller
-        gets as its own event (best effort: if that fails too, the 503 stands unrecorded)."""
+    def mark_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None:
+        """What the 503 event says when the writer died holding this request's event."""
         self.allowed = False
         self.reason_code = "unavailable"
         self.reason = f"{exc} (the answer would have been {status})"
-        try:
-            exc.record_locally(self.event(503, AuditDecision.ERROR))
-        except Exception as again:
-            log.error("could not record the 503 either: %s", again)
 
     def event(self, status: int, decision: AuditDecision) -> AuditEvent:
         principal = self.principal
@@ -591,6 +571,47 @@ class FlaskInbound:
 
 
 View = Callable[..., Response]
+
+
+class Recorded(Protocol):
+    """A request whose outcome is audited: the pipeline's `Call`, the console's."""
+
+    @property
+    def services(self) -> Services: ...
+
+    @property
+    def action(self) -> Action | AdminAction: ...
+
+    def event(self, status: int, decision: AuditDecision) -> AuditEvent: ...
+
+    def mark_unconfirmed(self, status: int, exc: AuditUnconfirmed) -> None: ...
+
+
+def commit_event(call: Recorded, status: int, decision: AuditDecision) -> bool:
+    """Commit `call`'s audit event for an answer with `status`; False if that failed, and then
+    the answer must be a 503 (fail closed), whatever the cause. The decision metrics count the
+    outcome actually given. When the instance's writer died holding the event
+    (`AuditUnconfirmed`), the 503 the caller gets is recorded as its own event (best effort:
+    if that fails too, the 503 stands unrecorded). One copy for every way in."""
+    metrics = call.services.metrics
+    try:
+        call.services.audit.append(call.event(status, decision))
+    except Exception as exc:  # any failure to record fails closed, whatever its cause
+        if isinstance(exc, AuditUnavailable):
+            log.error("audit write failed (%s); answering 503 instead of %d", exc, status)
+        else:
+            log.exception("audit write failed; answering 503 instead of %d", status)
+        metrics.audit_failures.inc()
+        metrics.decisions.labels(call.action.value, AuditDecision.ERROR.value).inc()
+        if isinstance(exc, AuditUnconfirmed):
+            call.mark_unconfirmed(status, exc)
+            try:
+                exc.record_locally(call.event(503, AuditDecision.ERROR))
+            except Exception as again:
+                log.error("could not record the 503 either: %s", again)
+        return False
+    metrics.decisions.labels(call.action.value, decision.value).inc()
+    return True
 
 
 def all_finite(inputs: dict[str, Array]) -> bool:
