@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -427,15 +427,24 @@ def find_anchor(connection: Connection) -> tuple[Head, Problem | None]:
 
 
 def verify(
-    connection: Connection, keys: AuditKeys, *, expected: Head | None = None
+    connection: Connection,
+    keys: AuditKeys,
+    *,
+    expected: Head | None = None,
+    watch: Callable[[ChainWalk], None] | None = None,
 ) -> VerifyReport:
-    """Check the whole log visible to `connection` (run it inside one read transaction)."""
+    """Check the whole log visible to `connection` (run it inside one read transaction).
+
+    `watch` is given the walk before it starts, so another thread can follow its progress
+    (the console's banner reads how many events it has checked)."""
     try:
         head: Head | None = read_head(connection)
     except SecureMaasError:
         head = None
     anchor, problem = find_anchor(connection)
     walk = ChainWalk(keys, anchor, expected)
+    if watch is not None:
+        watch(walk)
     notes: list[str] = []
     if problem is not None:
         walk.problem = problem

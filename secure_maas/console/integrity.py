@@ -26,12 +26,10 @@ from sqlalchemy.engine import Engine
 
 from secure_maas.actions import Action
 from secure_maas.audit import ActorKind, AuditDecision, AuditEvent
-from secure_maas.audit.chain import read_head
 from secure_maas.audit.keys import AuditKeys
 from secure_maas.audit.models import events_table
 from secure_maas.audit.query import bounds, read_snapshot
-from secure_maas.audit.verify import ChainWalk, VerifyReport, find_anchor, finish, report
-from secure_maas.errors import SecureMaasError
+from secure_maas.audit.verify import ChainWalk, VerifyReport, verify
 from secure_maas.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -140,22 +138,12 @@ class Integrity:
             _low, _high, total = bounds(connection)
             self._record(_event("started", "verification started", requested_by=requested_by,
                                 events=total))  # fmt: skip
-            try:
-                head = read_head(connection)
-            except SecureMaasError:
-                head = None
-            anchor, problem = find_anchor(connection)
-            walk = ChainWalk(self._keys, anchor, None)
-            with self._lock:
-                self._walk, self._total = walk, total
-            notes: list[str] = []
-            if problem is not None:
-                walk.problem = problem
-            else:
-                walk.scan(connection)
-                if walk.problem is None:
-                    notes = finish(walk, head)
-            return report(walk, head, notes)
+
+            def follow(walk: ChainWalk) -> None:
+                with self._lock:
+                    self._walk, self._total = walk, total
+
+            return verify(connection, self._keys, watch=follow)
 
     def _record_quietly(self, event: AuditEvent) -> None:
         try:
