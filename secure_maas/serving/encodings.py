@@ -11,6 +11,9 @@ What is accepted, as Triton does: one coding, `gzip` (RFC 1952; several members 
 `gzip` concatenated files are, are one body) or `deflate` (RFC 9110: the zlib format of RFC
 1950, which is what `zlib.compress` and `tritonclient` send), matched without regard to case,
 `x-gzip` read as `gzip` (RFC 9110 section 8.4.1.3); `identity` and an empty value mean none.
+The header is a list (RFC 9110 section 5.6.1): elements are split at commas and trimmed of
+spaces and tabs only, and empty ones are ignored, as a recipient must; `PATTERN` states the
+same rule for the OpenAPI document (tests hold the two to each other).
 Anything else, another coding (`br`, `compress`, `zstd`) or several stacked (`gzip, gzip`), is
 refused with 415 and `Accept-Encoding: gzip, deflate`, Triton's answer and RFC 9110's advice,
 before the body is read. A body that is not what its coding says (a bad header or checksum,
@@ -39,6 +42,12 @@ class Coding(StrEnum):
 _WBITS = {Coding.GZIP: 16 + zlib.MAX_WBITS, Coding.DEFLATE: zlib.MAX_WBITS}
 _ALIASES = {"gzip": Coding.GZIP, "x-gzip": Coding.GZIP, "deflate": Coding.DEFLATE}
 _NONE = frozenset({"", "identity"})
+#: What the header may say, as a regular expression that Python and JSON Schema (ECMA) read
+#: alike: comma-separated elements, each `identity` or empty, at most one of them a coding
+#: above, with spaces or tabs around each, ASCII letters in any case.
+_EMPTY = r"[ \t]*(?:[Ii][Dd][Ee][Nn][Tt][Ii][Tt][Yy])?[ \t]*"
+_ONE = r"[ \t]*(?:[Gg][Zz][Ii][Pp]|[Xx]-[Gg][Zz][Ii][Pp]|[Dd][Ee][Ff][Ll][Aa][Tt][Ee])[ \t]*"
+PATTERN = rf"^(?:{_EMPTY},)*(?:{_EMPTY}|{_ONE})(?:,{_EMPTY})*$"
 
 
 class EncodingRefused(ApiError):
@@ -60,7 +69,11 @@ class EncodingRefused(ApiError):
 def content_coding(values: Sequence[str]) -> Coding | None:
     """The coding the request's `Content-Encoding` header(s) name: None for no coding, or a 415
     `EncodingRefused` for a coding or a list of codings this server does not decode."""
-    named = [part.strip().lower() for value in values for part in value.split(",")]
+    named = [
+        part.strip(" \t").lower() if part.isascii() else part
+        for value in values
+        for part in value.split(",")
+    ]
     codings = [name for name in named if name not in _NONE]
     if not codings:
         return None

@@ -16,6 +16,7 @@ from secure_maas.audit.events import LIMITS
 from secure_maas.audit.query import CONTROL_CHARACTERS
 from secure_maas.registry.disclosure import PUBLIC_DP_FIELDS
 from secure_maas.serving.encodings import ACCEPTED, CONTENT_ENCODING
+from secure_maas.serving.encodings import PATTERN as CODING_PATTERN
 from secure_maas.serving.formats.oip import HEADER_LENGTH
 from secure_maas.serving.formats.tfserving import MODEL_STATES
 from secure_maas.serving.grammar import MAX_INT64
@@ -24,8 +25,6 @@ from secure_maas.serving.views.admin import DEFAULT_LIMIT, MAX_LIMIT
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
-#: The values of Content-Encoding a body may be sent with (`serving.encodings`).
-CODINGS = ("gzip", "x-gzip", "deflate", "identity", "")
 #: A name or label in a TF Serving path: no slash, no colon (`serving.grammar`).
 V1_SEGMENT = "^[^/:]+$"
 #: Text without control characters (Unicode Cc: C0, DEL, C1), as the audit filters take it.
@@ -68,7 +67,7 @@ _CONTENT_ENCODING = {
     "name": CONTENT_ENCODING,
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "enum": list(CODINGS)},
+    "schema": {"type": "string", "pattern": CODING_PATTERN},
     "description": f"The body's coding: one of {ACCEPTED} (x-gzip is gzip, identity or empty none; "
     "matched without regard to case); decoded within the body limit (413 past it), 400 if the "
     "body is not data of that coding, 415 for any other coding or several",
