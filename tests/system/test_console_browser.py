@@ -48,7 +48,11 @@ from tests.functional.training_support import plan
 from tests.system.support import GUNICORN, Kind, predict, send
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -231,7 +235,7 @@ class Browser:
         """Click `css` and wait until the next page has replaced this one and shows `then`."""
         page = self.driver.find_element(By.TAG_NAME, "html")
         self.find(css).click()
-        self.wait(ec.staleness_of(page), f"the page after clicking {css}")
+        self.wait(replaced(page), f"the page after clicking {css}")
         self.find(then)
 
     def path(self) -> str:
@@ -332,6 +336,26 @@ def browser(console: Console, tmp_path: Path) -> Iterator[Browser]:
     """A fresh browser profile per test (no cookie carried between tests)."""
     with chromium(console.url, tmp_path / "profile") as opened:
         yield opened
+
+
+def replaced(element: WebElement) -> Callable[[Any], bool]:
+    """A wait condition: `element`'s document is gone. Selenium's `staleness_of` waits for a
+    StaleElementReferenceException only; while the next page loads, Chromium may instead
+    answer "Node with given id does not belong to the document" (a WebDriverException, which
+    a wait does not ignore, so the test failed on a page that had been replaced as asked)."""
+
+    def gone(_driver: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if "does not belong to the document" in (error.msg or ""):
+                return True
+            raise
+        return False
+
+    return gone
 
 
 def sign_in(browser: Browser, token: str) -> None:
