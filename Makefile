@@ -1,7 +1,8 @@
 # The two commands of the README. Both create or refresh the virtual environment first.
 #   make demo   the main job: set up a local instance from nothing and show it working
 #   make test   ruff, mypy and the whole test suite (SQLite always, PostgreSQL when it answers)
-#   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only, 2 workers
+#   make check  the edit loop: ruff, mypy, unit and functional tests on SQLite only, 2 workers,
+#               without the whole training runs
 #   make system the hardening scenarios of tests/system in full (60 s soak) and their report
 #   make bench-tools  what the benchmarks need beyond the venv (wrk, a C load generator)
 #   make browser-deps the console's browser tests' Chromium and its driver (Debian packages)
@@ -38,9 +39,10 @@ test: lint browser-deps
 	$(BIN)/pytest -n 2 --dist loadfile tests/unit tests/functional
 	SMAAS_TEST_REQUIRE_BROWSER=1 $(BIN)/pytest tests/system
 
-# The edit loop; CI (make test) still runs everything on both databases.
+# The edit loop, without the whole training runs (marked slow: a few dozen tests, a third of
+# the time); CI (make test) still runs everything on both databases.
 check: lint
-	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q -n 2 --dist loadfile tests/unit tests/functional
+	SMAAS_TEST_DATABASES=sqlite $(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" tests/unit tests/functional
 
 # The regular suite runs these too, with a shorter soak.
 system: venv browser-deps
